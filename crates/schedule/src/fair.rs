@@ -30,51 +30,144 @@ use crate::stakes::Stakes;
 /// Marks the end of an intrusive list.
 const NIL: u32 = u32::MAX;
 
-/// A non-negative rational `quotient + remainder/denominator`, advanced by a fixed step.
-#[derive(Clone, Copy, Debug)]
-struct Fraction {
-    quotient: u128,
-    remainder: u128,
+/// The unsigned integer the window arithmetic runs in: `u64` when every member's
+/// denominator `stake · (2k − 2)` fits and the total stake is below 2^62 (the usual case,
+/// and faster), else `u128`.
+trait Word: Copy + Ord + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> {
+    const ZERO: Self;
+    const ONE: Self;
+    /// Narrows a value the caller has proven to fit.
+    fn narrow(value: u128) -> Self;
+    /// Adds two quotients. Quotients only matter up to the epoch's horizon (< 2^32); a
+    /// member stops advancing once its release passes the horizon, so a quotient never
+    /// exceeds `2^32 + 2·W + 2`, which fits `u64` when `W < 2^62`. `u128` saturates anyway.
+    fn plus(self, other: Self) -> Self;
+    /// The value as a turn number, clamped to `horizon`.
+    fn turn(self, horizon: u32) -> u32;
+    /// Wrapping addition and subtraction, for both arms of a branch-free select.
+    fn wrapping_plus(self, other: Self) -> Self;
+    fn wrapping_minus(self, other: Self) -> Self;
 }
 
-impl Fraction {
-    fn new(numerator: u128, denominator: u128) -> Self {
-        Self { quotient: numerator / denominator, remainder: numerator % denominator }
+impl Word for u64 {
+    const ZERO: Self = 0;
+    const ONE: Self = 1;
+    #[inline]
+    fn narrow(value: u128) -> Self {
+        u64::try_from(value).expect("window arithmetic operand fits u64")
     }
+    #[inline]
+    fn plus(self, other: Self) -> Self {
+        self + other
+    }
+    #[inline]
+    fn turn(self, horizon: u32) -> u32 {
+        self.min(u64::from(horizon)) as u32
+    }
+    #[inline]
+    fn wrapping_plus(self, other: Self) -> Self {
+        self.wrapping_add(other)
+    }
+    #[inline]
+    fn wrapping_minus(self, other: Self) -> Self {
+        self.wrapping_sub(other)
+    }
+}
 
-    fn advance(&mut self, step: &Fraction, denominator: u128) {
-        debug_assert!(step.remainder < denominator && self.remainder < denominator);
-        self.quotient += step.quotient;
-        self.remainder += step.remainder;
-        if self.remainder >= denominator {
-            self.remainder -= denominator;
-            self.quotient += 1;
+impl Word for u128 {
+    const ZERO: Self = 0;
+    const ONE: Self = 1;
+    #[inline]
+    fn narrow(value: u128) -> Self {
+        value
+    }
+    #[inline]
+    fn plus(self, other: Self) -> Self {
+        self.saturating_add(other)
+    }
+    #[inline]
+    fn turn(self, horizon: u32) -> u32 {
+        self.min(u128::from(horizon)) as u32
+    }
+    #[inline]
+    fn wrapping_plus(self, other: Self) -> Self {
+        self.wrapping_add(other)
+    }
+    #[inline]
+    fn wrapping_minus(self, other: Self) -> Self {
+        self.wrapping_sub(other)
+    }
+}
+
+/// A non-negative rational `quotient + remainder/denominator`.
+#[derive(Clone, Copy, Debug)]
+struct Fraction<T> {
+    quotient: T,
+    remainder: T,
+}
+
+impl<T: Word> Fraction<T> {
+    fn new(numerator: u128, denominator: u128) -> Self {
+        Self {
+            quotient: T::narrow(numerator / denominator),
+            remainder: T::narrow(numerator % denominator),
         }
     }
 
-    fn ceil(&self) -> u128 {
-        self.quotient + u128::from(self.remainder != 0)
+    /// Adds `step` (both with remainders below `denominator`).
+    #[inline]
+    fn advance(&mut self, step: &Fraction<T>, denominator: T) {
+        // remainder + step.remainder may exceed the denominator once; compare before adding
+        // so that the sum never overflows. The carry is a coin flip for the branch
+        // predictor, so select both outcomes without branching.
+        let room = denominator - step.remainder;
+        let carry = self.remainder >= room;
+        self.remainder = std::hint::select_unpredictable(
+            carry,
+            self.remainder.wrapping_minus(room),
+            self.remainder.wrapping_plus(step.remainder),
+        );
+        let carried = self.quotient.plus(T::ONE);
+        self.quotient =
+            std::hint::select_unpredictable(carry, carried, self.quotient).plus(step.quotient);
+    }
+
+    /// `⌈self⌉`, clamped to `horizon`.
+    #[inline]
+    fn ceil_turn(&self, horizon: u32) -> u32 {
+        let ceil = if self.remainder == T::ZERO {
+            self.quotient
+        } else {
+            self.quotient.plus(T::ONE)
+        };
+        ceil.turn(horizon)
+    }
+
+    /// `⌊self⌋ + 1`, clamped to `horizon`.
+    #[inline]
+    fn floor_plus_one_turn(&self, horizon: u32) -> u32 {
+        self.quotient.plus(T::ONE).turn(horizon)
     }
 }
 
-/// Per-member state: where its next turn's window starts and ends.
+/// Per-member state: the window of its next turn.
 #[derive(Clone, Copy, Debug)]
-struct Pending {
-    release: Fraction,
-    deadline: Fraction,
-    /// Both fractions have this denominator: `stake · (2k − 2)`.
-    denominator: u128,
-    /// Both fractions grow by `W / stake` per turn granted.
-    step: Fraction,
-    /// The current job's deadline as a turn number, clamped to `turns + 1`.
-    deadline_turn: u32,
+struct Pending<T> {
+    /// `(c·q + 1)·W / (w·q)`: the job is released at its ceiling.
+    release: Fraction<T>,
+    /// `(c·q + q − 1)·W / (w·q)`: the job's deadline is its floor plus one.
+    deadline: Fraction<T>,
+    /// Both fractions grow by `W / w` per turn granted.
+    step: Fraction<T>,
+    /// Both fractions have this denominator: `w · q`.
+    denominator: T,
 }
 
-impl Pending {
-    /// Turn numbers of the current job's window, clamped to `horizon`.
-    fn window(&self, horizon: u32) -> (u32, u32) {
-        let clamp = |turn: u128| turn.min(u128::from(horizon)) as u32;
-        (clamp(self.release.ceil()), clamp(self.deadline.quotient + 1))
+impl<T: Word> Pending<T> {
+    #[inline]
+    fn advance(&mut self) {
+        self.release.advance(&self.step, self.denominator);
+        self.deadline.advance(&self.step, self.denominator);
     }
 }
 
@@ -89,11 +182,13 @@ impl Buckets {
         Self { head: vec![NIL; bucket_count] }
     }
 
+    #[inline]
     fn push(&mut self, next: &mut [u32], bucket: u32, member: u32) {
         next[member as usize] = self.head[bucket as usize];
         self.head[bucket as usize] = member;
     }
 
+    #[inline]
     fn pop(&mut self, next: &[u32], bucket: u32) -> Option<u32> {
         let member = self.head[bucket as usize];
         if member == NIL {
@@ -103,6 +198,7 @@ impl Buckets {
         Some(member)
     }
 
+    #[inline]
     fn is_empty(&self, bucket: u32) -> bool {
         self.head[bucket as usize] == NIL
     }
@@ -119,15 +215,18 @@ impl Occupancy {
         Self { words: vec![0; bucket_count.div_ceil(64)] }
     }
 
+    #[inline]
     fn set(&mut self, bucket: u32) {
         self.words[bucket as usize / 64] |= 1 << (bucket % 64);
     }
 
+    #[inline]
     fn clear(&mut self, bucket: u32) {
         self.words[bucket as usize / 64] &= !(1 << (bucket % 64));
     }
 
     /// The first occupied bucket at or after `from`.
+    #[inline]
     fn first_from(&self, from: u32) -> Option<u32> {
         let mut word_index = from as usize / 64;
         let mut word = *self.words.get(word_index)? & (u64::MAX << (from % 64));
@@ -138,6 +237,61 @@ impl Occupancy {
             word_index += 1;
             word = *self.words.get(word_index)?;
         }
+    }
+}
+
+/// Candidates for the coming turns: jobs waiting for their release, bucketed by release
+/// turn, and released jobs bucketed by deadline turn.
+#[derive(Debug)]
+struct Queues {
+    released: Buckets,
+    due: Buckets,
+    occupancy: Occupancy,
+    next: Vec<u32>,
+    /// No occupied deadline bucket lies before this one.
+    earliest_due: u32,
+}
+
+impl Queues {
+    fn new(horizon: u32, member_count: usize) -> Self {
+        let bucket_count = horizon as usize + 1;
+        Self {
+            released: Buckets::new(bucket_count),
+            due: Buckets::new(bucket_count),
+            occupancy: Occupancy::new(bucket_count),
+            next: vec![NIL; member_count],
+            earliest_due: horizon,
+        }
+    }
+
+    #[inline]
+    fn wait(&mut self, release_turn: u32, member: u32) {
+        self.released.push(&mut self.next, release_turn, member);
+    }
+
+    #[inline]
+    fn make_due(&mut self, deadline_turn: u32, member: u32) {
+        self.due.push(&mut self.next, deadline_turn, member);
+        self.occupancy.set(deadline_turn);
+        self.earliest_due = self.earliest_due.min(deadline_turn);
+    }
+
+    #[inline]
+    fn take_released(&mut self, turn: u32) -> Option<u32> {
+        self.released.pop(&self.next, turn)
+    }
+
+    /// Removes and returns the released job with the earliest deadline, as
+    /// (member, deadline turn).
+    #[inline]
+    fn take_earliest_due(&mut self) -> Option<(u32, u32)> {
+        let bucket = self.occupancy.first_from(self.earliest_due)?;
+        let member = self.due.pop(&self.next, bucket)?;
+        if self.due.is_empty(bucket) {
+            self.occupancy.clear(bucket);
+        }
+        self.earliest_due = bucket;
+        Some((member, bucket))
     }
 }
 
@@ -157,80 +311,71 @@ pub(crate) fn fill<I: TurnIndex>(stakes: &Stakes, turns: u32, out: &mut Vec<I>) 
         out.extend((0..turns).map(|_| I::from_index(positive[0])));
         return;
     }
-
-    let total = u128::from(stakes.total());
-    // B = (2k − 3) / (2k − 2); windows are computed with numerators over `stake · q`.
+    // B = (2k − 3) / (2k − 2) = 1 − 1/q with q = 2k − 2.
     let q = 2 * positive.len() as u128 - 2;
+    let stake_max = stakes.members().iter().map(|member| member.stake).max().unwrap_or(0);
+    if u128::from(stake_max) * q <= u128::from(u64::MAX) && stakes.total() < 1 << 62 {
+        fill_with::<u64, I>(stakes, &positive, q, turns, out);
+    } else {
+        fill_with::<u128, I>(stakes, &positive, q, turns, out);
+    }
+    assert_eq!(out.len(), turns as usize);
+}
+
+fn fill_with<T: Word, I: TurnIndex>(
+    stakes: &Stakes,
+    positive: &[u32],
+    q: u128,
+    turns: u32,
+    out: &mut Vec<I>,
+) {
+    let total = u128::from(stakes.total());
     // Turn numbers run 1..=turns; `horizon` is the catch-all bucket for deadlines (and
     // the sentinel for releases) beyond the epoch.
     let horizon = turns + 1;
-    let bucket_count = horizon as usize + 1;
-    let mut released = Buckets::new(bucket_count);
-    let mut due = Buckets::new(bucket_count);
-    let mut occupancy = Occupancy::new(bucket_count);
-    let mut next = vec![NIL; stakes.len()];
-    let mut pending: Vec<Option<Pending>> = vec![None; stakes.len()];
-
-    for &member in &positive {
-        let stake = u128::from(stakes.members()[member as usize].stake);
+    let mut queues = Queues::new(horizon, stakes.len());
+    let mut pending: Vec<Pending<T>> = Vec::with_capacity(stakes.len());
+    for (index, member) in stakes.members().iter().enumerate() {
+        // Zero-stake members keep a placeholder that is never queued.
+        let stake = u128::from(member.stake.max(1));
         let denominator = stake * q;
-        let state = Pending {
-            // Job 0: release numerator (0·q + 1)·W, deadline numerator (0·q + q − 1)·W.
+        pending.push(Pending {
             release: Fraction::new(total, denominator),
             deadline: Fraction::new((q - 1) * total, denominator),
-            denominator,
             step: Fraction::new(q * total, denominator),
-            deadline_turn: 0,
-        };
-        let (release_turn, _) = state.window(horizon);
-        pending[member as usize] = Some(state);
+            denominator: T::narrow(denominator),
+        });
+        debug_assert!(member.stake == 0 || positive.contains(&(index as u32)));
+    }
+    for &member in positive {
+        let release_turn = pending[member as usize].release.ceil_turn(horizon);
+        assert!(release_turn >= 1);
         if release_turn < horizon {
-            released.push(&mut next, release_turn.max(1), member);
+            queues.wait(release_turn, member);
         }
     }
 
-    let mut earliest_due = horizon;
     for turn in 1..=turns {
-        // Jobs released at this turn become candidates, bucketed by deadline.
-        while let Some(member) = released.pop(&next, turn) {
-            let Some(state) = pending[member as usize].as_mut() else {
-                unreachable!("member {member} was released without a pending turn");
-            };
-            let (_, deadline_turn) = state.window(horizon);
-            state.deadline_turn = deadline_turn;
-            due.push(&mut next, deadline_turn, member);
-            occupancy.set(deadline_turn);
-            earliest_due = earliest_due.min(deadline_turn);
+        while let Some(member) = queues.take_released(turn) {
+            let deadline_turn = pending[member as usize].deadline.floor_plus_one_turn(horizon);
+            queues.make_due(deadline_turn, member);
         }
-
         // Tijdeman's theorem guarantees a released job whose deadline is not yet past.
-        let bucket = occupancy.first_from(earliest_due);
-        let Some(bucket) = bucket else {
+        let Some((member, deadline_turn)) = queues.take_earliest_due() else {
             panic!("fair rotation found no eligible member at turn {turn}: invariant broken");
         };
-        assert!(bucket >= turn, "fair rotation missed a deadline at turn {turn}");
-        let Some(member) = due.pop(&next, bucket) else {
-            unreachable!("occupied deadline bucket {bucket} was empty");
-        };
-        if due.is_empty(bucket) {
-            occupancy.clear(bucket);
-        }
-        earliest_due = bucket;
+        assert!(deadline_turn >= turn, "fair rotation missed a deadline at turn {turn}");
         out.push(I::from_index(member));
 
-        let Some(state) = pending[member as usize].as_mut() else {
-            unreachable!("member {member} was chosen without a pending turn");
-        };
-        assert_eq!(state.deadline_turn, bucket);
-        let step = state.step;
-        state.release.advance(&step, state.denominator);
-        state.deadline.advance(&step, state.denominator);
-        let (release_turn, _) = state.window(horizon);
+        let state = &mut pending[member as usize];
+        state.advance();
         // A member holds at most one turn per step; its next job waits for the next one.
-        let release_turn = release_turn.max(turn + 1);
-        if release_turn < horizon {
-            released.push(&mut next, release_turn, member);
+        let release_turn = state.release.ceil_turn(horizon).max(turn + 1);
+        if release_turn == turn + 1 {
+            // Released at the very next turn: skip the waiting list.
+            queues.make_due(state.deadline.floor_plus_one_turn(horizon), member);
+        } else if release_turn < horizon {
+            queues.wait(release_turn, member);
         }
     }
-    assert_eq!(out.len(), turns as usize);
 }

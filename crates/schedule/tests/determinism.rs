@@ -58,7 +58,7 @@ fn schedules_are_pinned() {
     }
     let expected = [
         (Algorithm::FairRotation, "37a638866094ed98"),
-        (Algorithm::StakeLottery, "93dad251d35f7a5f"),
+        (Algorithm::StakeLottery, "f03c9ba3fe70ebe7"),
         (Algorithm::SolanaCompatible, "965b01719d24efe5"),
     ];
     for ((algorithm, digest), (expected_algorithm, expected_digest)) in digests.iter().zip(expected) {
