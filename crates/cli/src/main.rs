@@ -1,1 +1,107 @@
-fn main() {}
+//! `worknode`: the command-line front end.
+//!
+//! Every failure caused by input (arguments, files, stake tables) prints one line naming
+//! the problem and exits with status 2; failures to write output exit with status 1.
+
+use std::fmt;
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod schedule_cmd;
+mod stakes_input;
+mod svg;
+
+/// Exit status for bad input.
+const EXIT_INPUT: u8 = 2;
+/// Exit status for failures writing output.
+const EXIT_OUTPUT: u8 = 1;
+
+/// worknode: predictable replicated services on isolated cores, with scheduled Raft leadership.
+#[derive(Debug, Parser)]
+#[command(name = "worknode", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compute an epoch's leader schedule from a stake table.
+    Schedule(schedule_cmd::ScheduleArgs),
+}
+
+/// A failure reported to the user as one line.
+#[derive(Debug)]
+pub(crate) struct CliError {
+    pub(crate) message: String,
+    exit: u8,
+}
+
+impl CliError {
+    /// Bad input: the message names the file, line, field or value at fault.
+    pub(crate) fn input(message: impl Into<String>) -> Self {
+        Self { message: message.into(), exit: EXIT_INPUT }
+    }
+
+    /// Output could not be written.
+    pub(crate) fn output(error: impl fmt::Display) -> Self {
+        Self { message: format!("cannot write output: {error}"), exit: EXIT_OUTPUT }
+    }
+}
+
+impl From<io::Error> for CliError {
+    fn from(error: io::Error) -> Self {
+        Self::output(error)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            match error.kind() {
+                // --help and --version go to stdout and succeed.
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = error.print();
+                    return ExitCode::SUCCESS;
+                }
+                // No subcommand: the help is the most useful answer.
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = error.print();
+                    return ExitCode::from(EXIT_INPUT);
+                }
+                _ => {}
+            }
+            // clap's message spans several lines (usage, hints); keep the problem only.
+            let text = error.to_string();
+            let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+            let first = lines.next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            if error.kind() == ErrorKind::MissingRequiredArgument {
+                eprintln!("error: {first} {}", lines.next().unwrap_or(""));
+            } else {
+                eprintln!("error: {first}");
+            }
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let result = match &cli.command {
+        Command::Schedule(args) => schedule_cmd::run(args, &mut out),
+    };
+    let result = result.and_then(|()| out.flush().map_err(CliError::from));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // A reader that went away (`| head`) is not an error worth a message.
+        Err(error) if error.exit == EXIT_OUTPUT && error.message.contains("Broken pipe") => {
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {}", error.message);
+            ExitCode::from(error.exit)
+        }
+    }
+}

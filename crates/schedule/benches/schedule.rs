@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench -p worknode-schedule` (or `bench/schedule.sh`).
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -103,9 +105,8 @@ fn bench_epochs(c: &mut Criterion) {
         .expect("schedule");
     let first = schedule.first_slot();
     // Scattered slots, so each lookup touches a different part of the table.
-    let slots: Vec<u64> = (0..LOOKUPS_PER_ITERATION)
-        .map(|i| first + (i * 2_654_435_761) % SLOTS_PER_EPOCH)
-        .collect();
+    let slots: Vec<u64> =
+        (0..LOOKUPS_PER_ITERATION).map(|i| first + (i * 2_654_435_761) % SLOTS_PER_EPOCH).collect();
     lookup.bench_function("leader", |b| {
         b.iter(|| {
             let mut sum = 0u64;
@@ -141,14 +142,17 @@ fn print_table() {
             let Some(ns) = median_ns(&dir.join(algorithm.name()).join(count.to_string())) else {
                 return;
             };
-            row.push_str(&format!(" {:>7.2} ms ({:>5.2}× faster) |", ns / 1e6, base / ns));
+            row.push_str(&format!(" {:>6.2} ms ({:.2}×) |", ns / 1e6, base / ns));
         }
         rows.push(row);
     }
     let lookup = median_ns(&criterion_dir().join("leader_lookup/leader"))
         .map(|ns| ns / LOOKUPS_PER_ITERATION as f64);
     println!();
-    println!("One epoch: {SLOTS_PER_EPOCH} slots, {SLOTS_PER_TURN} slots per turn (median of criterion samples)");
+    println!(
+        "One epoch: {SLOTS_PER_EPOCH} slots, {SLOTS_PER_TURN} slots per turn; median of criterion \
+         samples; (N×) = baseline time / this time, above 1 is faster than the baseline"
+    );
     println!();
     println!("| members | baseline (rand WeightedIndex + ChaCha20) | fair | lottery | solana |");
     println!("|---:|---:|---:|---:|---:|");
@@ -162,7 +166,8 @@ fn print_table() {
 }
 
 fn main() {
-    let mut criterion = Criterion::default().output_directory(&criterion_dir()).configure_from_args();
+    let mut criterion =
+        Criterion::default().output_directory(&criterion_dir()).configure_from_args();
     bench_epochs(&mut criterion);
     criterion.final_summary();
     print_table();

@@ -88,13 +88,12 @@ impl SlotClock {
 
     /// Where `now_unix_ns` falls.
     pub fn position(&self, now_unix_ns: u64) -> Result<SlotPosition, ClockError> {
-        let since_genesis_ns =
-            now_unix_ns.checked_sub(self.genesis_unix_ns).ok_or_else(|| {
-                ClockError::BeforeGenesis {
-                    now_ns: now_unix_ns,
-                    early_ns: self.genesis_unix_ns - now_unix_ns,
-                }
-            })?;
+        let since_genesis_ns = now_unix_ns.checked_sub(self.genesis_unix_ns).ok_or_else(|| {
+            ClockError::BeforeGenesis {
+                now_ns: now_unix_ns,
+                early_ns: self.genesis_unix_ns - now_unix_ns,
+            }
+        })?;
         let slot = since_genesis_ns / self.slot_duration_ns;
         let offset_in_slot_ns = since_genesis_ns % self.slot_duration_ns;
         let epoch = slot / self.slots_per_epoch;

@@ -33,7 +33,13 @@ const NIL: u32 = u32::MAX;
 /// The unsigned integer the window arithmetic runs in: `u64` when every member's
 /// denominator `stake · (2k − 2)` fits and the total stake is below 2^62 (the usual case,
 /// and faster), else `u128`.
-trait Word: Copy + Ord + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> {
+trait Word:
+    Copy
+    + Ord
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+{
     const ZERO: Self;
     const ONE: Self;
     /// Narrows a value the caller has proven to fit.
@@ -44,6 +50,8 @@ trait Word: Copy + Ord + std::ops::Add<Output = Self> + std::ops::Sub<Output = S
     fn plus(self, other: Self) -> Self;
     /// The value as a turn number, clamped to `horizon`.
     fn turn(self, horizon: u32) -> u32;
+    /// Quotient and remainder.
+    fn div_rem(self, divisor: Self) -> (Self, Self);
     /// Wrapping addition and subtraction, for both arms of a branch-free select.
     fn wrapping_plus(self, other: Self) -> Self;
     fn wrapping_minus(self, other: Self) -> Self;
@@ -72,6 +80,10 @@ impl Word for u64 {
     fn wrapping_minus(self, other: Self) -> Self {
         self.wrapping_sub(other)
     }
+    #[inline]
+    fn div_rem(self, divisor: Self) -> (Self, Self) {
+        (self / divisor, self % divisor)
+    }
 }
 
 impl Word for u128 {
@@ -97,6 +109,10 @@ impl Word for u128 {
     fn wrapping_minus(self, other: Self) -> Self {
         self.wrapping_sub(other)
     }
+    #[inline]
+    fn div_rem(self, divisor: Self) -> (Self, Self) {
+        (self / divisor, self % divisor)
+    }
 }
 
 /// A non-negative rational `quotient + remainder/denominator`.
@@ -107,13 +123,6 @@ struct Fraction<T> {
 }
 
 impl<T: Word> Fraction<T> {
-    fn new(numerator: u128, denominator: u128) -> Self {
-        Self {
-            quotient: T::narrow(numerator / denominator),
-            remainder: T::narrow(numerator % denominator),
-        }
-    }
-
     /// Adds `step` (both with remainders below `denominator`).
     #[inline]
     fn advance(&mut self, step: &Fraction<T>, denominator: T) {
@@ -135,11 +144,8 @@ impl<T: Word> Fraction<T> {
     /// `⌈self⌉`, clamped to `horizon`.
     #[inline]
     fn ceil_turn(&self, horizon: u32) -> u32 {
-        let ceil = if self.remainder == T::ZERO {
-            self.quotient
-        } else {
-            self.quotient.plus(T::ONE)
-        };
+        let ceil =
+            if self.remainder == T::ZERO { self.quotient } else { self.quotient.plus(T::ONE) };
         ceil.turn(horizon)
     }
 
@@ -164,6 +170,28 @@ struct Pending<T> {
 }
 
 impl<T: Word> Pending<T> {
+    /// Job 0 of a member with stake `w`: release numerator `W`, deadline numerator
+    /// `(q − 1)·W`, step `q·W`, all over `w·q` — computed in `T` without forming the
+    /// large numerators: the step is `W/w` exactly, and the deadline is step − release.
+    fn first_job(total: T, stake: T, q: T) -> Self {
+        let denominator = stake * q;
+        let (release_quotient, release_remainder) = T::div_rem(total, denominator);
+        let (step_quotient, stake_remainder) = T::div_rem(total, stake);
+        let step = Fraction { quotient: step_quotient, remainder: stake_remainder * q };
+        let borrow = step.remainder < release_remainder;
+        let deadline = Fraction {
+            quotient: step.quotient - release_quotient - if borrow { T::ONE } else { T::ZERO },
+            remainder: if borrow {
+                // Below the denominator, so no intermediate overflows.
+                denominator - release_remainder + step.remainder
+            } else {
+                step.remainder - release_remainder
+            },
+        };
+        let release = Fraction { quotient: release_quotient, remainder: release_remainder };
+        Self { release, deadline, step, denominator }
+    }
+
     #[inline]
     fn advance(&mut self) {
         self.release.advance(&self.step, self.denominator);
@@ -335,17 +363,12 @@ fn fill_with<T: Word, I: TurnIndex>(
     let horizon = turns + 1;
     let mut queues = Queues::new(horizon, stakes.len());
     let mut pending: Vec<Pending<T>> = Vec::with_capacity(stakes.len());
-    for (index, member) in stakes.members().iter().enumerate() {
+    let q_word = T::narrow(q);
+    let total_word = T::narrow(total);
+    for member in stakes.members() {
         // Zero-stake members keep a placeholder that is never queued.
-        let stake = u128::from(member.stake.max(1));
-        let denominator = stake * q;
-        pending.push(Pending {
-            release: Fraction::new(total, denominator),
-            deadline: Fraction::new((q - 1) * total, denominator),
-            step: Fraction::new(q * total, denominator),
-            denominator: T::narrow(denominator),
-        });
-        debug_assert!(member.stake == 0 || positive.contains(&(index as u32)));
+        let stake = T::narrow(u128::from(member.stake.max(1)));
+        pending.push(Pending::first_job(total_word, stake, q_word));
     }
     for &member in positive {
         let release_turn = pending[member as usize].release.ceil_turn(horizon);

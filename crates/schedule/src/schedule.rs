@@ -150,7 +150,11 @@ enum TurnTable {
 }
 
 impl TurnTable {
-    fn compute(stakes: &Stakes, params: &ScheduleParams, turns: u32) -> Result<Self, ScheduleError> {
+    fn compute(
+        stakes: &Stakes,
+        params: &ScheduleParams,
+        turns: u32,
+    ) -> Result<Self, ScheduleError> {
         fn fill<I: TurnIndex>(
             stakes: &Stakes,
             params: &ScheduleParams,
@@ -251,8 +255,7 @@ impl LeaderSchedule {
         let turn_count = params.slots_per_epoch.div_ceil(params.slots_per_turn) as u32;
         let turns = TurnTable::compute(stakes, params, turn_count)?;
         assert_eq!(turns.len(), turn_count as usize);
-        let turn_magic = ((1u128 << 64) + u128::from(params.slots_per_turn) - 1)
-            / u128::from(params.slots_per_turn);
+        let turn_magic = (1u128 << 64).div_ceil(u128::from(params.slots_per_turn));
         Ok(Self {
             params: *params,
             members: stakes.members().to_vec(),

@@ -1,6 +1,8 @@
 //! The same inputs give the same schedule whatever order members are listed in, and the
 //! same schedule on every platform (pinned digests of fixed inputs).
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
+
 use sha2::{Digest, Sha256};
 use worknode_schedule::{Algorithm, LeaderSchedule, Member, ScheduleParams, Stakes};
 
@@ -61,7 +63,8 @@ fn schedules_are_pinned() {
         (Algorithm::StakeLottery, "f03c9ba3fe70ebe7"),
         (Algorithm::SolanaCompatible, "965b01719d24efe5"),
     ];
-    for ((algorithm, digest), (expected_algorithm, expected_digest)) in digests.iter().zip(expected) {
+    for ((algorithm, digest), (expected_algorithm, expected_digest)) in digests.iter().zip(expected)
+    {
         assert_eq!(*algorithm, expected_algorithm);
         assert_eq!(digest, expected_digest, "{algorithm} schedule changed");
     }

@@ -1,5 +1,7 @@
 //! `FairRotation`'s prefix bound, and why smooth weighted round-robin is not enough.
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
+
 use proptest::prelude::*;
 use worknode_schedule::{Algorithm, LeaderSchedule, Member, ScheduleParams, Stakes};
 

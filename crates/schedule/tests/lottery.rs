@@ -1,7 +1,9 @@
 //! `StakeLottery`: shares converge to stake shares (chi-square at p = 0.001).
 
-use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
+
 use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use worknode_schedule::{Algorithm, LeaderSchedule, Member, ScheduleParams, Stakes};
 
 const TURNS: u64 = 1_000_000;
@@ -75,10 +77,8 @@ fn shares_converge_to_stake_shares() {
 
 #[test]
 fn seed_and_epoch_both_change_the_draws() {
-    let stakes = Stakes::new(
-        (0..10).map(|i| Member { id: i, key: None, stake: 1 + i }).collect(),
-    )
-    .unwrap();
+    let stakes =
+        Stakes::new((0..10).map(|i| Member { id: i, key: None, stake: 1 + i }).collect()).unwrap();
     let params = |epoch, seed| ScheduleParams {
         algorithm: Algorithm::StakeLottery,
         epoch,

@@ -2,6 +2,8 @@
 //! (anza-xyz/agave: leader-schedule/src/lib.rs and ledger/src/leader_schedule.rs), and
 //! against rand 0.8's `WeightedIndex` + `ChaChaRng`, the code Agave runs.
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
+
 use proptest::prelude::*;
 use rand::distributions::{Distribution, WeightedIndex};
 use rand::SeedableRng;
@@ -40,10 +42,13 @@ fn slot_leader_order(epoch: u64, stakes: &[u64], slots: u64, repeat: u64) -> Vec
     (first..first + slots).map(|slot| schedule.leader(slot).unwrap() as usize).collect()
 }
 
+/// (epoch, stakes in input order, slots, slots per draw, expected leader per slot).
+type ExactCase = (u64, &'static [u64], u64, u64, &'static [usize]);
+
 #[test]
 fn exact_order_matches_agave() {
     #[rustfmt::skip]
-    let cases: &[(u64, &[u64], u64, u64, &[usize])] = &[
+    let cases: &[ExactCase] = &[
         (1, &[10, 20, 30], 12, 1, &[1, 1, 2, 1, 1, 0, 0, 1, 2, 1, 0, 1]),
         (1, &[10, 20, 30], 12, 2, &[1, 1, 1, 1, 2, 2, 1, 1, 1, 1, 0, 0]),
         (1, &[30, 10, 20], 12, 1, &[2, 2, 0, 2, 2, 1, 1, 2, 0, 2, 1, 2]),
