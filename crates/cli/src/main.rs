@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cores_cmd;
 mod schedule_cmd;
 mod stakes_input;
 mod svg;
@@ -17,6 +18,8 @@ mod svg;
 const EXIT_INPUT: u8 = 2;
 /// Exit status for failures writing output.
 const EXIT_OUTPUT: u8 = 1;
+/// Exit status of `cores audit --strict` when a critical check fails.
+const EXIT_CRITICAL: u8 = 1;
 
 /// worknode: predictable replicated services on isolated cores, with scheduled Raft leadership.
 #[derive(Debug, Parser)]
@@ -30,6 +33,9 @@ struct Cli {
 enum Command {
     /// Compute an epoch's leader schedule from a stake table.
     Schedule(schedule_cmd::ScheduleArgs),
+    /// CPU isolation: show the topology, audit the host, plan worknode placement.
+    #[command(subcommand)]
+    Cores(cores_cmd::CoresCommand),
 }
 
 /// A failure reported to the user as one line.
@@ -90,11 +96,15 @@ fn main() -> ExitCode {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let result = match &cli.command {
-        Command::Schedule(args) => schedule_cmd::run(args, &mut out),
+        Command::Schedule(args) => schedule_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
+        Command::Cores(command) => cores_cmd::run(command, &mut out).map(|outcome| match outcome {
+            cores_cmd::CoresOutcome::Done => ExitCode::SUCCESS,
+            cores_cmd::CoresOutcome::CriticalFailures(_) => ExitCode::from(EXIT_CRITICAL),
+        }),
     };
-    let result = result.and_then(|()| out.flush().map_err(CliError::from));
+    let result = result.and_then(|code| out.flush().map(|()| code).map_err(CliError::from));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         // A reader that went away (`| head`) is not an error worth a message.
         Err(error) if error.exit == EXIT_OUTPUT && error.message.contains("Broken pipe") => {
             ExitCode::SUCCESS
