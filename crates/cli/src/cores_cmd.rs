@@ -18,6 +18,8 @@ pub(crate) enum CoresCommand {
     Audit(AuditArgs),
     /// Place worknodes on cores, or emit the deployment settings for a plan.
     Plan(PlanArgs),
+    /// Measure how quiet CPUs are: timer wake-up latency or busy-loop gaps, pinned and unpinned.
+    Jitter(crate::jitter_cmd::JitterArgs),
 }
 
 /// Options every `cores` subcommand takes.
@@ -76,6 +78,9 @@ pub(crate) fn run(command: &CoresCommand, out: &mut impl Write) -> Result<CoresO
         CoresCommand::Show(args) => show(args, out).map(|()| CoresOutcome::Done),
         CoresCommand::Audit(args) => audit_cmd(args, out),
         CoresCommand::Plan(args) => plan_cmd(args, out).map(|()| CoresOutcome::Done),
+        CoresCommand::Jitter(args) => {
+            crate::jitter_cmd::run(args, out).map(|()| CoresOutcome::Done)
+        }
     }
 }
 
@@ -153,7 +158,7 @@ fn show(args: &ShowArgs, out: &mut impl Write) -> Result<(), CliError> {
     let isolated = host.isolated();
     let usable = host.usable();
     let housekeeping = match &plan {
-        Some(plan) => plan.housekeeping.clone(),
+        Some(plan) => plan.housekeeping().clone(),
         None => {
             usable.difference(&isolated).first().map(|cpu| host.siblings(cpu)).unwrap_or_default()
         }
@@ -166,7 +171,7 @@ fn show(args: &ShowArgs, out: &mut impl Write) -> Result<(), CliError> {
             let cpu = topology.cpu;
             let worknode = plan.as_ref().and_then(|plan| {
                 let names: Vec<&str> =
-                    plan.placements
+                    plan.placements()
                         .iter()
                         .filter(|p| p.cpus.contains(cpu) || p.reserved.contains(cpu))
                         .map(|p| {
@@ -383,17 +388,17 @@ fn plan_cmd(args: &PlanArgs, out: &mut impl Write) -> Result<(), CliError> {
             writeln!(
                 out,
                 "core plan{}: housekeeping CPUs {}, isolated CPUs {}, usable CPUs {}",
-                if plan.best_effort { " (best effort)" } else { "" },
-                or_none(&plan.housekeeping),
-                or_none(&plan.isolated),
-                or_none(&plan.usable)
+                if plan.best_effort() { " (best effort)" } else { "" },
+                or_none(plan.housekeeping()),
+                or_none(plan.isolated()),
+                or_none(plan.usable())
             )?;
             writeln!(
                 out,
                 "{:<16} {:<11} {:>10} {:>10}  notes",
                 "worknode", "class", "cpus", "reserved"
             )?;
-            for placement in &plan.placements {
+            for placement in plan.placements() {
                 let mut notes = Vec::new();
                 if !placement.is_pinned() {
                     notes.push("unpinned");
@@ -414,7 +419,7 @@ fn plan_cmd(args: &PlanArgs, out: &mut impl Write) -> Result<(), CliError> {
                     notes.join(", ")
                 )?;
             }
-            for warning in &plan.warnings {
+            for warning in plan.warnings() {
                 writeln!(out, "warning: {warning}")?;
             }
         }

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cores_cmd;
+mod jitter_cmd;
 mod schedule_cmd;
 mod stakes_input;
 mod svg;

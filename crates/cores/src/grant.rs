@@ -7,22 +7,23 @@
 //! for a core a critical worknode owns.
 //!
 //! ```
-//! use worknode_cores::{CoreAuthority, CorePlan, CpuSet, Placement, WorknodeClass};
+//! use worknode_cores::{live_host, CoreAuthority, CorePlan, CpuAffinity, PlanConfig, WorknodeClass, WorknodeSpec};
 //!
-//! # let plan = worknode_cores::CorePlan { placements: vec![Placement {
-//! #     worknode: "raft".into(), class: WorknodeClass::Critical,
-//! #     cpus: "1".parse().unwrap(), reserved: "1".parse().unwrap(),
-//! #     isolated: true, degraded: false }],
-//! #     housekeeping: "0".parse().unwrap(), usable: "0-1".parse().unwrap(),
-//! #     isolated: "1".parse().unwrap(), best_effort: false, warnings: vec![] };
-//! let authority = CoreAuthority::new(plan);
+//! let (_, host) = live_host();
+//! let cpu = host.usable().first().expect("this machine has a CPU");
+//! let raft = WorknodeSpec {
+//!     cpu_affinity: CpuAffinity::Cpus([cpu].into_iter().collect()),
+//!     ..WorknodeSpec::new("raft", WorknodeClass::Critical)
+//! };
+//! let config = PlanConfig { best_effort: true, worknodes: vec![raft], ..PlanConfig::default() };
+//! let authority = CoreAuthority::new(CorePlan::build(&host, &config)?);
 //! let grant = authority.grant("raft")?;
-//! assert_eq!(grant.cpus().to_string(), "1");
+//! assert!(grant.cpus().contains(cpu));
 //! // The core is held until the grant is dropped.
 //! assert!(authority.grant("raft").is_err());
 //! drop(grant);
 //! assert!(authority.grant("raft").is_ok());
-//! # Ok::<(), worknode_cores::GrantError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! Grants cannot be forged or copied:
@@ -198,11 +199,11 @@ impl CoreAuthority {
         let class = placement.class;
         let mut held = CpuSet::new();
         for cpu in cpus.iter() {
-            if !self.plan.usable.contains(cpu) {
+            if !self.plan.usable().contains(cpu) {
                 return Err(GrantError::NotUsable {
                     worknode: worknode.to_owned(),
                     cpu,
-                    usable: self.plan.usable.clone(),
+                    usable: self.plan.usable().clone(),
                 });
             }
             match self.plan.owner_of(cpu) {
@@ -225,7 +226,7 @@ impl CoreAuthority {
                 Some(_) => {
                     held.insert(cpu);
                 }
-                None if self.plan.isolated.contains(cpu) && class != WorknodeClass::Critical => {
+                None if self.plan.isolated().contains(cpu) && class != WorknodeClass::Critical => {
                     return Err(GrantError::Isolated { worknode: worknode.to_owned(), class, cpu });
                 }
                 None => {}

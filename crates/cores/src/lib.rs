@@ -8,7 +8,7 @@
 //! deployment settings ([`artifacts`]).
 //!
 //! Everything reads under a root directory ([`SysRoot`]) so tests run against fixture
-//! trees of other hosts. `unsafe` is confined to the system-call wrappers in `pin.rs`.
+//! trees of other hosts. `unsafe` is confined to the system-call wrappers in `sys.rs`.
 
 #![deny(unsafe_code)]
 
@@ -17,8 +17,10 @@ mod audit;
 mod cpuset;
 mod grant;
 mod host;
+pub mod jitter;
 mod pin;
 mod plan;
+mod sys;
 mod sysroot;
 
 pub use audit::{audit, AuditItem, AuditReport, Severity, Status};
@@ -26,8 +28,8 @@ pub use cpuset::{CpuListError, CpuSet, CPU_MAX};
 pub use grant::{CoreAuthority, CoreGrant, GrantError};
 pub use host::{kernel_param, CpuTimes, CpuTopology, Host, Isolcpus};
 pub use pin::{
-    current_affinity, current_is_fifo, current_thread_id, set_current_affinity, spawn_worknode,
-    PinError, PinOptions, PinReport, PinStep, Worknode,
+    current_affinity, current_is_fifo, current_thread_id, spawn_worknode, PinError, PinOptions,
+    PinReport, PinStep, Worknode,
 };
 pub use plan::{
     CorePlan, CpuAffinity, Placement, PlanConfig, PlanError, WorknodeClass, WorknodeSpec,

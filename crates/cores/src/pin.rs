@@ -12,84 +12,7 @@ use std::thread;
 use crate::cpuset::{CpuSet, CPU_MAX};
 use crate::grant::CoreGrant;
 use crate::plan::WorknodeSpec;
-
-/// Words in the affinity buffers handed to the kernel: enough for CPU_MAX.
-const MASK_WORDS: usize = (CPU_MAX as usize + 1) / 64;
-
-/// The raw system calls. The only `unsafe` in worknode lives here.
-#[allow(unsafe_code)]
-mod sys {
-    use std::io;
-
-    use super::MASK_WORDS;
-
-    /// sched_setaffinity(2) for the calling thread.
-    pub(super) fn set_affinity(mask: &[u64; MASK_WORDS]) -> io::Result<()> {
-        // SAFETY: the kernel reads `size_of_val(mask)` bytes from a valid, initialised
-        // buffer of u64 words, the layout of cpu_set_t on every Linux target.
-        let result = unsafe { libc::sched_setaffinity(0, size_of_val(mask), mask.as_ptr().cast()) };
-        if result == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    /// sched_getaffinity(2) for the calling thread.
-    pub(super) fn get_affinity() -> io::Result<[u64; MASK_WORDS]> {
-        let mut mask = [0u64; MASK_WORDS];
-        // SAFETY: the kernel writes at most `size_of_val(&mask)` bytes into the buffer,
-        // which lives for the whole call.
-        let result =
-            unsafe { libc::sched_getaffinity(0, size_of_val(&mask), mask.as_mut_ptr().cast()) };
-        if result == 0 {
-            Ok(mask)
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    /// sched_setscheduler(2) with SCHED_FIFO for the calling thread.
-    pub(super) fn set_fifo(priority: i32) -> io::Result<()> {
-        let param = libc::sched_param { sched_priority: priority };
-        // SAFETY: `param` is a valid sched_param that outlives the call.
-        let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
-        if result == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    /// The calling thread's scheduling policy.
-    pub(super) fn scheduler() -> io::Result<i32> {
-        // SAFETY: sched_getscheduler takes no pointers.
-        let policy = unsafe { libc::sched_getscheduler(0) };
-        if policy >= 0 {
-            Ok(policy)
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    /// mlockall(2) of current and future pages.
-    pub(super) fn lock_all_memory() -> io::Result<()> {
-        // SAFETY: mlockall takes no pointers.
-        let result = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) };
-        if result == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    /// gettid(2).
-    pub(super) fn thread_id() -> u32 {
-        // SAFETY: gettid takes no arguments and cannot fail.
-        let tid = unsafe { libc::gettid() };
-        tid as u32
-    }
-}
+use crate::sys::{self, MASK_WORDS};
 
 fn to_mask(cpus: &CpuSet) -> [u64; MASK_WORDS] {
     let mut mask = [0u64; MASK_WORDS];
@@ -108,8 +31,9 @@ pub fn current_affinity() -> io::Result<CpuSet> {
     sys::get_affinity().map(|mask| from_mask(&mask))
 }
 
-/// Pins the calling thread to `cpus` (no verification; see [`spawn_worknode`]).
-pub fn set_current_affinity(cpus: &CpuSet) -> io::Result<()> {
+/// Pins the calling thread to `cpus` without a grant: for the crate's own measurement
+/// load only; worknodes pin through [`spawn_worknode`].
+pub(crate) fn set_current_affinity(cpus: &CpuSet) -> io::Result<()> {
     sys::set_affinity(&to_mask(cpus))
 }
 

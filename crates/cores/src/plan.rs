@@ -332,24 +332,49 @@ impl Placement {
     }
 }
 
-/// A validated placement of every worknode.
+/// A validated placement of every worknode. Only [`CorePlan::build`] makes one, so a
+/// `CorePlan` in hand has passed every rule (parse, don't validate).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CorePlan {
-    /// One entry per worknode, in the config's order.
-    pub placements: Vec<Placement>,
-    /// CPUs kept for the OS and background work.
-    pub housekeeping: CpuSet,
-    /// CPUs the plan could use (online and in this process's cpuset).
-    pub usable: CpuSet,
-    /// CPUs isolated on this host.
-    pub isolated: CpuSet,
-    /// Whether degrading was allowed.
-    pub best_effort: bool,
-    /// What fell short, for a best-effort plan (and advice for any plan).
-    pub warnings: Vec<String>,
+    placements: Vec<Placement>,
+    housekeeping: CpuSet,
+    usable: CpuSet,
+    isolated: CpuSet,
+    best_effort: bool,
+    warnings: Vec<String>,
 }
 
 impl CorePlan {
+    /// One entry per worknode, in the config's order.
+    pub fn placements(&self) -> &[Placement] {
+        &self.placements
+    }
+
+    /// CPUs kept for the OS and background work.
+    pub fn housekeeping(&self) -> &CpuSet {
+        &self.housekeeping
+    }
+
+    /// CPUs the plan could use (online and in this process's cpuset).
+    pub fn usable(&self) -> &CpuSet {
+        &self.usable
+    }
+
+    /// CPUs isolated on the host.
+    pub fn isolated(&self) -> &CpuSet {
+        &self.isolated
+    }
+
+    /// Whether degrading was allowed.
+    pub fn best_effort(&self) -> bool {
+        self.best_effort
+    }
+
+    /// What fell short, for a best-effort plan (and advice for any plan).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     /// The placement of a worknode.
     pub fn placement(&self, worknode: &str) -> Option<&Placement> {
         self.placements.iter().find(|placement| placement.worknode == worknode)

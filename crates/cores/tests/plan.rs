@@ -64,7 +64,11 @@ fn server_plan_uses_isolated_whole_cores_for_critical() {
     assert!(api.reserved.is_empty() && !api.cpus.intersects(&set("0-16,32-48")));
     assert_eq!(plan.placement("compaction").unwrap().cpus, set("0,32"));
     assert_eq!(plan.critical_cpus(), set("2-3,34-35"));
-    assert!(plan.warnings.iter().any(|w| w.contains("outside NUMA node 1")), "{:?}", plan.warnings);
+    assert!(
+        plan.warnings().iter().any(|w| w.contains("outside NUMA node 1")),
+        "{:?}",
+        plan.warnings()
+    );
 
     let cmdline = artifacts::kernel_cmdline(&plan, &host).unwrap();
     assert_eq!(
@@ -103,20 +107,20 @@ fn numa_preference_picks_local_cores() {
     let net = plan.placement("net").unwrap();
     assert_eq!(net.cpus, set("16"));
     assert_eq!(host.topology(16).unwrap().numa_node, Some(1));
-    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    assert!(plan.warnings().is_empty(), "{:?}", plan.warnings());
 }
 
 #[test]
 fn vm_plan_degrades_with_best_effort_and_fails_without() {
     let host = host("vm-2cpu");
     let plan = CorePlan::build(&host, &PlanConfig::default_server(true)).unwrap();
-    assert_eq!(plan.housekeeping, set("0"));
+    assert_eq!(plan.housekeeping(), &set("0"));
     let raft = plan.placement("raft").unwrap();
     assert_eq!((raft.cpus.clone(), raft.isolated), (set("1"), false));
     let net = plan.placement("net").unwrap();
     assert!(net.degraded && net.cpus == set("0"));
-    assert!(plan.warnings.iter().any(|w| w.contains("not isolated")));
-    assert!(plan.warnings.iter().any(|w| w.contains("\"net\" (high) needs 1 physical core(s)")));
+    assert!(plan.warnings().iter().any(|w| w.contains("not isolated")));
+    assert!(plan.warnings().iter().any(|w| w.contains("\"net\" (high) needs 1 physical core(s)")));
 
     let error = CorePlan::build(&host, &PlanConfig::default_server(false)).unwrap_err();
     assert_eq!(
@@ -261,7 +265,7 @@ proptest! {
         };
         let usable = host.usable();
         let isolated = host.isolated();
-        let exclusive: Vec<_> = plan.placements.iter().filter(|p| !p.reserved.is_empty()).collect();
+        let exclusive: Vec<_> = plan.placements().iter().filter(|p| !p.reserved.is_empty()).collect();
         for (i, a) in exclusive.iter().enumerate() {
             // Reserved sets are whole cores (intersected with what is usable).
             for cpu in a.reserved.iter() {
@@ -271,7 +275,7 @@ proptest! {
                 prop_assert!(!a.reserved.intersects(&b.reserved), "{} and {} share", a.worknode, b.worknode);
             }
         }
-        for placement in &plan.placements {
+        for placement in plan.placements() {
             prop_assert!(placement.cpus.is_subset(&usable), "{} outside usable", placement.worknode);
             if placement.class != WorknodeClass::Critical {
                 prop_assert!(!placement.cpus.intersects(&isolated), "{} on isolated", placement.worknode);
