@@ -20,6 +20,8 @@ pub(crate) enum CoresCommand {
     Plan(PlanArgs),
     /// Measure how quiet CPUs are: timer wake-up latency or busy-loop gaps, pinned and unpinned.
     Jitter(crate::jitter_cmd::JitterArgs),
+    /// Live view of every core and worknode thread (q quits; --once prints one frame).
+    Top(crate::top_cmd::TopArgs),
 }
 
 /// Options every `cores` subcommand takes.
@@ -81,6 +83,7 @@ pub(crate) fn run(command: &CoresCommand, out: &mut impl Write) -> Result<CoresO
         CoresCommand::Jitter(args) => {
             crate::jitter_cmd::run(args, out).map(|()| CoresOutcome::Done)
         }
+        CoresCommand::Top(args) => crate::top_cmd::run(args, out).map(|()| CoresOutcome::Done),
     }
 }
 

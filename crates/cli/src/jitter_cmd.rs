@@ -279,7 +279,7 @@ fn report(runs: &[JitterRun], config: &JitterConfig) -> String {
 
 /// Tail plot: fraction of samples above each latency, both axes logarithmic.
 fn plot(runs: &[JitterRun]) -> String {
-    const WIDTH: f64 = 900.0;
+    const WIDTH: f64 = 1000.0;
     const HEIGHT: f64 = 520.0;
     const LEFT: f64 = 80.0;
     const TOP: f64 = 50.0;

@@ -14,6 +14,7 @@ mod jitter_cmd;
 mod schedule_cmd;
 mod stakes_input;
 mod svg;
+mod top_cmd;
 
 /// Exit status for bad input.
 const EXIT_INPUT: u8 = 2;

@@ -22,6 +22,8 @@ mod pin;
 mod plan;
 mod sys;
 mod sysroot;
+pub mod telemetry;
+pub mod watchdog;
 
 pub use audit::{audit, AuditItem, AuditReport, Severity, Status};
 pub use cpuset::{CpuListError, CpuSet, CPU_MAX};

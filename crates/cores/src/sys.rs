@@ -123,3 +123,14 @@ pub(crate) fn set_timer_slack_ns(slack_ns: u64) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// sysconf(_SC_CLK_TCK): the unit of /proc CPU times (100 on every common kernel).
+pub(crate) fn clock_ticks_per_s() -> u64 {
+    // SAFETY: sysconf takes no pointers.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
+}
