@@ -1,0 +1,18 @@
+//! etcd's MVCC key-value semantics as a pure state machine.
+//!
+//! A cluster revision increments per write transaction; each key carries its create
+//! revision, mod revision and version. Reads may ask for any revision not yet compacted.
+//! Commands arrive through the Raft log ([`Proposal`]) and are applied at most once per
+//! [`RequestId`]; the whole state snapshots and restores. No I/O, clocks or randomness.
+
+#![forbid(unsafe_code)]
+
+mod machine;
+mod store;
+mod types;
+
+pub use machine::{
+    Applied, Command, Outcome, Proposal, RequestId, SnapshotError, StateMachine, DEDUP_WINDOW,
+};
+pub use store::Store;
+pub use types::*;

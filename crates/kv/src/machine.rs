@@ -1,0 +1,208 @@
+//! The replicated state machine: commands from the Raft log applied to the store, at
+//! most once per request id, with snapshots and a state digest.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::Store;
+use crate::types::*;
+
+/// Request ids remembered for deduplication (FIFO by apply order, so every member evicts
+/// the same ids). A client retrying within this many later writes gets the first answer.
+pub const DEDUP_WINDOW: usize = 65_536;
+
+/// Identifies one client request across retries: the accepting member's session and a
+/// sequence number unique within it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId {
+    /// A random session id chosen by the accepting member at start.
+    pub session: u64,
+    /// Increasing within the session.
+    pub sequence: u64,
+}
+
+/// A write, as it travels through the Raft log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Put one key.
+    Put(PutRequest),
+    /// Delete a key or range.
+    DeleteRange(DeleteRangeRequest),
+    /// A transaction.
+    Txn(TxnRequest),
+    /// Compact history.
+    Compact {
+        /// Revision to compact to.
+        revision: i64,
+    },
+}
+
+/// A log entry's payload: the command and who asked for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Deduplication id.
+    pub id: RequestId,
+    /// The command.
+    pub command: Command,
+}
+
+impl Proposal {
+    /// Encodes for the Raft log.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self)
+            .unwrap_or_else(|error| unreachable!("encoding to memory cannot fail: {error}"))
+    }
+
+    /// Decodes a log entry; `None` if it is not a proposal (corrupt or foreign).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+/// The result of applying a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A put's result.
+    Put(PutResponse),
+    /// A delete's result.
+    DeleteRange(DeleteRangeResponse),
+    /// A transaction's result.
+    Txn(TxnResponse),
+    /// Compaction done.
+    Compact,
+    /// The command was refused.
+    Error(KvError),
+}
+
+/// What applying returns: the outcome and the revision after it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Store revision after applying.
+    pub revision: i64,
+    /// The id had been applied before; this is the first answer, replayed.
+    pub duplicate: bool,
+}
+
+/// Store plus deduplication plus the applied log position.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMachine {
+    store: Store,
+    applied_index: u64,
+    recent: VecDeque<RequestId>,
+    answers: HashMap<RequestId, (Outcome, i64)>,
+}
+
+impl StateMachine {
+    /// An empty state machine.
+    pub fn new() -> Self {
+        Self { store: Store::new(), ..Self::default() }
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Index of the last applied log entry.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Records that log entry `index` (an empty or configuration entry) was applied.
+    pub fn skip(&mut self, index: u64) {
+        assert!(index > self.applied_index, "entry {index} applied twice");
+        self.applied_index = index;
+    }
+
+    /// Applies log entry `index`, at most once per request id.
+    pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Applied {
+        assert!(
+            index > self.applied_index,
+            "entry {index} applied twice (applied {})",
+            self.applied_index
+        );
+        self.applied_index = index;
+        if let Some((outcome, revision)) = self.answers.get(&proposal.id) {
+            return Applied { outcome: outcome.clone(), revision: *revision, duplicate: true };
+        }
+        let outcome = match &proposal.command {
+            Command::Put(put) => self.store.put(put).map(Outcome::Put),
+            Command::DeleteRange(delete) => {
+                self.store.delete_range(delete).map(Outcome::DeleteRange)
+            }
+            Command::Txn(txn) => self.store.txn(txn).map(Outcome::Txn),
+            Command::Compact { revision } => {
+                self.store.compact(*revision).map(|()| Outcome::Compact)
+            }
+        }
+        .unwrap_or_else(Outcome::Error);
+        let revision = self.store.revision();
+        self.remember(proposal.id, outcome.clone(), revision);
+        Applied { outcome, revision, duplicate: false }
+    }
+
+    fn remember(&mut self, id: RequestId, outcome: Outcome, revision: i64) {
+        if self.recent.len() == DEDUP_WINDOW {
+            if let Some(oldest) = self.recent.pop_front() {
+                self.answers.remove(&oldest);
+            }
+        }
+        self.recent.push_back(id);
+        self.answers.insert(id, (outcome, revision));
+        assert_eq!(self.recent.len(), self.answers.len());
+    }
+
+    /// The whole state, for a Raft snapshot.
+    pub fn snapshot(&self) -> Vec<u8> {
+        postcard::to_allocvec(self)
+            .unwrap_or_else(|error| unreachable!("encoding to memory cannot fail: {error}"))
+    }
+
+    /// Restores a snapshot taken by [`StateMachine::snapshot`].
+    pub fn restore(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let machine: Self =
+            postcard::from_bytes(bytes).map_err(|error| SnapshotError(error.to_string()))?;
+        if machine.recent.len() != machine.answers.len() {
+            return Err(SnapshotError("deduplication window is inconsistent".into()));
+        }
+        Ok(machine)
+    }
+
+    /// A digest of the replicated state (store and deduplication window, not the applied
+    /// index), equal on members that applied the same entries.
+    pub fn digest(&self) -> u64 {
+        let mut hash = Fnv::default();
+        hash.write(&postcard::to_allocvec(&self.store).unwrap_or_default());
+        for id in &self.recent {
+            hash.write(&id.session.to_le_bytes());
+            hash.write(&id.sequence.to_le_bytes());
+        }
+        hash.0
+    }
+}
+
+/// A snapshot that does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("snapshot does not decode: {0}")]
+pub struct SnapshotError(pub String);
+
+/// FNV-1a, 64-bit: stable across platforms and versions, unlike `std`'s hasher.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
