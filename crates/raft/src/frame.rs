@@ -1,0 +1,162 @@
+//! The peer wire format: length-prefixed, checksummed frames.
+//!
+//! ```text
+//! version u8 | kind u8 | payload length u32 BE | crc32 of payload u32 BE | payload
+//! ```
+//!
+//! A `Hello` frame opens every connection (cluster id and sender id); `Messages` frames
+//! carry a batch of Raft messages, each length-prefixed. Anything malformed, oversized or
+//! from another cluster is an error that closes the connection; the node keeps running.
+
+/// The only version spoken.
+pub const VERSION: u8 = 1;
+/// Header bytes before the payload.
+pub const HEADER_BYTES: usize = 10;
+/// Largest payload accepted (snapshots travel in one frame).
+pub const PAYLOAD_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Most messages in one frame.
+pub const MESSAGES_PER_FRAME_MAX: usize = 4_096;
+
+const KIND_HELLO: u8 = 1;
+const KIND_MESSAGES: u8 = 2;
+
+/// A decoded frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// Opens a connection.
+    Hello {
+        /// The sender's cluster.
+        cluster_id: u64,
+        /// The sender's member id.
+        from: u64,
+    },
+    /// Encoded Raft messages.
+    Messages(Vec<Vec<u8>>),
+}
+
+/// Why bytes are not a frame.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Unknown version byte.
+    #[error("frame version {0} is not {VERSION}")]
+    Version(u8),
+    /// Unknown kind byte.
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    /// Payload over the limit.
+    #[error("frame payload of {0} bytes exceeds {PAYLOAD_BYTES_MAX}")]
+    Oversized(usize),
+    /// Checksum mismatch.
+    #[error("frame checksum {found:#010x} does not match {expected:#010x}")]
+    Checksum {
+        /// Computed from the payload.
+        expected: u32,
+        /// In the header.
+        found: u32,
+    },
+    /// The payload's structure is wrong.
+    #[error("malformed frame payload: {0}")]
+    Malformed(&'static str),
+}
+
+fn header(kind: u8, payload: &[u8]) -> [u8; HEADER_BYTES] {
+    assert!(payload.len() <= PAYLOAD_BYTES_MAX, "frame payload over the limit");
+    let mut header = [0u8; HEADER_BYTES];
+    header[0] = VERSION;
+    header[1] = kind;
+    header[2..6].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    header[6..10].copy_from_slice(&crc32fast::hash(payload).to_be_bytes());
+    header
+}
+
+/// Encodes a frame, appending to `out`.
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    let (kind, payload) = match frame {
+        Frame::Hello { cluster_id, from } => {
+            let mut payload = Vec::with_capacity(16);
+            payload.extend_from_slice(&cluster_id.to_be_bytes());
+            payload.extend_from_slice(&from.to_be_bytes());
+            (KIND_HELLO, payload)
+        }
+        Frame::Messages(messages) => {
+            assert!(messages.len() <= MESSAGES_PER_FRAME_MAX, "too many messages for one frame");
+            let mut payload =
+                Vec::with_capacity(4 + messages.iter().map(|m| 4 + m.len()).sum::<usize>());
+            payload.extend_from_slice(&(messages.len() as u32).to_be_bytes());
+            for message in messages {
+                payload.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                payload.extend_from_slice(message);
+            }
+            (KIND_MESSAGES, payload)
+        }
+    };
+    out.extend_from_slice(&header(kind, &payload));
+    out.extend_from_slice(&payload);
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Decodes one frame from the front of `buffer`: `Ok(None)` if more bytes are needed,
+/// else the frame and how many bytes it used.
+pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    if buffer.len() < HEADER_BYTES {
+        return Ok(None);
+    }
+    if buffer[0] != VERSION {
+        return Err(FrameError::Version(buffer[0]));
+    }
+    let kind = buffer[1];
+    if kind != KIND_HELLO && kind != KIND_MESSAGES {
+        return Err(FrameError::Kind(kind));
+    }
+    let length = read_u32(buffer, 2).unwrap_or(0) as usize;
+    if length > PAYLOAD_BYTES_MAX {
+        return Err(FrameError::Oversized(length));
+    }
+    if buffer.len() < HEADER_BYTES + length {
+        return Ok(None);
+    }
+    let payload = &buffer[HEADER_BYTES..HEADER_BYTES + length];
+    let found = read_u32(buffer, 6).unwrap_or(0);
+    let expected = crc32fast::hash(payload);
+    if found != expected {
+        return Err(FrameError::Checksum { expected, found });
+    }
+    let frame = match kind {
+        KIND_HELLO => {
+            if payload.len() != 16 {
+                return Err(FrameError::Malformed("hello must be 16 bytes"));
+            }
+            let word =
+                |at: usize| u64::from_be_bytes(payload[at..at + 8].try_into().unwrap_or([0; 8]));
+            Frame::Hello { cluster_id: word(0), from: word(8) }
+        }
+        _ => {
+            let count = read_u32(payload, 0)
+                .ok_or(FrameError::Malformed("missing message count"))?
+                as usize;
+            if count > MESSAGES_PER_FRAME_MAX {
+                return Err(FrameError::Malformed("too many messages"));
+            }
+            let mut messages = Vec::with_capacity(count);
+            let mut at = 4;
+            for _ in 0..count {
+                let size = read_u32(payload, at)
+                    .ok_or(FrameError::Malformed("truncated message length"))?
+                    as usize;
+                at += 4;
+                let message =
+                    payload.get(at..at + size).ok_or(FrameError::Malformed("truncated message"))?;
+                messages.push(message.to_vec());
+                at += size;
+            }
+            if at != payload.len() {
+                return Err(FrameError::Malformed("bytes after the last message"));
+            }
+            Frame::Messages(messages)
+        }
+    };
+    Ok(Some((frame, HEADER_BYTES + length)))
+}

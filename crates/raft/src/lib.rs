@@ -1,0 +1,21 @@
+//! The replicated log: a driver around tikv's raft-rs, with the log in tikv's
+//! raft-engine, a TCP peer transport, and the `worknode-kv` state machine.
+//!
+//! We do not write our own Raft: raft-rs decides; this crate owns everything around it —
+//! the loop and its queues, the storage adapter, snapshots, the wire format and the
+//! connections. The driver is generic over its [`Clock`], [`Transport`] and
+//! [`LogStore`], so a whole cluster can run in one process.
+
+pub mod datadir;
+pub mod frame;
+pub mod member;
+pub mod node;
+pub mod snapshot_file;
+pub mod storage;
+pub mod transport;
+
+pub use node::{
+    ClientRequest, Clock, Node, NodeConfig, NodeError, NodeHandle, NodeStatus, ReadReply,
+    StartError, SystemClock, Transport, WriteReply,
+};
+pub use storage::{EngineStorage, LogStore, SnapshotSlot, StoreError};

@@ -1,0 +1,704 @@
+//! The Raft driver: one loop that owns raft-rs, the log store and the state machine.
+//!
+//! Each turn: take peer messages and client requests (bounded), tick on time, then handle
+//! `Ready` in the order raft-rs requires — send `messages()` at once, install a snapshot,
+//! apply committed entries, persist entries and hard state with one fdatasync, send
+//! `persisted_messages()`, advance. Proposals that arrive while a sync is in flight wait
+//! in the channel and share the next sync (group commit).
+//!
+//! Any member accepts requests. A follower's proposal goes to the leader through raft-rs;
+//! the member that accepted it answers when the entry is applied locally, matched by
+//! request id. Proposals raft-rs drops (no leader, transfer in progress, lost on the way)
+//! are proposed again every `retry_interval` until applied or the deadline passes; the
+//! state machine applies each request id at most once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use raft::eraftpb::{ConfState, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, ReadOnlyOption, StateRole};
+use tokio::sync::oneshot;
+use worknode_kv::{
+    Applied, KvError, Proposal, RangeRequest, RangeResponse, RequestId, StateMachine,
+};
+
+use crate::snapshot_file::SnapshotFile;
+use crate::storage::{LogStore, SnapshotSlot};
+
+/// Client requests waiting for the Raft loop.
+pub const REQUEST_QUEUE_MAX: usize = 8_192;
+/// Peer messages waiting for the Raft loop.
+pub const PEER_INBOX_MAX: usize = 16_384;
+/// Writes proposed and not yet applied, per member.
+pub const PENDING_WRITES_MAX: usize = 16_384;
+/// Linearizable reads waiting for their read index, per member.
+pub const PENDING_READS_MAX: usize = 16_384;
+/// Messages taken from a channel per loop turn, so neither starves the other.
+const DRAIN_MAX: usize = 1_024;
+
+/// Time, as the driver sees it (a simulator passes its own).
+pub trait Clock: Send {
+    /// Now.
+    fn now(&self) -> Instant;
+}
+
+/// The machine's monotonic clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// Where outgoing Raft messages go (a simulator passes its own network).
+pub trait Transport: Send {
+    /// Sends messages to their `to` members; may drop them (Raft retries).
+    fn send(&mut self, messages: Vec<Message>);
+}
+
+/// Why a request could not be served; the text is etcd's, which clients match on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// No leader is known.
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The deadline passed.
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// A queue is at its bound.
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
+    /// The node is shutting down.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// The request itself was refused by the state machine.
+    #[error("{0}")]
+    Kv(KvError),
+}
+
+/// Tuning of one node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This member's id.
+    pub id: u64,
+    /// Every voter's id, this member's included.
+    pub voters: Vec<u64>,
+    /// Length of a tick.
+    pub tick: Duration,
+    /// Ticks without a leader before an election (randomized up to twice this).
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Applied entries between state-machine snapshots.
+    pub snapshot_entries: u64,
+    /// Entries kept in the log behind a snapshot, for followers that lag a little.
+    pub log_keep_entries: u64,
+    /// How often an unapplied proposal or unanswered read index is retried.
+    pub retry_interval: Duration,
+}
+
+impl NodeConfig {
+    /// etcd's timing: 100 ms heartbeat, 1 s election timeout.
+    pub fn new(id: u64, voters: Vec<u64>) -> Self {
+        Self {
+            id,
+            voters,
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            snapshot_entries: 10_000,
+            log_keep_entries: 5_000,
+            retry_interval: Duration::from_millis(300),
+        }
+    }
+
+    /// The election timeout.
+    pub fn election_timeout(&self) -> Duration {
+        self.tick * self.election_ticks as u32
+    }
+}
+
+/// A write's answer: what the state machine did and the term it happened in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteReply {
+    /// The state machine's result.
+    pub applied: Applied,
+    /// Raft term at the time.
+    pub term: u64,
+}
+
+/// A read's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadReply {
+    /// The keys.
+    pub response: RangeResponse,
+    /// Store revision at the time.
+    pub revision: i64,
+    /// Raft term at the time.
+    pub term: u64,
+}
+
+/// A request for the Raft loop.
+#[derive(Debug)]
+pub enum ClientRequest {
+    /// A write through the log.
+    Write {
+        /// The command with its request id.
+        proposal: Proposal,
+        /// When to give up.
+        deadline: Instant,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<WriteReply, NodeError>>,
+    },
+    /// A read of the local state machine, after a read index when linearizable.
+    Read {
+        /// The range.
+        request: RangeRequest,
+        /// Confirm leadership first (etcd's default); else serve the local state.
+        linearizable: bool,
+        /// When to give up.
+        deadline: Instant,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<ReadReply, NodeError>>,
+    },
+    /// The state machine's digest and the applied index it was taken at.
+    Digest {
+        /// Where the answer goes.
+        reply: oneshot::Sender<(u64, u64)>,
+    },
+    /// Hand leadership to another member.
+    TransferLeader {
+        /// The member.
+        target: u64,
+        /// Answered at once (the transfer itself is asynchronous).
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+}
+
+/// What the node publishes about itself after every turn.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This member.
+    pub id: u64,
+    /// The leader it knows (0: none).
+    pub leader_id: u64,
+    /// Current term.
+    pub term: u64,
+    /// Whether this member leads.
+    pub is_leader: bool,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// Store revision.
+    pub revision: i64,
+    /// Writes waiting to be applied.
+    pub pending_writes: usize,
+    /// Requests refused at a queue bound, since start.
+    pub rejected_total: u64,
+    /// Proposals proposed again after raft-rs dropped or lost them, since start.
+    pub retried_total: u64,
+}
+
+/// The driver's side of the channels, held by servers and transports.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    requests: Sender<ClientRequest>,
+    inbox: Sender<Message>,
+    status: Arc<RwLock<NodeStatus>>,
+    stop: Arc<AtomicBool>,
+    dropped_inbound: Arc<AtomicU64>,
+}
+
+impl NodeHandle {
+    /// Queues a client request; `TooManyRequests` at the bound.
+    pub fn submit(&self, request: ClientRequest) -> Result<(), NodeError> {
+        match self.requests.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(NodeError::TooManyRequests),
+            Err(TrySendError::Disconnected(_)) => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Delivers a peer's message; dropped (and counted) at the bound — Raft resends.
+    /// Returns false once the node has stopped, so connections to it close.
+    pub fn deliver(&self, message: Message) -> bool {
+        match self.inbox.try_send(message) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.dropped_inbound.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// The latest published status.
+    pub fn status(&self) -> NodeStatus {
+        self.status.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Asks the loop to stop after its current turn.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Peer messages dropped at the inbox bound.
+    pub fn dropped_inbound(&self) -> u64 {
+        self.dropped_inbound.load(Ordering::Relaxed)
+    }
+}
+
+struct PendingWrite {
+    encoded: Vec<u8>,
+    deadline: Instant,
+    next_retry: Instant,
+    reply: oneshot::Sender<Result<WriteReply, NodeError>>,
+}
+
+struct PendingRead {
+    request: RangeRequest,
+    deadline: Instant,
+    next_retry: Instant,
+    /// Set once raft confirmed leadership at this index.
+    read_index: Option<u64>,
+    reply: oneshot::Sender<Result<ReadReply, NodeError>>,
+}
+
+/// The Raft loop's state.
+#[allow(
+    missing_debug_implementations,
+    reason = "raw raft state has no useful Debug; see NodeStatus"
+)]
+pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
+    config: NodeConfig,
+    clock: C,
+    transport: T,
+    raw: RawNode<S>,
+    machine: StateMachine,
+    snapshot_file: SnapshotFile,
+    slot: Arc<Mutex<SnapshotSlot>>,
+    last_snapshot_index: u64,
+    requests: Receiver<ClientRequest>,
+    inbox: Receiver<Message>,
+    handle: NodeHandle,
+    writes: HashMap<RequestId, PendingWrite>,
+    reads: BTreeMap<u64, PendingRead>,
+    next_read_id: u64,
+    rejected_total: u64,
+    retried_total: u64,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// raft-rs refused the configuration or storage.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// The snapshot could not be restored.
+    #[error("{0}")]
+    Snapshot(String),
+}
+
+fn logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
+    /// Builds the node from its storage and the latest snapshot (if any).
+    pub fn new(
+        config: NodeConfig,
+        clock: C,
+        transport: T,
+        storage: S,
+        snapshot: Option<Snapshot>,
+        snapshot_file: SnapshotFile,
+        slot: Arc<Mutex<SnapshotSlot>>,
+    ) -> Result<(Self, NodeHandle), StartError> {
+        let machine = match &snapshot {
+            Some(snapshot) => StateMachine::restore(snapshot.get_data()).map_err(|error| {
+                StartError::Snapshot(format!("{}: {error}", snapshot_file.path().display()))
+            })?,
+            None => StateMachine::new(),
+        };
+        let last_snapshot_index = machine.applied_index();
+        if let Some(snapshot) = snapshot {
+            slot.lock().unwrap_or_else(PoisonError::into_inner).latest = Some(snapshot);
+        }
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied: machine.applied_index(),
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            max_uncommitted_size: 64 * 1024 * 1024,
+            ..raft::Config::default()
+        };
+        raft_config.validate()?;
+        let raw = RawNode::new(&raft_config, storage, &logger())?;
+        let (request_tx, request_rx) = crossbeam_channel::bounded(REQUEST_QUEUE_MAX);
+        let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(PEER_INBOX_MAX);
+        let handle = NodeHandle {
+            requests: request_tx,
+            inbox: inbox_tx,
+            status: Arc::new(RwLock::new(NodeStatus { id: config.id, ..NodeStatus::default() })),
+            stop: Arc::new(AtomicBool::new(false)),
+            dropped_inbound: Arc::new(AtomicU64::new(0)),
+        };
+        let node = Self {
+            config,
+            clock,
+            transport,
+            raw,
+            machine,
+            snapshot_file,
+            slot,
+            last_snapshot_index,
+            requests: request_rx,
+            inbox: inbox_rx,
+            handle: handle.clone(),
+            writes: HashMap::new(),
+            reads: BTreeMap::new(),
+            next_read_id: 1,
+            rejected_total: 0,
+            retried_total: 0,
+        };
+        Ok((node, handle))
+    }
+
+    /// Runs until [`NodeHandle::stop`]; then answers what is left with `Stopped`.
+    pub fn run(mut self) -> Result<(), crate::storage::StoreError> {
+        let mut next_tick = self.clock.now() + self.config.tick;
+        while !self.handle.stop.load(Ordering::Relaxed) {
+            let timeout =
+                next_tick.saturating_duration_since(self.clock.now()).min(self.config.tick);
+            self.wait_for_input(timeout);
+            let now = self.clock.now();
+            if now >= next_tick {
+                self.raw.tick();
+                next_tick += self.config.tick;
+                if next_tick < now {
+                    next_tick = now + self.config.tick;
+                }
+                self.expire_and_retry(now);
+            }
+            self.maybe_snapshot()?;
+            self.handle_ready()?;
+            self.publish_status();
+        }
+        for (_, write) in self.writes.drain() {
+            let _ = write.reply.send(Err(NodeError::Stopped));
+        }
+        for (_, read) in std::mem::take(&mut self.reads) {
+            let _ = read.reply.send(Err(NodeError::Stopped));
+        }
+        Ok(())
+    }
+
+    fn wait_for_input(&mut self, timeout: Duration) {
+        crossbeam_channel::select! {
+            recv(self.inbox) -> message => {
+                if let Ok(message) = message {
+                    self.step(message);
+                }
+            }
+            recv(self.requests) -> request => {
+                if let Ok(request) = request {
+                    self.accept(request);
+                }
+            }
+            default(timeout) => {}
+        }
+        // Take whatever else is queued, bounded per turn.
+        for _ in 0..DRAIN_MAX {
+            match self.inbox.try_recv() {
+                Ok(message) => self.step(message),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..DRAIN_MAX {
+            match self.requests.try_recv() {
+                Ok(request) => self.accept(request),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn step(&mut self, message: Message) {
+        // Messages for another member, or from a removed one, are not ours to act on.
+        let _ = self.raw.step(message);
+    }
+
+    fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    fn accept(&mut self, request: ClientRequest) {
+        let now = self.clock.now();
+        match request {
+            ClientRequest::Write { proposal, deadline, reply } => {
+                if self.writes.len() >= PENDING_WRITES_MAX {
+                    self.rejected_total += 1;
+                    let _ = reply.send(Err(NodeError::TooManyRequests));
+                    return;
+                }
+                let encoded = proposal.encode();
+                // A dropped proposal stays pending and is retried; only the deadline ends it.
+                let _ = self.raw.propose(Vec::new(), encoded.clone());
+                self.writes.insert(
+                    proposal.id,
+                    PendingWrite {
+                        encoded,
+                        deadline,
+                        next_retry: now + self.config.retry_interval,
+                        reply,
+                    },
+                );
+            }
+            ClientRequest::Read { request, linearizable: false, reply, .. } => {
+                let _ = reply.send(self.read_local(&request));
+            }
+            ClientRequest::Read { request, linearizable: true, deadline, reply } => {
+                if self.reads.len() >= PENDING_READS_MAX {
+                    self.rejected_total += 1;
+                    let _ = reply.send(Err(NodeError::TooManyRequests));
+                    return;
+                }
+                let id = self.next_read_id;
+                self.next_read_id += 1;
+                self.raw.read_index(id.to_be_bytes().to_vec());
+                self.reads.insert(
+                    id,
+                    PendingRead {
+                        request,
+                        deadline,
+                        next_retry: now + self.config.retry_interval,
+                        read_index: None,
+                        reply,
+                    },
+                );
+            }
+            ClientRequest::Digest { reply } => {
+                let _ = reply.send((self.machine.applied_index(), self.machine.digest()));
+            }
+            ClientRequest::TransferLeader { target, reply } => {
+                let result = if self.raw.raft.state != StateRole::Leader {
+                    Err(NodeError::NoLeader)
+                } else {
+                    self.raw.transfer_leader(target);
+                    Ok(())
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn read_local(&self, request: &RangeRequest) -> Result<ReadReply, NodeError> {
+        let response = self.machine.store().range(request).map_err(NodeError::Kv)?;
+        Ok(ReadReply { response, revision: self.machine.store().revision(), term: self.term() })
+    }
+
+    fn expire_and_retry(&mut self, now: Instant) {
+        let leader_known = self.raw.raft.leader_id != raft::INVALID_ID;
+        let expired: Vec<RequestId> =
+            self.writes.iter().filter(|(_, w)| now >= w.deadline).map(|(id, _)| *id).collect();
+        for id in expired {
+            if let Some(write) = self.writes.remove(&id) {
+                let error = if leader_known { NodeError::Timeout } else { NodeError::NoLeader };
+                let _ = write.reply.send(Err(error));
+            }
+        }
+        let retry_interval = self.config.retry_interval;
+        let mut retried = 0;
+        for write in self.writes.values_mut().filter(|w| now >= w.next_retry) {
+            write.next_retry = now + retry_interval;
+            if leader_known {
+                let _ = self.raw.propose(Vec::new(), write.encoded.clone());
+                retried += 1;
+            }
+        }
+        self.retried_total += retried;
+        let expired: Vec<u64> =
+            self.reads.iter().filter(|(_, r)| now >= r.deadline).map(|(id, _)| *id).collect();
+        for id in expired {
+            if let Some(read) = self.reads.remove(&id) {
+                let error = if leader_known { NodeError::Timeout } else { NodeError::NoLeader };
+                let _ = read.reply.send(Err(error));
+            }
+        }
+        // A new leader drops read-index requests until it has committed in its term: ask again.
+        let mut again = Vec::new();
+        for (id, read) in
+            self.reads.iter_mut().filter(|(_, r)| r.read_index.is_none() && now >= r.next_retry)
+        {
+            read.next_retry = now + retry_interval;
+            again.push(*id);
+        }
+        for id in again {
+            self.raw.read_index(id.to_be_bytes().to_vec());
+        }
+    }
+
+    fn handle_ready(&mut self) -> Result<(), crate::storage::StoreError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            self.transport.send(ready.take_messages());
+        }
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.install_snapshot(&snapshot)?;
+        }
+        let committed = ready.take_committed_entries();
+        self.apply(committed);
+        let hard_state = ready.hs().cloned();
+        self.raw.mut_store().persist(ready.entries(), hard_state.as_ref(), true)?;
+        if !ready.persisted_messages().is_empty() {
+            self.transport.send(ready.take_persisted_messages());
+        }
+        for state in ready.take_read_states() {
+            let id =
+                u64::from_be_bytes(state.request_ctx.as_slice().try_into().unwrap_or_default());
+            if let Some(read) = self.reads.get_mut(&id) {
+                read.read_index = Some(state.index);
+            }
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let mut hard_state = self.raw.store().hard_state();
+            hard_state.commit = commit;
+            // The commit index may lag on disk: it is recomputed from the log on restart.
+            self.raw.mut_store().persist(&[], Some(&hard_state), false)?;
+        }
+        if !light.messages().is_empty() {
+            self.transport.send(light.take_messages());
+        }
+        self.apply(light.take_committed_entries());
+        self.raw.advance_apply();
+        self.serve_reads();
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                if entry.get_entry_type() != EntryType::EntryNormal {
+                    // Membership is fixed at bootstrap; a conf change entry still advances
+                    // raft's view so it never waits on it.
+                    let mut change = raft::eraftpb::ConfChange::default();
+                    if protobuf::Message::merge_from_bytes(&mut change, &entry.data).is_ok() {
+                        let _ = self.raw.apply_conf_change(&change);
+                    }
+                }
+                self.machine.skip(entry.index);
+                continue;
+            }
+            let Some(proposal) = Proposal::decode(&entry.data) else {
+                // Not ours to interpret; applying nothing keeps every member equal.
+                self.machine.skip(entry.index);
+                continue;
+            };
+            let applied = self.machine.apply(entry.index, &proposal);
+            if let Some(write) = self.writes.remove(&proposal.id) {
+                let _ = write.reply.send(Ok(WriteReply { applied, term: self.term() }));
+            }
+        }
+    }
+
+    fn serve_reads(&mut self) {
+        let applied = self.machine.applied_index();
+        let ready: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.read_index.is_some_and(|index| index <= applied))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            if let Some(read) = self.reads.remove(&id) {
+                let _ = read.reply.send(self.read_local(&read.request));
+            }
+        }
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), crate::storage::StoreError> {
+        match StateMachine::restore(snapshot.get_data()) {
+            Ok(machine) => {
+                // Durable first: a restart must find this state even if the log was cleaned.
+                if let Err(error) = self.snapshot_file.save(snapshot) {
+                    tracing_error(&format!("saving the received snapshot failed: {error}"));
+                    return Ok(());
+                }
+                self.raw.mut_store().install_snapshot(snapshot)?;
+                self.machine = machine;
+                self.last_snapshot_index = snapshot.get_metadata().index;
+            }
+            Err(error) => tracing_error(&format!("a received snapshot does not decode: {error}")),
+        }
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), crate::storage::StoreError> {
+        let applied = self.machine.applied_index();
+        let wanted = self.slot.lock().unwrap_or_else(PoisonError::into_inner).wanted_index.take();
+        let due = applied >= self.last_snapshot_index + self.config.snapshot_entries;
+        let needed = wanted.is_some_and(|index| index > self.last_snapshot_index);
+        if !(due || needed) || applied == self.last_snapshot_index || applied == 0 {
+            return Ok(());
+        }
+        let term = self.raw.raft.raft_log.term(applied).unwrap_or(0);
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(self.machine.snapshot().into());
+        let metadata = snapshot.mut_metadata();
+        metadata.index = applied;
+        metadata.term = term;
+        metadata.set_conf_state(self.conf_state());
+        // The commit index on disk must cover the snapshot before the snapshot exists.
+        let mut hard_state = self.raw.store().hard_state();
+        hard_state.commit = hard_state.commit.max(self.raw.raft.raft_log.committed);
+        self.raw.mut_store().persist(&[], Some(&hard_state), true)?;
+        if let Err(error) = self.snapshot_file.save(&snapshot) {
+            tracing_error(&format!("writing the snapshot failed, keeping the log: {error}"));
+            return Ok(());
+        }
+        let compact_to = applied.saturating_sub(self.config.log_keep_entries).max(1);
+        self.raw.mut_store().snapshot_taken(snapshot, compact_to)?;
+        self.last_snapshot_index = applied;
+        Ok(())
+    }
+
+    fn conf_state(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        let status = NodeStatus {
+            id: self.config.id,
+            leader_id: raft.leader_id,
+            term: raft.term,
+            is_leader: raft.state == StateRole::Leader,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.machine.applied_index(),
+            revision: self.machine.store().revision(),
+            pending_writes: self.writes.len(),
+            rejected_total: self.rejected_total,
+            retried_total: self.retried_total,
+        };
+        *self.handle.status.write().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+}
+
+fn tracing_error(message: &str) {
+    tracing::error!("{message}");
+}

@@ -1,0 +1,138 @@
+//! The state-machine snapshot on disk: one file, replaced atomically, checksummed.
+//!
+//! ```text
+//! magic "WNSNAP01" | metadata length u32 BE | metadata (raft SnapshotMetadata protobuf)
+//! | data length u64 BE | data | crc32 of everything before u32 BE
+//! ```
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use protobuf::Message as _;
+use raft::eraftpb::{Snapshot, SnapshotMetadata};
+
+const MAGIC: &[u8; 8] = b"WNSNAP01";
+
+/// A snapshot file that cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotFileError {
+    /// An I/O error.
+    #[error("snapshot {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The contents are damaged.
+    #[error("snapshot {path} is damaged at byte offset {offset}: {reason}")]
+    Damaged {
+        /// The file.
+        path: String,
+        /// Where the problem was found.
+        offset: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The snapshot file of one data directory.
+#[derive(Clone, Debug)]
+pub struct SnapshotFile {
+    path: PathBuf,
+}
+
+impl SnapshotFile {
+    /// The snapshot file in `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self { path: dir.join("snapshot.bin") }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, source: std::io::Error) -> SnapshotFileError {
+        SnapshotFileError::Io { path: self.path.display().to_string(), source }
+    }
+
+    /// Writes `snapshot` durably: a temporary file, fsync, rename, fsync of the directory.
+    pub fn save(&self, snapshot: &Snapshot) -> Result<(), SnapshotFileError> {
+        let metadata = snapshot
+            .get_metadata()
+            .write_to_bytes()
+            .unwrap_or_else(|error| unreachable!("encoding cannot fail: {error}"));
+        let data = snapshot.get_data();
+        let mut bytes = Vec::with_capacity(MAGIC.len() + 4 + metadata.len() + 8 + data.len() + 4);
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&(metadata.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&metadata);
+        bytes.extend_from_slice(&(data.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(data);
+        let checksum = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&checksum.to_be_bytes());
+        let temporary = self.path.with_extension("bin.tmp");
+        let mut file = File::create(&temporary).map_err(|e| self.io(e))?;
+        file.write_all(&bytes).map_err(|e| self.io(e))?;
+        file.sync_all().map_err(|e| self.io(e))?;
+        fs::rename(&temporary, &self.path).map_err(|e| self.io(e))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the snapshot; `Ok(None)` when there is none yet.
+    pub fn load(&self) -> Result<Option<Snapshot>, SnapshotFileError> {
+        let bytes = match fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(self.io(error)),
+        };
+        decode(&bytes).map(Some).map_err(|(offset, reason)| SnapshotFileError::Damaged {
+            path: self.path.display().to_string(),
+            offset,
+            reason,
+        })
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Snapshot, (usize, String)> {
+    if bytes.len() < MAGIC.len() + 4 + 8 + 4 || &bytes[..MAGIC.len()] != MAGIC {
+        return Err((0, "not a worknode snapshot (bad magic or too short)".into()));
+    }
+    let body = bytes.len() - 4;
+    let stored = u32::from_be_bytes(bytes[body..].try_into().unwrap_or_default());
+    let computed = crc32fast::hash(&bytes[..body]);
+    if stored != computed {
+        return Err((
+            body,
+            format!("checksum {stored:#010x} does not match the contents ({computed:#010x})"),
+        ));
+    }
+    let mut at = MAGIC.len();
+    let metadata_len =
+        u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap_or_default()) as usize;
+    at += 4;
+    let metadata_bytes =
+        bytes.get(at..at + metadata_len).ok_or((at, "metadata runs past the end".to_string()))?;
+    let metadata = SnapshotMetadata::parse_from_bytes(metadata_bytes)
+        .map_err(|e| (at, format!("metadata: {e}")))?;
+    at += metadata_len;
+    let data_len = bytes
+        .get(at..at + 8)
+        .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()) as usize)
+        .ok_or((at, "data length missing".to_string()))?;
+    at += 8;
+    let data = bytes.get(at..at + data_len).ok_or((at, "data runs past the end".to_string()))?;
+    if at + data_len != body {
+        return Err((at + data_len, "bytes after the data".into()));
+    }
+    let mut snapshot = Snapshot::default();
+    snapshot.set_metadata(metadata);
+    snapshot.set_data(data.to_vec().into());
+    Ok(snapshot)
+}

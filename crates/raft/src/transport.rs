@@ -1,0 +1,257 @@
+//! Peer transport over TCP: one outbound connection per peer, reconnecting with backoff,
+//! batching everything queued into one frame per flush, with TCP_NODELAY.
+//!
+//! The Raft loop hands messages to bounded per-peer queues and never blocks: at the bound
+//! a message is dropped and counted (Raft resends). Inbound connections start with a
+//! hello naming the cluster and sender; a malformed or oversized frame, or a hello from
+//! another cluster, closes that connection with a logged reason, and the node runs on.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use raft::eraftpb::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::frame::{self, Frame, MESSAGES_PER_FRAME_MAX};
+use crate::node::{NodeHandle, Transport};
+use crate::storage::{decode_message, encode_message};
+
+/// Messages queued per peer before new ones are dropped.
+pub const PEER_QUEUE_MAX: usize = 4_096;
+/// First reconnect delay; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest reconnect delay.
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Read buffer growth step.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Transport counters, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Messages dropped because a peer queue was full.
+    pub dropped_full: AtomicU64,
+    /// Messages dropped because the peer is partitioned off (fault injection).
+    pub dropped_blocked: AtomicU64,
+    /// Frames sent.
+    pub frames_sent: AtomicU64,
+    /// Connections closed because of a bad frame or hello.
+    pub bad_connections: AtomicU64,
+}
+
+/// Peers this member currently refuses to talk to (fault injection for tests).
+pub type Blocked = Arc<Mutex<HashSet<u64>>>;
+
+/// The sending side, owned by the Raft loop.
+#[derive(Debug)]
+pub struct TcpTransport {
+    queues: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    stats: Arc<TransportStats>,
+    blocked: Blocked,
+}
+
+impl Transport for TcpTransport {
+    fn send(&mut self, messages: Vec<Message>) {
+        let blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for message in messages {
+            if blocked.contains(&message.to) {
+                self.stats.dropped_blocked.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Some(queue) = self.queues.get(&message.to) else {
+                continue;
+            };
+            if queue.try_send(encode_message(&message)).is_err() {
+                self.stats.dropped_full.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Starts one writer task per peer on the current tokio runtime.
+pub fn connect_peers(
+    cluster_id: u64,
+    my_id: u64,
+    peers: &[(u64, SocketAddr)],
+    blocked: Blocked,
+) -> (TcpTransport, Arc<TransportStats>) {
+    let stats = Arc::new(TransportStats::default());
+    let mut queues = HashMap::new();
+    for &(peer, address) in peers.iter().filter(|(id, _)| *id != my_id) {
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+        queues.insert(peer, tx);
+        tokio::spawn(writer(
+            cluster_id,
+            my_id,
+            peer,
+            address,
+            rx,
+            Arc::clone(&stats),
+            Arc::clone(&blocked),
+        ));
+    }
+    (TcpTransport { queues, stats: Arc::clone(&stats), blocked }, stats)
+}
+
+async fn writer(
+    cluster_id: u64,
+    my_id: u64,
+    peer: u64,
+    address: SocketAddr,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    stats: Arc<TransportStats>,
+    blocked: Blocked,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut carry: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut stream = match TcpStream::connect(address).await {
+            Ok(stream) => stream,
+            Err(_) => {
+                // Keep only the newest messages while the peer is unreachable.
+                while carry.len() < PEER_QUEUE_MAX {
+                    match queue.try_recv() {
+                        Ok(message) => carry.push(message),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    }
+                }
+                carry.clear();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut buffer = Vec::new();
+        frame::encode(&Frame::Hello { cluster_id, from: my_id }, &mut buffer);
+        if stream.write_all(&buffer).await.is_err() {
+            continue;
+        }
+        backoff = BACKOFF_MIN;
+        loop {
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            if blocked.lock().unwrap_or_else(PoisonError::into_inner).contains(&peer) {
+                // Partitioned: close the connection and drop what was queued.
+                stats.dropped_blocked.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            let mut batch = vec![first];
+            while batch.len() < MESSAGES_PER_FRAME_MAX {
+                match queue.try_recv() {
+                    Ok(message) => batch.push(message),
+                    Err(_) => break,
+                }
+            }
+            buffer.clear();
+            frame::encode(&Frame::Messages(batch), &mut buffer);
+            if stream.write_all(&buffer).await.is_err() {
+                break;
+            }
+            stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Accepts peer connections and delivers their messages to the node.
+pub async fn serve_peers(
+    listener: TcpListener,
+    cluster_id: u64,
+    node: NodeHandle,
+    stats: Arc<TransportStats>,
+    blocked: Blocked,
+) {
+    loop {
+        let Ok((stream, remote)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(reader(
+            stream,
+            remote,
+            cluster_id,
+            node.clone(),
+            Arc::clone(&stats),
+            Arc::clone(&blocked),
+        ));
+    }
+}
+
+async fn reader(
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    cluster_id: u64,
+    node: NodeHandle,
+    stats: Arc<TransportStats>,
+    blocked: Blocked,
+) {
+    let mut buffer: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut from: Option<u64> = None;
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        loop {
+            match frame::decode(&buffer) {
+                Ok(Some((decoded, used))) => {
+                    buffer.drain(..used);
+                    match (decoded, from) {
+                        (Frame::Hello { cluster_id: theirs, from: sender }, None) => {
+                            if theirs != cluster_id {
+                                stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(%remote, "peer connection from cluster {theirs:#x}, not ours ({cluster_id:#x}): closed");
+                                return;
+                            }
+                            from = Some(sender);
+                        }
+                        (Frame::Messages(messages), Some(sender)) => {
+                            if blocked
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .contains(&sender)
+                            {
+                                stats
+                                    .dropped_blocked
+                                    .fetch_add(messages.len() as u64, Ordering::Relaxed);
+                                return;
+                            }
+                            for bytes in messages {
+                                match decode_message(&bytes) {
+                                    Ok(message) => {
+                                        if !node.deliver(message) {
+                                            return; // The node stopped: close the connection.
+                                        }
+                                    }
+                                    Err(error) => {
+                                        stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                                        tracing::warn!(%remote, "undecodable raft message ({error}): connection closed");
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                        (_, _) => {
+                            stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%remote, "peer connection did not start with one hello: closed");
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%remote, "bad frame ({error}): connection closed");
+                    return;
+                }
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+        }
+    }
+}

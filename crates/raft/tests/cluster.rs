@@ -1,0 +1,326 @@
+//! Whole clusters in one process: real raft-engine logs in temporary directories, real
+//! TCP between members on loopback.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use worknode_kv::{Command, Outcome, Proposal, PutRequest, RangeRequest, RequestId};
+use worknode_raft::member::{open_member, MemberSpec};
+use worknode_raft::transport::serve_peers;
+use worknode_raft::{ClientRequest, NodeConfig, NodeError, NodeHandle, ReadReply, WriteReply};
+
+const CLUSTER: u64 = 0xC1;
+
+struct Running {
+    handle: NodeHandle,
+    thread: thread::JoinHandle<()>,
+    blocked: worknode_raft::transport::Blocked,
+}
+
+struct Cluster {
+    runtime: tokio::runtime::Runtime,
+    root: PathBuf,
+    peers: Vec<(u64, SocketAddr)>,
+    members: Vec<Option<Running>>,
+    snapshot_entries: u64,
+}
+
+impl Cluster {
+    fn new(name: &str, size: u64, snapshot_entries: u64) -> Self {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        let _ = std::fs::remove_dir_all(&root);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let peers: Vec<(u64, SocketAddr)> = (1..=size)
+            .map(|id| {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                (id, listener.local_addr().unwrap())
+            })
+            .collect();
+        let mut cluster = Cluster { runtime, root, peers, members: Vec::new(), snapshot_entries };
+        for index in 0..size as usize {
+            cluster.members.push(None);
+            cluster.start(index);
+        }
+        cluster
+    }
+
+    fn start(&mut self, index: usize) {
+        let (id, address) = self.peers[index];
+        let mut node = NodeConfig::new(id, self.peers.iter().map(|(id, _)| *id).collect());
+        node.tick = Duration::from_millis(10);
+        node.election_ticks = 10;
+        node.retry_interval = Duration::from_millis(100);
+        node.snapshot_entries = self.snapshot_entries;
+        node.log_keep_entries = self.snapshot_entries / 2;
+        let spec = MemberSpec {
+            cluster_id: CLUSTER,
+            peers: self.peers.clone(),
+            data_dir: self.root.join(format!("member-{id}")),
+            recover_tail: false,
+            node,
+        };
+        let _guard = self.runtime.enter();
+        let member = open_member(&spec).unwrap();
+        // The address was free a moment ago; a restart may race its old socket, so retry.
+        let listener = (0..100)
+            .find_map(|_| {
+                std::net::TcpListener::bind(address).ok().or_else(|| {
+                    thread::sleep(Duration::from_millis(20));
+                    None
+                })
+            })
+            .unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let handle = member.handle.clone();
+        let peer_server = self.runtime.spawn(serve_peers(
+            listener,
+            CLUSTER,
+            handle.clone(),
+            member.stats.clone(),
+            member.blocked.clone(),
+        ));
+        let blocked = member.blocked.clone();
+        let node = member.node;
+        let data_dir = member.data_dir;
+        let thread = thread::spawn(move || {
+            node.run().unwrap();
+            peer_server.abort();
+            drop(data_dir);
+        });
+        self.members[index] = Some(Running { handle, thread, blocked });
+    }
+
+    fn stop(&mut self, index: usize) {
+        if let Some(running) = self.members[index].take() {
+            running.handle.stop();
+            running.thread.join().unwrap();
+            // Let the aborted listener release its port.
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn handle(&self, index: usize) -> &NodeHandle {
+        &self.members[index].as_ref().unwrap().handle
+    }
+
+    fn leader(&self) -> Option<usize> {
+        self.members.iter().position(|m| m.as_ref().is_some_and(|m| m.handle.status().is_leader))
+    }
+
+    fn wait_for_leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(leader) = self.leader() {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no leader elected");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn put(
+        &self,
+        index: usize,
+        session: u64,
+        sequence: u64,
+        key: &str,
+        value: &str,
+    ) -> Result<WriteReply, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        let proposal = Proposal {
+            id: RequestId { session, sequence },
+            command: Command::Put(PutRequest {
+                key: key.into(),
+                value: value.into(),
+                ..Default::default()
+            }),
+        };
+        self.handle(index).submit(ClientRequest::Write {
+            proposal,
+            deadline: Instant::now() + Duration::from_secs(5),
+            reply,
+        })?;
+        answer.blocking_recv().unwrap_or(Err(NodeError::Stopped))
+    }
+
+    fn get(&self, index: usize, key: &str) -> Result<ReadReply, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        let request = RangeRequest { key: key.into(), ..Default::default() };
+        self.handle(index).submit(ClientRequest::Read {
+            request,
+            linearizable: true,
+            deadline: Instant::now() + Duration::from_secs(5),
+            reply,
+        })?;
+        answer.blocking_recv().unwrap_or(Err(NodeError::Stopped))
+    }
+
+    fn digest(&self, index: usize) -> (u64, u64) {
+        let (reply, answer) = oneshot::channel();
+        self.handle(index).submit(ClientRequest::Digest { reply }).unwrap();
+        answer.blocking_recv().unwrap()
+    }
+
+    /// Waits until every running member applied the same index, then compares digests.
+    fn assert_converged(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let digests: Vec<(u64, u64)> = (0..self.members.len())
+                .filter(|&i| self.members[i].is_some())
+                .map(|i| self.digest(i))
+                .collect();
+            if digests.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "members did not converge: {digests:?}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for index in 0..self.members.len() {
+            self.stop(index);
+        }
+    }
+}
+
+fn value_of(reply: &ReadReply) -> Option<String> {
+    reply.response.kvs.first().map(|kv| String::from_utf8(kv.value.clone()).unwrap())
+}
+
+#[test]
+fn three_members_replicate_and_any_member_accepts_writes() {
+    let cluster = Cluster::new("three", 3, 10_000);
+    let leader = cluster.wait_for_leader();
+    let follower = (leader + 1) % 3;
+    let written = cluster.put(follower, 1, 1, "greeting", "hello").unwrap();
+    assert!(matches!(written.applied.outcome, Outcome::Put(_)));
+    assert_eq!(written.applied.revision, 2);
+    for member in 0..3 {
+        assert_eq!(
+            value_of(&cluster.get(member, "greeting").unwrap()).as_deref(),
+            Some("hello"),
+            "member {member}"
+        );
+    }
+    // A retried request id is applied once and answered with the first result.
+    let again = cluster.put(leader, 1, 1, "greeting", "hello").unwrap();
+    assert!(again.applied.duplicate);
+    assert_eq!(again.applied.revision, 2);
+    cluster.assert_converged();
+}
+
+#[test]
+fn five_members_survive_two_failures_and_catch_up() {
+    let mut cluster = Cluster::new("five", 5, 10_000);
+    cluster.wait_for_leader();
+    for i in 0..20 {
+        cluster.put(i % 5, 2, i as u64, &format!("k{i}"), "v").unwrap();
+    }
+    let leader = cluster.wait_for_leader();
+    let down = [(leader + 1) % 5, (leader + 2) % 5];
+    for &index in &down {
+        cluster.stop(index);
+    }
+    let alive = (0..5).find(|i| !down.contains(i)).unwrap();
+    for i in 20..40 {
+        cluster.put(alive, 2, i, &format!("k{i}"), "v").unwrap();
+    }
+    for &index in &down {
+        cluster.start(index);
+    }
+    cluster.assert_converged();
+    let restarted = down[0];
+    assert_eq!(cluster.get(restarted, "k39").unwrap().response.count, 1);
+}
+
+#[test]
+fn the_minority_side_of_a_partition_never_acknowledges() {
+    let cluster = Cluster::new("partition", 3, 10_000);
+    let leader = cluster.wait_for_leader();
+    cluster.put(leader, 3, 1, "before", "x").unwrap();
+    // Cut the leader off from both followers, in both directions.
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader as u64 + 1).collect();
+    cluster.members[leader]
+        .as_ref()
+        .unwrap()
+        .blocked
+        .lock()
+        .unwrap()
+        .extend(others.iter().copied());
+    for &other in &others {
+        cluster.members[other as usize - 1]
+            .as_ref()
+            .unwrap()
+            .blocked
+            .lock()
+            .unwrap()
+            .insert(leader as u64 + 1);
+    }
+    let (reply, answer) = oneshot::channel();
+    let proposal = Proposal {
+        id: RequestId { session: 3, sequence: 2 },
+        command: Command::Put(PutRequest {
+            key: "isolated".into(),
+            value: "x".into(),
+            ..Default::default()
+        }),
+    };
+    cluster
+        .handle(leader)
+        .submit(ClientRequest::Write {
+            proposal,
+            deadline: Instant::now() + Duration::from_millis(800),
+            reply,
+        })
+        .unwrap();
+    let minority = answer.blocking_recv().unwrap();
+    assert!(minority.is_err(), "the isolated member acknowledged a write: {minority:?}");
+    // The majority elects a new leader and keeps accepting writes.
+    let majority = others[0] as usize - 1;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if cluster.put(majority, 3, 3, "after", "y").is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the majority never recovered");
+    }
+    // Heal; the write the old leader held is either applied once or not at all.
+    cluster.members[leader].as_ref().unwrap().blocked.lock().unwrap().clear();
+    for &other in &others {
+        cluster.members[other as usize - 1].as_ref().unwrap().blocked.lock().unwrap().clear();
+    }
+    cluster.assert_converged();
+    assert_eq!(value_of(&cluster.get(leader, "after").unwrap()).as_deref(), Some("y"));
+}
+
+#[test]
+fn a_member_far_behind_is_brought_back_by_snapshot() {
+    let mut cluster = Cluster::new("snapshot", 3, 50);
+    let leader = cluster.wait_for_leader();
+    let lagging = (leader + 1) % 3;
+    cluster.stop(lagging);
+    let writer = (0..3).find(|&i| i != lagging).unwrap();
+    for i in 0..300u64 {
+        cluster.put(writer, 4, i, &format!("key{:03}", i % 40), &i.to_string()).unwrap();
+    }
+    cluster.start(lagging);
+    cluster.assert_converged();
+    assert_eq!(value_of(&cluster.get(lagging, "key019").unwrap()).as_deref(), Some("299"));
+    // Its own restart finds the same state from its snapshot and log.
+    cluster.stop(lagging);
+    cluster.start(lagging);
+    cluster.assert_converged();
+}
