@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod cores_cmd;
 mod jitter_cmd;
 mod schedule_cmd;
+mod serve_cmd;
 mod stakes_input;
 mod svg;
 mod top_cmd;
@@ -35,6 +36,8 @@ struct Cli {
 enum Command {
     /// Compute an epoch's leader schedule from a stake table.
     Schedule(schedule_cmd::ScheduleArgs),
+    /// Run one member of a cluster (etcd v3 API on its client address).
+    Serve(serve_cmd::ServeArgs),
     /// CPU isolation: show the topology, audit the host, plan worknode placement.
     #[command(subcommand)]
     Cores(cores_cmd::CoresCommand),
@@ -51,6 +54,11 @@ impl CliError {
     /// Bad input: the message names the file, line, field or value at fault.
     pub(crate) fn input(message: impl Into<String>) -> Self {
         Self { message: message.into(), exit: EXIT_INPUT }
+    }
+
+    /// The command ran and failed (a server that could not start or stopped on an error).
+    pub(crate) fn runtime(message: impl Into<String>) -> Self {
+        Self { message: message.into(), exit: EXIT_OUTPUT }
     }
 
     /// Output could not be written.
@@ -99,6 +107,7 @@ fn main() -> ExitCode {
     let mut out = BufWriter::new(stdout.lock());
     let result = match &cli.command {
         Command::Schedule(args) => schedule_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Cores(command) => cores_cmd::run(command, &mut out).map(|outcome| match outcome {
             cores_cmd::CoresOutcome::Done => ExitCode::SUCCESS,
             cores_cmd::CoresOutcome::CriticalFailures(_) => ExitCode::from(EXIT_CRITICAL),

@@ -1,0 +1,34 @@
+//! `worknode serve --config node.toml`: run one member of a cluster.
+
+use std::path::PathBuf;
+
+use worknode_server::config::ServerConfig;
+
+use crate::CliError;
+
+/// Arguments of `worknode serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The member's configuration (TOML).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Accept a log whose tail was torn by a crash: truncate it and say what was dropped.
+    #[arg(long)]
+    recover_tail: bool,
+}
+
+pub(crate) fn run(args: &ServeArgs) -> Result<(), CliError> {
+    let config =
+        ServerConfig::load(&args.config).map_err(|error| CliError::input(error.to_string()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WORKNODE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .try_init();
+    worknode_server::serve::serve(config, args.recover_tail)
+        .map_err(|error| CliError::runtime(error.to_string()))
+}

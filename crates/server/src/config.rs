@@ -1,0 +1,283 @@
+//! `node.toml`: who this member is, where it listens, who its peers are, and how it runs.
+//! Every error names the file, the line when known, and the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use worknode_cores::PlanConfig;
+use worknode_raft::NodeConfig;
+
+/// One member of the cluster, as every member's config lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// Member id (the Raft node id), unique and non-zero.
+    pub id: u64,
+    /// Human name.
+    pub name: String,
+    /// Peer (Raft) address.
+    pub peer: SocketAddr,
+    /// Client (etcd API) address.
+    pub client: SocketAddr,
+}
+
+/// Whether worknodes are pinned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pinning {
+    /// Pin per the core plan (best effort unless the plan says otherwise).
+    #[default]
+    Auto,
+    /// Do not pin (several members sharing one small host).
+    Off,
+}
+
+/// The `[cores]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoresConfig {
+    /// `auto` or `off`.
+    #[serde(default)]
+    pub pin: Pinning,
+    /// Degrade instead of failing on a small host (default true).
+    #[serde(default)]
+    pub best_effort: Option<bool>,
+    /// Housekeeping CPUs (default: the core of the lowest usable CPU).
+    #[serde(default)]
+    pub housekeeping: Option<worknode_cores::CpuSet>,
+    /// Worknodes to place (default: raft, net, api, background).
+    #[serde(default)]
+    pub worknode: Vec<worknode_cores::WorknodeSpec>,
+}
+
+impl CoresConfig {
+    /// The core plan this table describes.
+    pub fn plan_config(&self) -> PlanConfig {
+        let best_effort = self.best_effort.unwrap_or(true);
+        if self.worknode.is_empty() {
+            return PlanConfig {
+                housekeeping: self.housekeeping.clone(),
+                ..PlanConfig::default_server(best_effort)
+            };
+        }
+        PlanConfig {
+            best_effort,
+            housekeeping: self.housekeeping.clone(),
+            worknodes: self.worknode.clone(),
+        }
+    }
+}
+
+fn default_tick_ms() -> u64 {
+    100
+}
+fn default_election_ticks() -> usize {
+    10
+}
+fn default_heartbeat_ticks() -> usize {
+    1
+}
+fn default_request_timeout_ms() -> u64 {
+    5_000
+}
+fn default_snapshot_entries() -> u64 {
+    10_000
+}
+
+/// A member's whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Cluster name; members of one cluster share it (its hash is the cluster id).
+    pub cluster: String,
+    /// This member's id; must appear in `[[member]]`.
+    pub member_id: u64,
+    /// Data directory (lock, Raft log, snapshot).
+    pub data_dir: PathBuf,
+    /// Length of a Raft tick in milliseconds.
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Ticks before an election (etcd: 1000 ms / 100 ms = 10).
+    #[serde(default = "default_election_ticks")]
+    pub election_ticks: usize,
+    /// Ticks between heartbeats.
+    #[serde(default = "default_heartbeat_ticks")]
+    pub heartbeat_ticks: usize,
+    /// How long a client request may wait before "request timed out".
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Applied entries between snapshots.
+    #[serde(default = "default_snapshot_entries")]
+    pub snapshot_entries: u64,
+    /// Allow the fault-injection RPC (partitioning peers) — for tests only.
+    #[serde(default)]
+    pub allow_fault_injection: bool,
+    /// Worknode pinning.
+    #[serde(default)]
+    pub cores: CoresConfig,
+    /// Every member, this one included.
+    #[serde(rename = "member")]
+    pub members: Vec<MemberConfig>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// The line, when known.
+    pub line: Option<usize>,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+impl ServerConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            file: file.clone(),
+            line: None,
+            message: format!("cannot read: {error}"),
+        })?;
+        Self::parse(&file, &text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|error| ConfigError {
+            file: file.to_owned(),
+            line: error
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1),
+            message: error.message().replace('\n', " "),
+        })?;
+        let fail = |message: String| ConfigError { file: file.to_owned(), line: None, message };
+        if config.cluster.is_empty() {
+            return Err(fail("cluster: must not be empty".into()));
+        }
+        if config.tick_ms == 0 {
+            return Err(fail("tick_ms: must be at least 1".into()));
+        }
+        if config.heartbeat_ticks == 0 || config.election_ticks <= config.heartbeat_ticks {
+            return Err(fail(format!(
+                "election_ticks ({}) must be greater than heartbeat_ticks ({}), which must be at least 1",
+                config.election_ticks, config.heartbeat_ticks
+            )));
+        }
+        if config.members.is_empty() {
+            return Err(fail("member: list at least one [[member]]".into()));
+        }
+        for (index, member) in config.members.iter().enumerate() {
+            if member.id == 0 {
+                return Err(fail(format!("member[{index}].id: 0 is not a valid member id")));
+            }
+            if let Some(other) = config.members[..index].iter().find(|m| m.id == member.id) {
+                return Err(fail(format!(
+                    "member[{index}].id: {} is also the id of {:?}",
+                    member.id, other.name
+                )));
+            }
+            if let Some(other) = config.members[..index]
+                .iter()
+                .find(|m| m.peer == member.peer || m.client == member.client)
+            {
+                return Err(fail(format!(
+                    "member[{index}] ({:?}) shares an address with {:?}",
+                    member.name, other.name
+                )));
+            }
+        }
+        if !config.members.iter().any(|m| m.id == config.member_id) {
+            return Err(fail(format!(
+                "member_id: {} is not one of the [[member]] ids",
+                config.member_id
+            )));
+        }
+        Ok(config)
+    }
+
+    /// This member's entry.
+    pub fn me(&self) -> &MemberConfig {
+        self.members
+            .iter()
+            .find(|m| m.id == self.member_id)
+            .unwrap_or_else(|| unreachable!("validated: member_id is listed"))
+    }
+
+    /// The cluster id: FNV-1a of the cluster name (stable everywhere).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
+    /// The Raft node's tuning.
+    pub fn node_config(&self) -> NodeConfig {
+        let mut node = NodeConfig::new(self.member_id, self.members.iter().map(|m| m.id).collect());
+        node.tick = Duration::from_millis(self.tick_ms);
+        node.election_ticks = self.election_ticks;
+        node.heartbeat_ticks = self.heartbeat_ticks;
+        node.snapshot_entries = self.snapshot_entries;
+        node.log_keep_entries = self.snapshot_entries / 2;
+        node.retry_interval =
+            (node.tick * self.election_ticks as u32 / 2).max(Duration::from_millis(20));
+        node
+    }
+
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster = "demo"
+member_id = 2
+data_dir = "/tmp/wn/2"
+
+[[member]]
+id = 1
+name = "n1"
+peer = "127.0.0.1:12380"
+client = "127.0.0.1:12379"
+
+[[member]]
+id = 2
+name = "n2"
+peer = "127.0.0.1:22380"
+client = "127.0.0.1:22379"
+"#;
+
+    #[test]
+    fn parses_and_derives() {
+        let config = ServerConfig::parse("node.toml", GOOD).unwrap();
+        assert_eq!(config.me().name, "n2");
+        assert_eq!(config.node_config().voters, [1, 2]);
+        assert_eq!(config.node_config().tick, Duration::from_millis(100));
+        assert_eq!(config.cluster_id(), ServerConfig::parse("x", GOOD).unwrap().cluster_id());
+        assert_eq!(config.cores.pin, Pinning::Auto);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (GOOD.replace("member_id = 2", "member_id = 9"), "member_id: 9 is not one of"),
+            (GOOD.replace("127.0.0.1:22380", "nowhere"), "node.toml:17: invalid socket address"),
+            (GOOD.replace("id = 2", "id = 1"), "member[1].id: 1 is also the id of \"n1\""),
+            (GOOD.replace("data_dir", "datadir"), "node.toml:4: unknown field `datadir`"),
+            (format!("tick_ms = 0\n{GOOD}"), "tick_ms: must be at least 1"),
+        ];
+        for (text, expected) in cases {
+            let error = ServerConfig::parse("node.toml", &text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error:?} lacks {expected:?}");
+        }
+    }
+}

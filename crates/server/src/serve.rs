@@ -1,0 +1,205 @@
+//! `worknode serve`: one member, wired to its worknodes.
+//!
+//! The network worknode (class high) runs the tokio runtime: the etcd gRPC API, the peer
+//! listener and the peer writers; runtime threads inherit its pinning. The Raft worknode
+//! (class critical) runs the Raft loop on its own core. Both pin per the core plan when
+//! `[cores] pin = "auto"` (best effort on small hosts); SIGTERM or SIGINT shuts down
+//! cleanly: the API stops accepting, the Raft loop finishes its turn, the log is synced.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use worknode_cores::{
+    live_host, spawn_worknode, CoreAuthority, CoreGrant, CorePlan, PinOptions, WorknodeClass,
+    WorknodeSpec,
+};
+use worknode_raft::member::{open_member, MemberSpec};
+use worknode_raft::transport::serve_peers;
+
+use crate::admin::AdminService;
+use crate::config::{Pinning, ServerConfig};
+use crate::service::{ClusterService, KvService, MaintenanceService, Shared};
+use crate::{adminpb, pb};
+
+/// Why a member stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The core plan is invalid for this host.
+    #[error("core plan: {0}")]
+    Plan(#[from] worknode_cores::PlanError),
+    /// The member's storage could not open.
+    #[error("{0}")]
+    Open(#[from] worknode_raft::member::OpenError),
+    /// A listener could not bind.
+    #[error("cannot listen on {address} ({what}): {source}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worknode thread could not start.
+    #[error("{0}")]
+    Pin(#[from] worknode_cores::PinError),
+    /// The gRPC server failed.
+    #[error("client API: {0}")]
+    Api(#[from] tonic::transport::Error),
+    /// The Raft loop failed (a disk error: the process must stop).
+    #[error("raft loop: {0}")]
+    Raft(#[from] worknode_raft::StoreError),
+    /// A thread panicked.
+    #[error("the {0} worknode panicked")]
+    Panicked(&'static str),
+    /// The runtime could not start.
+    #[error("tokio runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Runs the member until SIGTERM/SIGINT.
+pub fn serve(config: ServerConfig, recover_tail: bool) -> Result<(), ServeError> {
+    let authority = match config.cores.pin {
+        Pinning::Off => None,
+        Pinning::Auto => {
+            let (_, host) = live_host();
+            let plan = CorePlan::build(&host, &config.cores.plan_config())?;
+            for placement in plan.placements() {
+                tracing::info!(worknode = %placement.worknode, class = %placement.class, cpus = %placement.cpus, "core plan");
+            }
+            for warning in plan.warnings() {
+                tracing::warn!("core plan: {warning}");
+            }
+            Some(Arc::new(CoreAuthority::new(plan)))
+        }
+    };
+    let grant = |name: &str| -> Option<CoreGrant> { authority.as_ref()?.grant(name).ok() };
+    let options = PinOptions { best_effort: true, ..PinOptions::default() };
+    let net = WorknodeSpec::new("net", WorknodeClass::High);
+    let net_grant = grant("net");
+    let authority_for_raft = authority.clone();
+    let worknode = spawn_worknode(&net, net_grant, &options, move || {
+        run(config, recover_tail, authority_for_raft)
+    })?;
+    for warning in &worknode.report().warnings {
+        tracing::warn!("{warning}");
+    }
+    worknode.join().map_err(|_| ServeError::Panicked("net"))?
+}
+
+fn run(
+    config: ServerConfig,
+    recover_tail: bool,
+    authority: Option<Arc<CoreAuthority>>,
+) -> Result<(), ServeError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("net")
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    runtime.block_on(run_async(config, recover_tail, authority))
+}
+
+async fn bind(
+    address: std::net::SocketAddr,
+    what: &'static str,
+) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(address).await.map_err(|source| ServeError::Bind { address, what, source })
+}
+
+async fn run_async(
+    config: ServerConfig,
+    recover_tail: bool,
+    authority: Option<Arc<CoreAuthority>>,
+) -> Result<(), ServeError> {
+    let me = config.me().clone();
+    let cluster_id = config.cluster_id();
+    // Bind first: a taken port is the most common start-up mistake.
+    let peer_listener = bind(me.peer, "peer").await?;
+    let client_listener = bind(me.client, "client").await?;
+    let spec = MemberSpec {
+        cluster_id,
+        peers: config.members.iter().map(|m| (m.id, m.peer)).collect(),
+        data_dir: config.data_dir.clone(),
+        recover_tail,
+        node: config.node_config(),
+    };
+    let member = open_member(&spec)?;
+    if let Some(note) = &member.recovery_note {
+        tracing::warn!("{note}");
+    }
+    tokio::spawn(serve_peers(
+        peer_listener,
+        cluster_id,
+        member.handle.clone(),
+        member.stats.clone(),
+        member.blocked.clone(),
+    ));
+    let raft = WorknodeSpec::new("raft", WorknodeClass::Critical);
+    let raft_grant = authority.as_ref().and_then(|a| a.grant("raft").ok());
+    let node = member.node;
+    let raft_thread = spawn_worknode(
+        &raft,
+        raft_grant,
+        &PinOptions { best_effort: true, ..PinOptions::default() },
+        move || node.run(),
+    )?;
+    tracing::info!(
+        member = me.id,
+        name = %me.name,
+        client = %me.client,
+        peer = %me.peer,
+        raft_cpus = %raft_thread.report().effective,
+        "worknode member serving"
+    );
+    let shared = Arc::new(Shared {
+        node: member.handle.clone(),
+        cluster_id,
+        member_id: me.id,
+        members: config.members.clone(),
+        request_timeout: config.request_timeout(),
+        session: rand::random(),
+        sequence: AtomicU64::new(1),
+    });
+    let admin = AdminService {
+        shared: shared.clone(),
+        blocked: member.blocked.clone(),
+        allow_fault_injection: config.allow_fault_injection,
+    };
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(pb::kv_server::KvServer::new(KvService(shared.clone())))
+        .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService(
+            shared.clone(),
+        )))
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(shared.clone())))
+        .add_service(adminpb::admin_server::AdminServer::new(admin))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), shutdown_signal())
+        .await;
+    tracing::info!("shutting down: stopping the raft loop");
+    member.handle.stop();
+    let raft_result = raft_thread.join().map_err(|_| ServeError::Panicked("raft"))?;
+    drop(member.data_dir);
+    result?;
+    raft_result?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers the process can still be stopped by SIGKILL.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM"),
+        _ = interrupt.recv() => tracing::info!("SIGINT"),
+    }
+}

@@ -1,0 +1,290 @@
+//! The etcd v3 gRPC services: KV, Maintenance (status, move-leader) and Cluster (member
+//! list), answered through the Raft node.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use tonic::{Code, Request, Response, Status};
+use worknode_kv as kv;
+use worknode_raft::{ClientRequest, NodeError, NodeHandle, ReadReply, WriteReply};
+
+use crate::config::MemberConfig;
+use crate::convert::{self, REQUEST_BYTES_MAX};
+use crate::pb;
+
+/// Shared by every service of one member.
+#[derive(Debug)]
+pub struct Shared {
+    /// The Raft node.
+    pub node: NodeHandle,
+    /// Cluster id for response headers.
+    pub cluster_id: u64,
+    /// This member's id.
+    pub member_id: u64,
+    /// Every member.
+    pub members: Vec<MemberConfig>,
+    /// How long a request may wait.
+    pub request_timeout: std::time::Duration,
+    /// This process's deduplication session.
+    pub session: u64,
+    /// Next request sequence number.
+    pub sequence: AtomicU64,
+}
+
+impl Shared {
+    fn header(&self, revision: i64, term: u64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: term,
+        }
+    }
+
+    async fn write(&self, command: kv::Command) -> Result<WriteReply, Status> {
+        let id = kv::RequestId {
+            session: self.session,
+            sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
+        };
+        let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + self.request_timeout;
+        self.node
+            .submit(ClientRequest::Write {
+                proposal: kv::Proposal { id, command },
+                deadline,
+                reply,
+            })
+            .map_err(|error| convert::status(&error))?;
+        match answer.await {
+            Ok(Ok(written)) => Ok(written),
+            Ok(Err(error)) => Err(convert::status(&error)),
+            Err(_) => Err(convert::status(&NodeError::Stopped)),
+        }
+    }
+
+    async fn read(
+        &self,
+        request: kv::RangeRequest,
+        linearizable: bool,
+    ) -> Result<ReadReply, Status> {
+        let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + self.request_timeout;
+        self.node
+            .submit(ClientRequest::Read { request, linearizable, deadline, reply })
+            .map_err(|error| convert::status(&error))?;
+        match answer.await {
+            Ok(Ok(read)) => Ok(read),
+            Ok(Err(error)) => Err(convert::status(&error)),
+            Err(_) => Err(convert::status(&NodeError::Stopped)),
+        }
+    }
+}
+
+fn check_size(bytes: usize) -> Result<(), Status> {
+    if bytes > REQUEST_BYTES_MAX {
+        return Err(convert::invalid("etcdserver: request is too large"));
+    }
+    Ok(())
+}
+
+/// `etcdserverpb.KV`.
+#[derive(Clone, Debug)]
+pub struct KvService(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let request = request.into_inner();
+        let linearizable = !request.serializable;
+        let read = self.0.read(convert::range_request(request), linearizable).await?;
+        let header = self.0.header(read.revision, read.term);
+        Ok(Response::new(pb::RangeResponse {
+            header: Some(header),
+            ..convert::range_response(read.response)
+        }))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let request = request.into_inner();
+        if request.key.is_empty() {
+            return Err(convert::invalid("etcdserver: key is not provided"));
+        }
+        check_size(request.key.len() + request.value.len())?;
+        let written = self.0.write(kv::Command::Put(convert::put_request(request))).await?;
+        let header = self.0.header(written.applied.revision, written.term);
+        match written.applied.outcome {
+            kv::Outcome::Put(put) => Ok(Response::new(pb::PutResponse {
+                header: Some(header),
+                prev_kv: put.prev_kv.map(convert::key_value),
+            })),
+            kv::Outcome::Error(error) => Err(convert::kv_status(&error)),
+            other => Err(Status::internal(format!("put answered with {other:?}"))),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let request = request.into_inner();
+        if request.key.is_empty() {
+            return Err(convert::invalid("etcdserver: key is not provided"));
+        }
+        let written =
+            self.0.write(kv::Command::DeleteRange(convert::delete_request(request))).await?;
+        let header = self.0.header(written.applied.revision, written.term);
+        match written.applied.outcome {
+            kv::Outcome::DeleteRange(delete) => Ok(Response::new(pb::DeleteRangeResponse {
+                header: Some(header),
+                deleted: delete.deleted,
+                prev_kvs: delete.prev_kvs.into_iter().map(convert::key_value).collect(),
+            })),
+            kv::Outcome::Error(error) => Err(convert::kv_status(&error)),
+            other => Err(Status::internal(format!("delete answered with {other:?}"))),
+        }
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        let txn = convert::txn_request(request.into_inner())?;
+        check_size(proposal_size(&txn))?;
+        let written = self.0.write(kv::Command::Txn(txn)).await?;
+        let header = self.0.header(written.applied.revision, written.term);
+        match written.applied.outcome {
+            kv::Outcome::Txn(txn) => Ok(Response::new(convert::txn_response(txn, &header))),
+            kv::Outcome::Error(error) => Err(convert::kv_status(&error)),
+            other => Err(Status::internal(format!("txn answered with {other:?}"))),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let revision = request.into_inner().revision;
+        let written = self.0.write(kv::Command::Compact { revision }).await?;
+        let header = self.0.header(written.applied.revision, written.term);
+        match written.applied.outcome {
+            kv::Outcome::Compact => {
+                Ok(Response::new(pb::CompactionResponse { header: Some(header) }))
+            }
+            kv::Outcome::Error(error) => Err(convert::kv_status(&error)),
+            other => Err(Status::internal(format!("compact answered with {other:?}"))),
+        }
+    }
+}
+
+fn proposal_size(txn: &kv::TxnRequest) -> usize {
+    kv::Proposal {
+        id: kv::RequestId { session: 0, sequence: 0 },
+        command: kv::Command::Txn(txn.clone()),
+    }
+    .encode()
+    .len()
+}
+
+/// `etcdserverpb.Maintenance`.
+#[derive(Clone, Debug)]
+pub struct MaintenanceService(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let status = self.0.node.status();
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(self.0.header(status.revision, status.term)),
+            version: concat!("3.5.0-worknode-", env!("CARGO_PKG_VERSION")).to_owned(),
+            db_size: 0,
+            leader: status.leader_id,
+            raft_index: status.commit_index,
+            raft_term: status.term,
+            raft_applied_index: status.applied_index,
+            errors: Vec::new(),
+            db_size_in_use: 0,
+            is_learner: false,
+        }))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let target = request.into_inner().target_id;
+        if !self.0.members.iter().any(|m| m.id == target) {
+            return Err(Status::new(Code::FailedPrecondition, "etcdserver: bad leader transferee"));
+        }
+        let status = self.0.node.status();
+        if !status.is_leader {
+            return Err(Status::new(Code::FailedPrecondition, "etcdserver: not leader"));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .node
+            .submit(ClientRequest::TransferLeader { target, reply })
+            .map_err(|e| convert::status(&e))?;
+        answer
+            .await
+            .map_err(|_| convert::status(&NodeError::Stopped))?
+            .map_err(|e| convert::status(&e))?;
+        // etcd answers once the transfer completed (or timed out).
+        let deadline = Instant::now() + self.0.request_timeout;
+        loop {
+            let now = self.0.node.status();
+            if now.leader_id == target {
+                return Ok(Response::new(pb::MoveLeaderResponse {
+                    header: Some(self.0.header(now.revision, now.term)),
+                }));
+            }
+            if Instant::now() > deadline {
+                return Err(Status::new(
+                    Code::Unavailable,
+                    "etcdserver: request timed out, leader transfer took too long",
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// `etcdserverpb.Cluster`.
+#[derive(Clone, Debug)]
+pub struct ClusterService(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn member_list(
+        &self,
+        _request: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        let status = self.0.node.status();
+        let members = self
+            .0
+            .members
+            .iter()
+            .map(|m| pb::Member {
+                id: m.id,
+                name: m.name.clone(),
+                peer_ur_ls: vec![format!("http://{}", m.peer)],
+                client_ur_ls: vec![format!("http://{}", m.client)],
+                is_learner: false,
+            })
+            .collect();
+        Ok(Response::new(pb::MemberListResponse {
+            header: Some(self.0.header(status.revision, status.term)),
+            members,
+        }))
+    }
+}
