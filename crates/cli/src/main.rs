@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench_cmd;
 mod cores_cmd;
 mod jitter_cmd;
 mod schedule_cmd;
@@ -36,6 +37,8 @@ struct Cli {
 enum Command {
     /// Compute an epoch's leader schedule from a stake table.
     Schedule(schedule_cmd::ScheduleArgs),
+    /// Load-test an etcd-API cluster (worknode or etcd): closed-loop puts or gets.
+    Bench(bench_cmd::BenchArgs),
     /// Run one member of a cluster (etcd v3 API on its client address).
     Serve(serve_cmd::ServeArgs),
     /// CPU isolation: show the topology, audit the host, plan worknode placement.
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
     let mut out = BufWriter::new(stdout.lock());
     let result = match &cli.command {
         Command::Schedule(args) => schedule_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Cores(command) => cores_cmd::run(command, &mut out).map(|outcome| match outcome {
             cores_cmd::CoresOutcome::Done => ExitCode::SUCCESS,

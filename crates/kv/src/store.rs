@@ -24,6 +24,9 @@ pub struct Store {
     pub(crate) keys: BTreeMap<Vec<u8>, Vec<Entry>>,
     pub(crate) revision: i64,
     pub(crate) compact_revision: i64,
+    /// History entries written by the running transaction (scratch, not state).
+    #[serde(skip)]
+    recorded: usize,
 }
 
 /// The key set a request names.
@@ -47,7 +50,7 @@ fn span<'a>(key: &'a [u8], range_end: &'a [u8]) -> Span<'a> {
 impl Store {
     /// An empty store at revision 1 (etcd starts counting there).
     pub fn new() -> Self {
-        Self { keys: BTreeMap::new(), revision: 1, compact_revision: 0 }
+        Self { keys: BTreeMap::new(), revision: 1, compact_revision: 0, recorded: 0 }
     }
 
     /// The current revision.
@@ -153,6 +156,7 @@ impl Store {
         let history = self.keys.entry(key.to_vec()).or_default();
         assert!(history.last().is_none_or(|last| last.revision < revision), "history must grow");
         history.push(Entry { revision, kv });
+        self.recorded += 1;
     }
 
     /// Applies a put at `revision` (validated already).
@@ -307,12 +311,13 @@ impl Store {
         let branch = if succeeded { &txn.success } else { &txn.failure };
         self.check_ops(branch, &mut path[1..].iter(), &mut Vec::new(), &mut Vec::new())?;
         let revision = self.revision + 1;
-        let before: usize = self.keys.values().map(Vec::len).sum();
+        self.recorded = 0;
         let responses = self.run_ops(branch, &mut path[1..].iter(), revision)?;
-        let after: usize = self.keys.values().map(Vec::len).sum();
-        if after > before {
+        // Only a transaction that wrote something takes a revision.
+        if self.recorded > 0 {
             self.revision = revision;
         }
+        self.recorded = 0;
         Ok(TxnResponse { succeeded, responses })
     }
 

@@ -178,7 +178,7 @@ async fn run_async(
         )))
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService(shared.clone())))
         .add_service(adminpb::admin_server::AdminServer::new(admin))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), shutdown_signal())
+        .serve_with_incoming_shutdown(incoming_nodelay(client_listener), shutdown_signal())
         .await;
     tracing::info!("shutting down: stopping the raft loop");
     member.handle.stop();
@@ -187,6 +187,17 @@ async fn run_async(
     result?;
     raft_result?;
     Ok(())
+}
+
+/// Accepted client connections with TCP_NODELAY: responses must not wait for Nagle's
+/// algorithm and the client's delayed ACK (a 40 ms stall per small response).
+fn incoming_nodelay(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    })
 }
 
 async fn shutdown_signal() {

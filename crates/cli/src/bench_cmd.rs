@@ -1,0 +1,250 @@
+//! `worknode bench put|get`: a closed-loop load generator speaking the etcd v3 API, for
+//! worknode and etcd alike.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use worknode_server::pb;
+use worknode_server::pb::kv_client::KvClient;
+
+use crate::jitter_cmd::parse_duration;
+use crate::CliError;
+
+/// Distinct error messages remembered in a report.
+const ERROR_KINDS_MAX: usize = 16;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Workload {
+    /// Puts of random keys.
+    Put,
+    /// Gets of one key (linearizable unless --serializable).
+    Get,
+}
+
+/// Arguments of `worknode bench`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// put or get.
+    #[arg(value_enum)]
+    workload: Workload,
+    /// Client endpoints, comma-separated host:port.
+    #[arg(long, default_value = "127.0.0.1:2379", value_name = "LIST")]
+    endpoints: String,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// gRPC connections shared by the clients (spread over the endpoints).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Value size in bytes (put).
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Distinct keys written (put).
+    #[arg(long, default_value_t = 10_000)]
+    key_space: u64,
+    /// How long to run: 10s, 500ms, 1m.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Serve gets from the member's local state (no read index).
+    #[arg(long)]
+    serializable: bool,
+    /// Print JSON instead of a line of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The measured result.
+#[derive(Debug, Serialize)]
+struct Report {
+    workload: &'static str,
+    clients: usize,
+    connections: usize,
+    endpoints: Vec<String>,
+    duration_s: f64,
+    ops: u64,
+    ops_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+    errors: u64,
+    error_kinds: BTreeMap<String, u64>,
+    stall_ms_max: f64,
+}
+
+/// Shared between client tasks.
+struct Tally {
+    latency: Histogram<u64>,
+    ops: u64,
+    errors: u64,
+    error_kinds: BTreeMap<String, u64>,
+    last_completion: Instant,
+    stall_max: Duration,
+}
+
+impl Tally {
+    fn complete(&mut self, now: Instant) {
+        self.stall_max = self.stall_max.max(now - self.last_completion);
+        self.last_completion = now;
+    }
+}
+
+pub(crate) fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let duration = parse_duration(&args.duration).map_err(|e| CliError::input(format!("--duration: {e}")))?;
+    if args.clients == 0 || args.connections == 0 {
+        return Err(CliError::input("--clients and --connections must be at least 1"));
+    }
+    let endpoints: Vec<String> = args.endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+    if endpoints.is_empty() {
+        return Err(CliError::input("--endpoints is empty"));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::runtime(format!("tokio runtime: {e}")))?;
+    let report = runtime.block_on(measure(args, &endpoints, duration))?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &report).map_err(CliError::output)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{}: {} clients over {} connections to {} endpoint(s), {:.1} s: {:.1} ops/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} errors, longest stall {:.1} ms",
+            report.workload,
+            report.clients,
+            report.connections,
+            report.endpoints.len(),
+            report.duration_s,
+            report.ops_per_s,
+            report.p50_ms,
+            report.p99_ms,
+            report.p999_ms,
+            report.max_ms,
+            report.errors,
+            report.stall_ms_max
+        )?;
+        for (kind, count) in &report.error_kinds {
+            writeln!(out, "  {count} × {kind}")?;
+        }
+    }
+    Ok(())
+}
+
+async fn connect(endpoint: &str) -> Result<Channel, CliError> {
+    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
+    Endpoint::from_shared(uri.clone())
+        .map_err(|e| CliError::input(format!("--endpoints: {uri:?} is not an address: {e}")))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| CliError::runtime(format!("cannot connect to {endpoint}: {e}")))
+}
+
+async fn measure(args: &BenchArgs, endpoints: &[String], duration: Duration) -> Result<Report, CliError> {
+    let mut channels = Vec::with_capacity(args.connections);
+    for index in 0..args.connections {
+        channels.push(connect(&endpoints[index % endpoints.len()]).await?);
+    }
+    let value = vec![b'x'; args.value_size];
+    if args.workload == Workload::Get {
+        // One key to read, so reads return a value as they would in use.
+        let mut client = KvClient::new(channels[0].clone());
+        let put = pb::PutRequest { key: b"bench-read-key".to_vec(), value: value.clone(), ..Default::default() };
+        client.put(put).await.map_err(|e| CliError::runtime(format!("preparing the read key: {}", e.message())))?;
+    }
+    let start = Instant::now();
+    let tally = Arc::new(Mutex::new(Tally {
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds")),
+        ops: 0,
+        errors: 0,
+        error_kinds: BTreeMap::new(),
+        last_completion: start,
+        stall_max: Duration::ZERO,
+    }));
+    let end = start + duration;
+    let mut tasks = Vec::with_capacity(args.clients);
+    for index in 0..args.clients {
+        let mut client = KvClient::new(channels[index % channels.len()].clone());
+        let tally = Arc::clone(&tally);
+        let value = value.clone();
+        let (workload, key_space, serializable) = (args.workload, args.key_space.max(1), args.serializable);
+        tasks.push(tokio::spawn(async move {
+            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ index as u64;
+            while Instant::now() < end {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let began = Instant::now();
+                let result = match workload {
+                    Workload::Put => {
+                        let key = format!("bench-{:08}", state % key_space).into_bytes();
+                        client.put(pb::PutRequest { key, value: value.clone(), ..Default::default() }).await.map(|_| ())
+                    }
+                    Workload::Get => {
+                        let request = pb::RangeRequest { key: b"bench-read-key".to_vec(), serializable, ..Default::default() };
+                        client.range(request).await.map(|_| ())
+                    }
+                };
+                let now = Instant::now();
+                let failed = {
+                    let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
+                    match result {
+                        Ok(()) => {
+                            tally.ops += 1;
+                            let micros = (now - began).as_micros().clamp(1, 60_000_000) as u64;
+                            tally.latency.saturating_record(micros);
+                            tally.complete(now);
+                            false
+                        }
+                        Err(status) => {
+                            tally.errors += 1;
+                            let kind = format!("{:?}: {}", status.code(), status.message());
+                            if tally.error_kinds.len() < ERROR_KINDS_MAX || tally.error_kinds.contains_key(&kind) {
+                                *tally.error_kinds.entry(kind).or_default() += 1;
+                            }
+                            true
+                        }
+                    }
+                };
+                if failed {
+                    // A failing member: do not spin on it.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
+    let ms = |q: f64| if tally.latency.is_empty() { 0.0 } else { tally.latency.value_at_quantile(q) as f64 / 1e3 };
+    Ok(Report {
+        workload: match args.workload {
+            Workload::Put => "put",
+            Workload::Get if args.serializable => "get (serializable)",
+            Workload::Get => "get (linearizable)",
+        },
+        clients: args.clients,
+        connections: args.connections,
+        endpoints: endpoints.to_vec(),
+        duration_s: elapsed,
+        ops: tally.ops,
+        ops_per_s: tally.ops as f64 / elapsed,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: if tally.latency.is_empty() { 0.0 } else { tally.latency.max() as f64 / 1e3 },
+        errors: tally.errors,
+        error_kinds: tally.error_kinds.clone(),
+        stall_ms_max: tally.stall_max.as_secs_f64() * 1e3,
+    })
+}
