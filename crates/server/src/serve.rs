@@ -96,7 +96,7 @@ fn run(
     authority: Option<Arc<CoreAuthority>>,
 ) -> Result<(), ServeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(std::env::var("WORKNODE_NET_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2))
         .thread_name("net")
         .enable_all()
         .build()

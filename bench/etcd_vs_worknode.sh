@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# etcd (Debian etcd-server, fsync on) and worknode (fsync on), three members each on
+# loopback, measured one after the other with the same load generator (`worknode bench`):
+# 256-byte puts with 1, 16 and 64 clients, and linearizable gets with 16 clients.
+# Prints one table with ratios (worknode ÷ etcd for throughput, etcd ÷ worknode for p50).
+#
+# Usage: bench/etcd_vs_worknode.sh [SECONDS per run]   (default 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+if ! command -v etcd >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
+if [ -n "${WORKNODE_BIN:-}" ]; then
+  worknode=$WORKNODE_BIN
+else
+  cargo build --release -q -p worknode-cli
+  worknode=target/release/worknode
+fi
+work=$(mktemp -d /tmp/etcd-vs-worknode.XXXXXX)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+endpoints="127.0.0.1:42379,127.0.0.1:42479,127.0.0.1:42579"
+run_suite() { # $1 = system name
+  local name=$1
+  "$worknode" bench put --endpoints "$endpoints" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$name-put-1.json"
+  "$worknode" bench put --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-put-16.json"
+  "$worknode" bench put --endpoints "$endpoints" --clients 64 --connections 64 --duration "${seconds}s" --json > "$work/$name-put-64.json"
+  "$worknode" bench get --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-get-16.json"
+}
+wait_ready() {
+  for _ in $(seq 1 100); do
+    if ETCDCTL_API=3 etcdctl --endpoints="$endpoints" --command-timeout=1s put bench-ready 1 >/dev/null 2>&1; then return 0; fi
+    sleep 0.2
+  done
+  echo "cluster did not become ready" >&2; exit 1
+}
+
+echo "== etcd $(etcd --version | head -1 | awk '{print $3}'), 3 members, fsync on"
+cluster=""
+for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:4${i}380,"; done
+for i in 1 2 3; do
+  etcd --name "e$i" --data-dir "$work/etcd$i" \
+    --listen-client-urls "http://127.0.0.1:42$((i + 2))79" --advertise-client-urls "http://127.0.0.1:42$((i + 2))79" \
+    --listen-peer-urls "http://127.0.0.1:4${i}380" --initial-advertise-peer-urls "http://127.0.0.1:4${i}380" \
+    --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token bench \
+    --logger zap --log-level error > "$work/etcd$i.log" 2>&1 &
+  pids+=($!)
+done
+wait_ready
+run_suite etcd
+for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+wait 2>/dev/null || true
+pids=()
+
+echo "== worknode, 3 members, fsync on (raft-engine sync writes)"
+for i in 1 2 3; do
+  cat > "$work/n$i.toml" <<TOML
+cluster = "bench"
+member_id = $i
+data_dir = "$work/worknode$i"
+[cores]
+pin = "off"   # three members share this host's CPUs, as the etcd members did
+[[member]]
+id = 1
+name = "n1"
+peer = "127.0.0.1:41380"
+client = "127.0.0.1:42379"
+[[member]]
+id = 2
+name = "n2"
+peer = "127.0.0.1:42380"
+client = "127.0.0.1:42479"
+[[member]]
+id = 3
+name = "n3"
+peer = "127.0.0.1:43380"
+client = "127.0.0.1:42579"
+TOML
+  "$worknode" serve --config "$work/n$i.toml" > "$work/worknode$i.log" 2>&1 &
+  pids+=($!)
+done
+wait_ready
+run_suite worknode
+
+python3 - "$work" "$seconds" <<'PY'
+import json, sys, datetime
+work, seconds = sys.argv[1], sys.argv[2]
+def load(system, case):
+    return json.load(open(f"{work}/{system}-{case}.json"))
+rows = [("put, 1 client", "put-1"), ("put, 16 clients", "put-16"), ("put, 64 clients", "put-64"), ("linearizable get, 16 clients", "get-16")]
+print()
+print(f"{datetime.date.today()}, {seconds} s per run, 256-byte values, 3 members on loopback, same load generator")
+print()
+print("| workload | etcd ops/s | worknode ops/s | throughput × | etcd p50 ms | worknode p50 ms | p50 ÷ | etcd p99 ms | worknode p99 ms | errors (etcd / worknode) |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for label, case in rows:
+    e, w = load("etcd", case), load("worknode", case)
+    print(f"| {label} | {e['ops_per_s']:.0f} | {w['ops_per_s']:.0f} | {w['ops_per_s'] / max(e['ops_per_s'], 1e-9):.2f}× "
+          f"| {e['p50_ms']:.2f} | {w['p50_ms']:.2f} | {e['p50_ms'] / max(w['p50_ms'], 1e-9):.2f}× "
+          f"| {e['p99_ms']:.2f} | {w['p99_ms']:.2f} | {e['errors']} / {w['errors']} |")
+PY
