@@ -96,11 +96,18 @@ impl Tally {
 }
 
 pub(crate) fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
-    let duration = parse_duration(&args.duration).map_err(|e| CliError::input(format!("--duration: {e}")))?;
+    let duration =
+        parse_duration(&args.duration).map_err(|e| CliError::input(format!("--duration: {e}")))?;
     if args.clients == 0 || args.connections == 0 {
         return Err(CliError::input("--clients and --connections must be at least 1"));
     }
-    let endpoints: Vec<String> = args.endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+    let endpoints: Vec<String> = args
+        .endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect();
     if endpoints.is_empty() {
         return Err(CliError::input("--endpoints is empty"));
     }
@@ -138,7 +145,8 @@ pub(crate) fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError
 }
 
 async fn connect(endpoint: &str) -> Result<Channel, CliError> {
-    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
+    let uri =
+        if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
     Endpoint::from_shared(uri.clone())
         .map_err(|e| CliError::input(format!("--endpoints: {uri:?} is not an address: {e}")))?
         .tcp_nodelay(true)
@@ -148,7 +156,11 @@ async fn connect(endpoint: &str) -> Result<Channel, CliError> {
         .map_err(|e| CliError::runtime(format!("cannot connect to {endpoint}: {e}")))
 }
 
-async fn measure(args: &BenchArgs, endpoints: &[String], duration: Duration) -> Result<Report, CliError> {
+async fn measure(
+    args: &BenchArgs,
+    endpoints: &[String],
+    duration: Duration,
+) -> Result<Report, CliError> {
     let mut channels = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
         channels.push(connect(&endpoints[index % endpoints.len()]).await?);
@@ -157,12 +169,20 @@ async fn measure(args: &BenchArgs, endpoints: &[String], duration: Duration) -> 
     if args.workload == Workload::Get {
         // One key to read, so reads return a value as they would in use.
         let mut client = KvClient::new(channels[0].clone());
-        let put = pb::PutRequest { key: b"bench-read-key".to_vec(), value: value.clone(), ..Default::default() };
-        client.put(put).await.map_err(|e| CliError::runtime(format!("preparing the read key: {}", e.message())))?;
+        let put = pb::PutRequest {
+            key: b"bench-read-key".to_vec(),
+            value: value.clone(),
+            ..Default::default()
+        };
+        client
+            .put(put)
+            .await
+            .map_err(|e| CliError::runtime(format!("preparing the read key: {}", e.message())))?;
     }
     let start = Instant::now();
     let tally = Arc::new(Mutex::new(Tally {
-        latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds")),
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3)
+            .unwrap_or_else(|_| unreachable!("valid bounds")),
         ops: 0,
         errors: 0,
         error_kinds: BTreeMap::new(),
@@ -175,7 +195,8 @@ async fn measure(args: &BenchArgs, endpoints: &[String], duration: Duration) -> 
         let mut client = KvClient::new(channels[index % channels.len()].clone());
         let tally = Arc::clone(&tally);
         let value = value.clone();
-        let (workload, key_space, serializable) = (args.workload, args.key_space.max(1), args.serializable);
+        let (workload, key_space, serializable) =
+            (args.workload, args.key_space.max(1), args.serializable);
         tasks.push(tokio::spawn(async move {
             let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ index as u64;
             while Instant::now() < end {
@@ -186,10 +207,17 @@ async fn measure(args: &BenchArgs, endpoints: &[String], duration: Duration) -> 
                 let result = match workload {
                     Workload::Put => {
                         let key = format!("bench-{:08}", state % key_space).into_bytes();
-                        client.put(pb::PutRequest { key, value: value.clone(), ..Default::default() }).await.map(|_| ())
+                        client
+                            .put(pb::PutRequest { key, value: value.clone(), ..Default::default() })
+                            .await
+                            .map(|_| ())
                     }
                     Workload::Get => {
-                        let request = pb::RangeRequest { key: b"bench-read-key".to_vec(), serializable, ..Default::default() };
+                        let request = pb::RangeRequest {
+                            key: b"bench-read-key".to_vec(),
+                            serializable,
+                            ..Default::default()
+                        };
                         client.range(request).await.map(|_| ())
                     }
                 };
@@ -207,7 +235,9 @@ async fn measure(args: &BenchArgs, endpoints: &[String], duration: Duration) -> 
                         Err(status) => {
                             tally.errors += 1;
                             let kind = format!("{:?}: {}", status.code(), status.message());
-                            if tally.error_kinds.len() < ERROR_KINDS_MAX || tally.error_kinds.contains_key(&kind) {
+                            if tally.error_kinds.len() < ERROR_KINDS_MAX
+                                || tally.error_kinds.contains_key(&kind)
+                            {
                                 *tally.error_kinds.entry(kind).or_default() += 1;
                             }
                             true
@@ -226,7 +256,13 @@ async fn measure(args: &BenchArgs, endpoints: &[String], duration: Duration) -> 
     }
     let elapsed = start.elapsed().as_secs_f64();
     let tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
-    let ms = |q: f64| if tally.latency.is_empty() { 0.0 } else { tally.latency.value_at_quantile(q) as f64 / 1e3 };
+    let ms = |q: f64| {
+        if tally.latency.is_empty() {
+            0.0
+        } else {
+            tally.latency.value_at_quantile(q) as f64 / 1e3
+        }
+    };
     Ok(Report {
         workload: match args.workload {
             Workload::Put => "put",

@@ -96,7 +96,9 @@ fn run(
     authority: Option<Arc<CoreAuthority>>,
 ) -> Result<(), ServeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::env::var("WORKNODE_NET_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2))
+        .worker_threads(
+            std::env::var("WORKNODE_NET_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2),
+        )
         .thread_name("net")
         .enable_all()
         .build()
@@ -191,7 +193,9 @@ async fn run_async(
 
 /// Accepted client connections with TCP_NODELAY: responses must not wait for Nagle's
 /// algorithm and the client's delayed ACK (a 40 ms stall per small response).
-fn incoming_nodelay(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+fn incoming_nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt;
     TcpListenerStream::new(listener).map(|accepted| {
         accepted.inspect(|stream| {

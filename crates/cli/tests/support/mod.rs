@@ -1,0 +1,225 @@
+//! A cluster of real `worknode serve` processes on loopback, for integration tests.
+
+#![allow(dead_code, reason = "each test binary uses part of the harness")]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use worknode_server::adminpb::admin_client::AdminClient;
+use worknode_server::adminpb::{DigestRequest, PartitionRequest};
+use worknode_server::pb::kv_client::KvClient;
+use worknode_server::pb::maintenance_client::MaintenanceClient;
+use worknode_server::pb::StatusRequest;
+
+/// One member's addresses.
+#[derive(Clone, Debug)]
+pub(crate) struct MemberAddr {
+    pub(crate) id: u64,
+    pub(crate) peer: SocketAddr,
+    pub(crate) client: SocketAddr,
+}
+
+/// Processes and their configuration.
+pub(crate) struct ProcessCluster {
+    pub(crate) root: PathBuf,
+    pub(crate) members: Vec<MemberAddr>,
+    children: Vec<Option<Child>>,
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+impl ProcessCluster {
+    /// Starts `size` members with `tick_ms` ticks and 10-tick elections.
+    pub(crate) fn start(name: &str, size: u64, tick_ms: u64) -> Self {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let members: Vec<MemberAddr> = (1..=size)
+            .map(|id| MemberAddr { id, peer: free_port(), client: free_port() })
+            .collect();
+        let mut list = String::new();
+        for m in &members {
+            list.push_str(&format!(
+                "[[member]]\nid = {}\nname = \"n{}\"\npeer = \"{}\"\nclient = \"{}\"\n\n",
+                m.id, m.id, m.peer, m.client
+            ));
+        }
+        for m in &members {
+            let config = format!(
+                "cluster = \"{name}\"\nmember_id = {}\ndata_dir = \"{}\"\ntick_ms = {tick_ms}\nelection_ticks = 10\nsnapshot_entries = 2000\nallow_fault_injection = true\n\n[cores]\npin = \"off\"\n\n{list}",
+                m.id,
+                root.join(format!("data-{}", m.id)).display()
+            );
+            std::fs::write(root.join(format!("n{}.toml", m.id)), config).unwrap();
+        }
+        let mut cluster = Self { root, members, children: Vec::new() };
+        for index in 0..size as usize {
+            cluster.children.push(None);
+            cluster.spawn(index);
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) member `index`.
+    pub(crate) fn spawn(&mut self, index: usize) {
+        self.spawn_with(index, &[]);
+    }
+
+    /// Restarts a member killed by SIGKILL: its log may end in a torn (never synced,
+    /// never acknowledged) write, which the operator accepts with --recover-tail.
+    pub(crate) fn respawn_after_crash(&mut self, index: usize) {
+        self.spawn_with(index, &["--recover-tail"]);
+    }
+
+    fn spawn_with(&mut self, index: usize, extra: &[&str]) {
+        let id = self.members[index].id;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(format!("n{id}.log")))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_worknode"))
+            .args(["serve", "--config"])
+            .arg(self.root.join(format!("n{id}.toml")))
+            .args(extra)
+            .env("WORKNODE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children[index] = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub(crate) fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.children[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub(crate) fn terminate(&mut self, index: usize) -> std::process::ExitStatus {
+        let mut child = self.children[index].take().unwrap();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "member did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn is_running(&self, index: usize) -> bool {
+        self.children[index].is_some()
+    }
+
+    pub(crate) fn endpoints(&self) -> String {
+        self.members.iter().map(|m| m.client.to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    pub(crate) async fn channel(&self, index: usize) -> Channel {
+        let uri = format!("http://{}", self.members[index].client);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match Channel::from_shared(uri.clone())
+                .unwrap()
+                .connect_timeout(Duration::from_secs(1))
+                .connect()
+                .await
+            {
+                Ok(channel) => return channel,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "cannot reach member {index}: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn kv(&self, index: usize) -> KvClient<Channel> {
+        KvClient::new(self.channel(index).await)
+    }
+
+    /// The member index that leads, once some running member reports one.
+    pub(crate) async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            for index in (0..self.members.len()).filter(|&i| self.is_running(i)) {
+                let mut client = MaintenanceClient::new(self.channel(index).await);
+                if let Ok(status) = client.status(StatusRequest {}).await {
+                    let leader = status.into_inner().leader;
+                    if let Some(position) = self.members.iter().position(|m| m.id == leader) {
+                        if self.is_running(position) {
+                            return position;
+                        }
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every running member reports the same applied index and digest.
+    pub(crate) async fn assert_converged(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut digests = Vec::new();
+            for index in (0..self.members.len()).filter(|&i| self.is_running(i)) {
+                let mut admin = AdminClient::new(self.channel(index).await);
+                if let Ok(reply) = admin.digest(DigestRequest {}).await {
+                    let reply = reply.into_inner();
+                    digests.push((reply.applied_index, reply.digest));
+                }
+            }
+            let running = (0..self.members.len()).filter(|&i| self.is_running(i)).count();
+            if digests.len() == running && digests.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "state machines differ: {digests:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Cuts member `index` off from every other member (both directions).
+    pub(crate) async fn isolate(&self, index: usize) {
+        let me = self.members[index].id;
+        let others: Vec<u64> = self.members.iter().map(|m| m.id).filter(|id| *id != me).collect();
+        AdminClient::new(self.channel(index).await)
+            .partition(PartitionRequest { peers: others })
+            .await
+            .unwrap();
+        for other in (0..self.members.len()).filter(|&i| i != index) {
+            AdminClient::new(self.channel(other).await)
+                .partition(PartitionRequest { peers: vec![me] })
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Heals every partition.
+    pub(crate) async fn heal(&self) {
+        for index in 0..self.members.len() {
+            AdminClient::new(self.channel(index).await)
+                .partition(PartitionRequest { peers: vec![] })
+                .await
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for index in 0..self.children.len() {
+            self.kill(index);
+        }
+    }
+}
