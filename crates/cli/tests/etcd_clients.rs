@@ -1,0 +1,147 @@
+//! Real etcd clients against a worknode cluster: Debian's etcdctl and the `etcd-client`
+//! crate, unchanged.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use support::ProcessCluster;
+
+fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new("etcdctl")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl is installed (scripts/deps.sh installs Debian's etcd-client)");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_put_get_del_txn_status_members_move_leader() {
+    let cluster = ProcessCluster::start("etcdctl", 3, 20);
+    let leader = cluster.leader().await;
+    let all = cluster.endpoints();
+    let one = cluster.members[(leader + 1) % 3].client.to_string();
+
+    assert_eq!(etcdctl(&all, &["put", "app/a", "1"], None).1.trim(), "OK");
+    assert_eq!(
+        etcdctl(&one, &["put", "app/b", "2"], None).1.trim(),
+        "OK",
+        "a follower accepts writes"
+    );
+    let (ok, out, err) = etcdctl(&all, &["get", "app", "--prefix"], None);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["app/a", "1", "app/b", "2"]);
+    let (_, out, _) = etcdctl(&one, &["get", "app/a", "--print-value-only"], None);
+    assert_eq!(out.trim(), "1");
+
+    let (ok, out, err) = etcdctl(
+        &all,
+        &["txn"],
+        Some("value(\"app/a\") = \"1\"\n\nput app/a 10\nget app/b\n\nput app/a failed\n\n"),
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("SUCCESS"), "{out}");
+    assert!(out.contains("app/b\n2"), "{out}");
+    assert_eq!(etcdctl(&all, &["get", "app/a", "--print-value-only"], None).1.trim(), "10");
+
+    let (_, out, _) = etcdctl(&all, &["del", "app", "--prefix"], None);
+    assert_eq!(out.trim(), "2");
+    assert_eq!(etcdctl(&all, &["get", "app", "--prefix"], None).1, "");
+
+    let (ok, out, err) = etcdctl(&all, &["endpoint", "status", "-w", "json"], None);
+    assert!(ok, "{err}");
+    let statuses: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let leaders: Vec<u64> = statuses
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Status"]["leader"].as_u64().unwrap())
+        .collect();
+    assert!(leaders.iter().all(|l| *l == leaders[0]), "members agree on the leader: {leaders:?}");
+    assert!(etcdctl(&one, &["endpoint", "health"], None).0);
+
+    let (ok, out, _) = etcdctl(&all, &["member", "list"], None);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 3, "{out}");
+
+    let target = cluster.members[(leader + 2) % 3].id;
+    let (ok, out, err) = etcdctl(&all, &["move-leader", &format!("{target:x}")], None);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "Leadership transferred from {:x} to {target:x}",
+            cluster.members[leader].id
+        )),
+        "{out}"
+    );
+    assert_eq!(cluster.members[cluster.leader().await].id, target);
+
+    // etcd's error text reaches etcdctl.
+    etcdctl(&all, &["put", "k", "1"], None);
+    etcdctl(&all, &["put", "k", "2"], None);
+    let (_, out, _) = etcdctl(&all, &["get", "k", "-w", "json"], None);
+    let revision = serde_json::from_str::<serde_json::Value>(&out).unwrap()["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    assert!(etcdctl(&all, &["compaction", &revision.to_string()], None).0);
+    let (ok, _, err) = etcdctl(&all, &["get", "k", &format!("--rev={}", revision - 1)], None);
+    assert!(!ok);
+    assert!(err.contains("required revision has been compacted"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_client_crate_works_unchanged() {
+    let cluster = ProcessCluster::start("etcd-client", 3, 20);
+    cluster.leader().await;
+    let endpoints: Vec<String> =
+        cluster.members.iter().map(|m| format!("http://{}", m.client)).collect();
+    let mut client = Client::connect(endpoints, None).await.unwrap();
+    let put = client.put("config/x", "1", None).await.unwrap();
+    assert!(put.header().unwrap().revision() >= 2);
+    client.put("config/y", "2", None).await.unwrap();
+    let got = client.get("config/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let pairs: Vec<(String, String)> = got
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap().to_owned(), kv.value_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(pairs, [("config/x".into(), "1".into()), ("config/y".into(), "2".into())]);
+    assert_eq!(got.kvs()[0].version(), 1);
+
+    let txn = Txn::new()
+        .when([Compare::value("config/x", CompareOp::Equal, "1")])
+        .and_then([TxnOp::put("config/x", "3", None), TxnOp::get("config/y", None)])
+        .or_else([TxnOp::put("config/x", "failed", None)]);
+    let response = client.txn(txn).await.unwrap();
+    assert!(response.succeeded());
+    let got = client.get("config/x", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value_str().unwrap(), "3");
+    assert_eq!(got.kvs()[0].version(), 2);
+
+    let deleted = client
+        .delete("config/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(deleted.deleted(), 2);
+    let status = client.status().await.unwrap();
+    assert!(status.leader() != 0);
+    let members = client.member_list().await.unwrap();
+    assert_eq!(members.members().len(), 3);
+}
