@@ -270,7 +270,7 @@ client = "127.0.0.1:22379"
     fn errors_name_the_field() {
         let cases = [
             (GOOD.replace("member_id = 2", "member_id = 9"), "member_id: 9 is not one of"),
-            (GOOD.replace("127.0.0.1:22380", "nowhere"), "node.toml:17: invalid socket address"),
+            (GOOD.replace("127.0.0.1:22380", "nowhere"), "node.toml:15: invalid socket address"),
             (GOOD.replace("id = 2", "id = 1"), "member[1].id: 1 is also the id of \"n1\""),
             (GOOD.replace("data_dir", "datadir"), "node.toml:4: unknown field `datadir`"),
             (format!("tick_ms = 0\n{GOOD}"), "tick_ms: must be at least 1"),
