@@ -41,17 +41,25 @@ const DRAIN_MAX: usize = 1_024;
 
 /// Time, as the driver sees it (a simulator passes its own).
 pub trait Clock: Send {
-    /// Now.
+    /// Now, monotonic.
     fn now(&self) -> Instant;
+    /// Now, wall clock, in nanoseconds since the UNIX epoch (for the slot clock).
+    fn unix_ns(&self) -> u64;
 }
 
-/// The machine's monotonic clock.
+/// The machine's clocks.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    fn unix_ns(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64)
     }
 }
 
@@ -100,6 +108,8 @@ pub struct NodeConfig {
     pub log_keep_entries: u64,
     /// How often an unapplied proposal or unanswered read index is retried.
     pub retry_interval: Duration,
+    /// Scheduled leadership; `None` runs plain Raft.
+    pub rotation: Option<crate::rotation::RotationConfig>,
 }
 
 impl NodeConfig {
@@ -114,6 +124,7 @@ impl NodeConfig {
             snapshot_entries: 10_000,
             log_keep_entries: 5_000,
             retry_interval: Duration::from_millis(300),
+            rotation: None,
         }
     }
 
@@ -203,6 +214,8 @@ pub struct NodeStatus {
     pub rejected_total: u64,
     /// Proposals proposed again after raft-rs dropped or lost them, since start.
     pub retried_total: u64,
+    /// Leader changes seen, since start.
+    pub leader_changes_total: u64,
 }
 
 /// The driver's side of the channels, held by servers and transports.
@@ -213,9 +226,15 @@ pub struct NodeHandle {
     status: Arc<RwLock<NodeStatus>>,
     stop: Arc<AtomicBool>,
     dropped_inbound: Arc<AtomicU64>,
+    turns: Arc<Mutex<std::collections::VecDeque<crate::rotation::TurnRecord>>>,
 }
 
 impl NodeHandle {
+    /// The turn log of scheduled leadership (empty when rotation is off), oldest first.
+    pub fn turns(&self) -> Vec<crate::rotation::TurnRecord> {
+        self.turns.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect()
+    }
+
     /// Queues a client request; `TooManyRequests` at the bound.
     pub fn submit(&self, request: ClientRequest) -> Result<(), NodeError> {
         match self.requests.try_send(request) {
@@ -292,6 +311,9 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     next_read_id: u64,
     rejected_total: u64,
     retried_total: u64,
+    rotation: Option<crate::rotation::Rotation>,
+    last_leader: u64,
+    leader_changes_total: u64,
 }
 
 /// Why a node could not start.
@@ -303,6 +325,9 @@ pub enum StartError {
     /// The snapshot could not be restored.
     #[error("{0}")]
     Snapshot(String),
+    /// The rotation settings are invalid.
+    #[error("{0}")]
+    Rotation(#[from] crate::rotation::RotationError),
 }
 
 fn logger() -> slog::Logger {
@@ -345,6 +370,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         };
         raft_config.validate()?;
         let raw = RawNode::new(&raft_config, storage, &logger())?;
+        let rotation = config.rotation.clone().map(crate::rotation::Rotation::new).transpose()?;
+        let turns = rotation.as_ref().map(crate::rotation::Rotation::log).unwrap_or_default();
         let (request_tx, request_rx) = crossbeam_channel::bounded(REQUEST_QUEUE_MAX);
         let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(PEER_INBOX_MAX);
         let handle = NodeHandle {
@@ -353,6 +380,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             status: Arc::new(RwLock::new(NodeStatus { id: config.id, ..NodeStatus::default() })),
             stop: Arc::new(AtomicBool::new(false)),
             dropped_inbound: Arc::new(AtomicU64::new(0)),
+            turns,
         };
         let node = Self {
             config,
@@ -371,6 +399,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             next_read_id: 1,
             rejected_total: 0,
             retried_total: 0,
+            rotation,
+            last_leader: raft::INVALID_ID,
+            leader_changes_total: 0,
         };
         Ok((node, handle))
     }
@@ -393,6 +424,11 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             }
             self.maybe_snapshot()?;
             self.handle_ready()?;
+            self.follow_leadership(now);
+            if self.rotate(now) {
+                // The transfer's messages go out in this turn, not the next.
+                self.handle_ready()?;
+            }
             self.publish_status();
         }
         for (_, write) in self.writes.drain() {
@@ -548,6 +584,51 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
     }
 
+    /// On a leader change, proposes every pending write and read again at once, so what
+    /// waited through a handoff (refused while the transfer ran, or forwarded to the old
+    /// leader and lost) reaches the new leader the moment it leads.
+    fn follow_leadership(&mut self, now: Instant) {
+        let leader = self.raw.raft.leader_id;
+        if let Some(rotation) = &mut self.rotation {
+            rotation.observe_leader(leader, now);
+        }
+        if leader == self.last_leader {
+            return;
+        }
+        self.last_leader = leader;
+        if leader == raft::INVALID_ID {
+            return;
+        }
+        self.leader_changes_total += 1;
+        for write in self.writes.values_mut() {
+            let _ = self.raw.propose(Vec::new(), write.encoded.clone());
+            write.next_retry = now + self.config.retry_interval;
+        }
+        let unanswered: Vec<u64> =
+            self.reads.iter().filter(|(_, r)| r.read_index.is_none()).map(|(id, _)| *id).collect();
+        for id in unanswered {
+            self.raw.read_index(id.to_be_bytes().to_vec());
+        }
+    }
+
+    /// Scheduled leadership: the leader starts the handoff to the next turn's member.
+    fn rotate(&mut self, now: Instant) -> bool {
+        if self.raw.raft.state != StateRole::Leader {
+            return false;
+        }
+        let unix_ns = self.clock.unix_ns();
+        let Some(rotation) = &mut self.rotation else {
+            return false;
+        };
+        match rotation.decide(&self.raw.raft, unix_ns, now) {
+            Some(target) => {
+                self.raw.transfer_leader(target);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn handle_ready(&mut self) -> Result<(), crate::storage::StoreError> {
         if !self.raw.has_ready() {
             return Ok(());
@@ -694,6 +775,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             pending_writes: self.writes.len(),
             rejected_total: self.rejected_total,
             retried_total: self.retried_total,
+            leader_changes_total: self.leader_changes_total,
         };
         *self.handle.status.write().unwrap_or_else(PoisonError::into_inner) = status;
     }

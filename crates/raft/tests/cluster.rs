@@ -28,10 +28,20 @@ struct Cluster {
     peers: Vec<(u64, SocketAddr)>,
     members: Vec<Option<Running>>,
     snapshot_entries: u64,
+    rotation: Option<worknode_raft::rotation::RotationConfig>,
 }
 
 impl Cluster {
     fn new(name: &str, size: u64, snapshot_entries: u64) -> Self {
+        Self::with_rotation(name, size, snapshot_entries, None)
+    }
+
+    fn with_rotation(
+        name: &str,
+        size: u64,
+        snapshot_entries: u64,
+        rotation: Option<worknode_raft::rotation::RotationConfig>,
+    ) -> Self {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
         let _ = std::fs::remove_dir_all(&root);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -45,7 +55,8 @@ impl Cluster {
                 (id, listener.local_addr().unwrap())
             })
             .collect();
-        let mut cluster = Cluster { runtime, root, peers, members: Vec::new(), snapshot_entries };
+        let mut cluster =
+            Cluster { runtime, root, peers, members: Vec::new(), snapshot_entries, rotation };
         for index in 0..size as usize {
             cluster.members.push(None);
             cluster.start(index);
@@ -61,6 +72,7 @@ impl Cluster {
         node.retry_interval = Duration::from_millis(100);
         node.snapshot_entries = self.snapshot_entries;
         node.log_keep_entries = self.snapshot_entries / 2;
+        node.rotation = self.rotation.clone();
         let spec = MemberSpec {
             cluster_id: CLUSTER,
             peers: self.peers.clone(),
@@ -322,5 +334,65 @@ fn a_member_far_behind_is_brought_back_by_snapshot() {
     // Its own restart finds the same state from its snapshot and log.
     cluster.stop(lagging);
     cluster.start(lagging);
+    cluster.assert_converged();
+}
+
+#[test]
+fn leadership_follows_the_schedule_and_writes_never_fail() {
+    use worknode_schedule::{Algorithm, Member, ScheduleParams, Stakes};
+    let stakes =
+        Stakes::new((1..=3).map(|id| Member { id, key: None, stake: 1 }).collect()).unwrap();
+    let rotation = worknode_raft::rotation::RotationConfig {
+        stakes,
+        schedule: ScheduleParams {
+            algorithm: Algorithm::FairRotation,
+            slots_per_epoch: 4_000,
+            slots_per_turn: 2,
+            ..ScheduleParams::default()
+        },
+        slot: Duration::from_millis(50),
+        genesis_unix_ns: 0,
+        handoff_lead: Duration::from_millis(5),
+        max_lag_entries: 1_000,
+    };
+    let cluster = Cluster::with_rotation("rotation", 3, 10_000, Some(rotation));
+    cluster.wait_for_leader();
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut sequence = 0;
+    let mut failures = Vec::new();
+    while Instant::now() < end {
+        sequence += 1;
+        if let Err(error) =
+            cluster.put(sequence as usize % 3, 9, sequence, &format!("r{sequence}"), "v")
+        {
+            failures.push(error);
+        }
+    }
+    let mut turns: Vec<worknode_raft::rotation::TurnRecord> =
+        (0..3).flat_map(|i| cluster.handle(i).turns()).collect();
+    turns.sort_by_key(|t| t.first_slot);
+    turns.dedup_by_key(|t| t.first_slot);
+    // Turns decided by a leader that had settled (the last one may still be in flight).
+    let settled: Vec<_> = turns.iter().filter(|t| t.leader_after != 0).collect();
+    let on_schedule = settled.iter().filter(|t| t.leader_after == t.scheduled).count();
+    let share = on_schedule as f64 / settled.len().max(1) as f64;
+    let handoffs: Vec<Duration> = settled.iter().filter_map(|t| t.handoff).collect();
+    println!(
+        "{} turns, {:.1}% on schedule, {} handoffs (max {:?}), {} writes, {} failed",
+        settled.len(),
+        share * 100.0,
+        handoffs.len(),
+        handoffs.iter().max(),
+        sequence,
+        failures.len()
+    );
+    assert!(settled.len() >= 40, "too few turns recorded: {}", settled.len());
+    assert!(
+        share >= 0.95,
+        "only {:.1}% of turns on schedule: {:?}",
+        share * 100.0,
+        settled.iter().filter(|t| t.leader_after != t.scheduled).take(5).collect::<Vec<_>>()
+    );
+    assert!(failures.is_empty(), "writes failed during handoffs: {failures:?}");
     cluster.assert_converged();
 }

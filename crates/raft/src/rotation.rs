@@ -1,0 +1,242 @@
+//! Scheduled leadership: the leader hands over to the next turn's scheduled member by
+//! Raft leadership transfer, started `handoff_lead` before the turn boundary.
+//!
+//! The schedule is a hint on top of Raft, never part of its safety: when the target is not
+//! fit to lead (not recently active, in snapshot state, its log more than
+//! `max_lag_entries` behind, a conf change pending, another transfer running) the leader
+//! keeps leading and records the skipped turn with the reason. A member that leads outside
+//! its turn (it won an election after a crash) hands over at the next boundary the same way.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use raft::{ProgressState, Raft};
+use worknode_schedule::{LeaderSchedule, ScheduleParams, SlotClock, Stakes};
+
+/// Turn records kept per member.
+pub const TURN_LOG_MAX: usize = 1_024;
+/// Epoch schedules kept (the current one and the next).
+const SCHEDULES_MAX: usize = 2;
+
+/// How rotation runs; identical on every member.
+#[derive(Clone, Debug)]
+pub struct RotationConfig {
+    /// Member ids and stakes.
+    pub stakes: Stakes,
+    /// Algorithm, seed, epoch and turn length (the epoch field is ignored: it comes from
+    /// the clock).
+    pub schedule: ScheduleParams,
+    /// Length of a slot.
+    pub slot: Duration,
+    /// Slot 0 begins here (nanoseconds since the UNIX epoch).
+    pub genesis_unix_ns: u64,
+    /// Start a handoff this long before the turn boundary.
+    pub handoff_lead: Duration,
+    /// Largest log gap the target may have for a handoff to start.
+    pub max_lag_entries: u64,
+}
+
+/// What happened at one turn boundary, as seen by the member that led into it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TurnRecord {
+    /// Epoch of the turn.
+    pub epoch: u64,
+    /// Turn number within the epoch.
+    pub turn: u32,
+    /// The turn's first slot.
+    pub first_slot: u64,
+    /// The member the schedule names.
+    pub scheduled: u64,
+    /// The member leading when the decision was made.
+    pub leader_before: u64,
+    /// The member that led once the handoff settled (0 while it has not).
+    pub leader_after: u64,
+    /// How long the transfer took, when there was one.
+    pub handoff: Option<Duration>,
+    /// Why the turn was skipped, when it was.
+    pub skipped: Option<String>,
+}
+
+/// Rotation state, owned by the Raft loop.
+#[derive(Debug)]
+pub struct Rotation {
+    config: RotationConfig,
+    clock: SlotClock,
+    schedules: BTreeMap<u64, LeaderSchedule>,
+    /// (epoch, turn) already decided.
+    decided: Option<(u64, u32)>,
+    /// Transfer in flight: target and start.
+    transfer: Option<(u64, Instant)>,
+    log: Arc<Mutex<VecDeque<TurnRecord>>>,
+}
+
+/// Why rotation cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    /// The slot settings are invalid.
+    #[error("schedule: {0}")]
+    Clock(#[from] worknode_schedule::ClockError),
+    /// The schedule cannot be computed.
+    #[error("schedule: {0}")]
+    Schedule(#[from] worknode_schedule::ScheduleError),
+}
+
+impl Rotation {
+    /// Validates the settings by computing epoch 0's schedule.
+    pub fn new(config: RotationConfig) -> Result<Self, RotationError> {
+        let clock = SlotClock::new(
+            config.genesis_unix_ns,
+            config.slot.as_nanos() as u64,
+            config.schedule.slots_per_epoch,
+            config.schedule.slots_per_turn,
+        )?;
+        LeaderSchedule::compute(&config.stakes, &ScheduleParams { epoch: 0, ..config.schedule })?;
+        Ok(Self {
+            config,
+            clock,
+            schedules: BTreeMap::new(),
+            decided: None,
+            transfer: None,
+            log: Arc::default(),
+        })
+    }
+
+    /// The shared turn log (newest last).
+    pub fn log(&self) -> Arc<Mutex<VecDeque<TurnRecord>>> {
+        Arc::clone(&self.log)
+    }
+
+    /// The slot clock.
+    pub fn clock(&self) -> &SlotClock {
+        &self.clock
+    }
+
+    /// The member the schedule names for an absolute slot.
+    pub fn scheduled_leader(&mut self, slot: u64) -> Option<u64> {
+        let epoch = slot / self.config.schedule.slots_per_epoch;
+        if !self.schedules.contains_key(&epoch) {
+            let params = ScheduleParams { epoch, ..self.config.schedule };
+            let schedule = LeaderSchedule::compute(&self.config.stakes, &params).ok()?;
+            self.schedules.insert(epoch, schedule);
+            while self.schedules.len() > SCHEDULES_MAX {
+                self.schedules.pop_first();
+            }
+        }
+        self.schedules.get(&epoch)?.leader(slot)
+    }
+
+    /// How long until the loop must look again (the next decision point).
+    pub fn next_wakeup(&self, now_unix_ns: u64) -> Duration {
+        let Ok(position) = self.clock.position(now_unix_ns) else {
+            return Duration::from_millis(10);
+        };
+        let until_turn =
+            Duration::from_nanos(position.until_next_turn_ns.min(u128::from(u64::MAX)) as u64);
+        until_turn.saturating_sub(self.config.handoff_lead).max(Duration::from_micros(200))
+    }
+
+    fn record(&self, record: TurnRecord) {
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.len() == TURN_LOG_MAX {
+            log.pop_front();
+        }
+        log.push_back(record);
+    }
+
+    /// Notes the leader the loop currently sees; completes a running handoff.
+    pub fn observe_leader(&mut self, leader: u64, now: Instant) {
+        let Some((target, started)) = self.transfer else {
+            return;
+        };
+        if leader == target || now.duration_since(started) > Duration::from_secs(5) {
+            self.transfer = None;
+            let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(last) = log.back_mut() {
+                last.leader_after = leader;
+                if leader == target {
+                    last.handoff = Some(now.duration_since(started));
+                } else {
+                    last.skipped = Some("transfer did not complete".into());
+                }
+            }
+        }
+    }
+
+    /// Called on the leader every loop turn: the member to transfer to now, if any.
+    pub fn decide<S: raft::Storage>(
+        &mut self,
+        raft: &Raft<S>,
+        now_unix_ns: u64,
+        now: Instant,
+    ) -> Option<u64> {
+        let position = self.clock.position(now_unix_ns).ok()?;
+        let lead = self.config.handoff_lead.as_nanos();
+        if position.until_next_turn_ns > lead {
+            return None;
+        }
+        let next_slot = position.next_turn_slot;
+        let epoch = next_slot / self.config.schedule.slots_per_epoch;
+        let turn = ((next_slot % self.config.schedule.slots_per_epoch)
+            / self.config.schedule.slots_per_turn) as u32;
+        if self.decided == Some((epoch, turn)) {
+            return None;
+        }
+        self.decided = Some((epoch, turn));
+        let scheduled = self.scheduled_leader(next_slot)?;
+        let me = raft.id;
+        let mut record = TurnRecord {
+            epoch,
+            turn,
+            first_slot: next_slot,
+            scheduled,
+            leader_before: me,
+            leader_after: me,
+            handoff: None,
+            skipped: None,
+        };
+        if scheduled == me {
+            self.record(record);
+            return None;
+        }
+        if let Some(reason) = unfit(raft, scheduled, self.config.max_lag_entries) {
+            record.skipped = Some(reason);
+            self.record(record);
+            return None;
+        }
+        record.leader_after = 0;
+        self.record(record);
+        self.transfer = Some((scheduled, now));
+        Some(scheduled)
+    }
+}
+
+/// Why `target` should not take over now (TiKV's pre-transfer checks).
+fn unfit<S: raft::Storage>(raft: &Raft<S>, target: u64, max_lag: u64) -> Option<String> {
+    if raft.lead_transferee.is_some() {
+        return Some("a transfer is already running".into());
+    }
+    if raft.has_pending_conf() {
+        return Some("a configuration change is pending".into());
+    }
+    let Some(progress) = raft.prs().get(target) else {
+        return Some(format!("member {target} is not a voter"));
+    };
+    // Replicate state means the target acknowledges appends as they stream; probe means
+    // the leader has not heard from it lately (raft-rs resets `recent_active` at every
+    // quorum check, so that flag alone flickers).
+    match progress.state {
+        ProgressState::Replicate => {}
+        ProgressState::Snapshot => return Some(format!("member {target} is receiving a snapshot")),
+        ProgressState::Probe => {
+            return Some(format!(
+                "member {target} is not acknowledging (unreachable or recovering)"
+            ))
+        }
+    }
+    let last = raft.raft_log.last_index();
+    if progress.matched + max_lag < last {
+        return Some(format!("member {target} is {} entries behind", last - progress.matched));
+    }
+    None
+}
