@@ -15,6 +15,7 @@ mod jitter_cmd;
 mod schedule_cmd;
 mod serve_cmd;
 mod stakes_input;
+mod status_cmd;
 mod svg;
 mod top_cmd;
 
@@ -39,6 +40,8 @@ enum Command {
     Schedule(schedule_cmd::ScheduleArgs),
     /// Load-test an etcd-API cluster (worknode or etcd): closed-loop puts or gets.
     Bench(bench_cmd::BenchArgs),
+    /// A running cluster: members, roles, slot, upcoming leaders, recent handoffs.
+    Status(status_cmd::StatusArgs),
     /// Run one member of a cluster (etcd v3 API on its client address).
     Serve(serve_cmd::ServeArgs),
     /// CPU isolation: show the topology, audit the host, plan worknode placement.
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Schedule(args) => schedule_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
+        Command::Status(args) => status_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Cores(command) => cores_cmd::run(command, &mut out).map(|outcome| match outcome {
             cores_cmd::CoresOutcome::Done => ExitCode::SUCCESS,

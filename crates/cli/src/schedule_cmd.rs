@@ -21,8 +21,12 @@ const COUNT_DEFAULT: u32 = 16;
 pub(crate) struct ScheduleArgs {
     /// Stake table: a CSV file of `id,stake[,key]` lines (`#` starts a comment), or an
     /// inline list `a=3,b=1` (`id=stake:key` adds a key). Keys are 64 hex digits or base58.
-    #[arg(long, value_name = "FILE|LIST")]
-    stakes: String,
+    #[arg(long, value_name = "FILE|LIST", required_unless_present = "cluster")]
+    stakes: Option<String>,
+    /// Instead of computing locally, ask a running cluster (comma-separated client
+    /// endpoints) for its slot and upcoming leaders.
+    #[arg(long, value_name = "ENDPOINTS", conflicts_with = "stakes")]
+    cluster: Option<String>,
     /// How leaders are chosen: fair, lottery or solana.
     #[arg(long, default_value = "fair", value_name = "NAME")]
     algorithm: String,
@@ -89,9 +93,15 @@ struct SummaryJson<'a> {
 }
 
 pub(crate) fn run(args: &ScheduleArgs, out: &mut impl Write) -> Result<(), CliError> {
+    if let Some(cluster) = &args.cluster {
+        return crate::status_cmd::print_cluster_schedule(cluster, args.count, out);
+    }
+    let Some(stakes) = &args.stakes else {
+        return Err(CliError::input("give --stakes FILE|LIST or --cluster ENDPOINTS"));
+    };
     let algorithm: Algorithm =
         args.algorithm.parse().map_err(|error| CliError::input(format!("--algorithm: {error}")))?;
-    let named = stakes_input::read(&args.stakes)?;
+    let named = stakes_input::read(stakes)?;
     if algorithm == Algorithm::SolanaCompatible {
         named.require_keys("the solana algorithm orders members by their 32-byte keys")?;
     }

@@ -19,7 +19,12 @@ pub struct AdminService {
     pub blocked: Blocked,
     /// Whether `Partition` may be used.
     pub allow_fault_injection: bool,
+    /// Scheduled leadership settings, when rotation is on.
+    pub rotation: Option<worknode_raft::rotation::RotationConfig>,
 }
+
+/// Most turns a `Schedule` answer lists.
+const UPCOMING_MAX: u32 = 1_000;
 
 #[tonic::async_trait]
 impl adminpb::admin_server::Admin for AdminService {
@@ -40,6 +45,76 @@ impl adminpb::admin_server::Admin for AdminService {
             digest,
             revision: self.shared.node.status().revision,
         }))
+    }
+
+    async fn schedule(&self, request: Request<adminpb::ScheduleRequest>) -> Result<Response<adminpb::ScheduleResponse>, Status> {
+        let wanted = request.into_inner().turns.clamp(1, UPCOMING_MAX);
+        let status = self.shared.node.status();
+        let Some(config) = &self.rotation else {
+            return Ok(Response::new(adminpb::ScheduleResponse {
+                rotation: false,
+                leader_id: status.leader_id,
+                member_id: self.shared.member_id,
+                leader_changes_total: status.leader_changes_total,
+                ..Default::default()
+            }));
+        };
+        let mut rotation = worknode_raft::rotation::Rotation::new(config.clone())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let position = rotation.clock().position(now_ns).map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let per_turn = config.schedule.slots_per_turn;
+        let mut upcoming = Vec::new();
+        let mut first = position.slot - position.slot_in_epoch % per_turn;
+        for _ in 0..wanted {
+            let Some(member) = rotation.scheduled_leader(first) else {
+                break;
+            };
+            let epoch_end = (first / config.schedule.slots_per_epoch + 1) * config.schedule.slots_per_epoch;
+            let last = (first + per_turn).min(epoch_end) - 1;
+            let known = self.shared.members.iter().find(|m| m.id == member);
+            upcoming.push(adminpb::UpcomingTurn {
+                first_slot: first,
+                last_slot: last,
+                member_id: member,
+                name: known.map(|m| m.name.clone()).unwrap_or_default(),
+                client: known.map(|m| m.client.to_string()).unwrap_or_default(),
+            });
+            first = last + 1;
+        }
+        Ok(Response::new(adminpb::ScheduleResponse {
+            rotation: true,
+            algorithm: config.schedule.algorithm.name().to_owned(),
+            epoch: position.epoch,
+            slot: position.slot,
+            slot_ms: config.slot.as_millis() as u64,
+            next_turn_in_ms: (position.until_next_turn_ns / 1_000_000) as u64,
+            leader_id: status.leader_id,
+            member_id: self.shared.member_id,
+            upcoming,
+            leader_changes_total: status.leader_changes_total,
+        }))
+    }
+
+    async fn turns(&self, request: Request<adminpb::TurnsRequest>) -> Result<Response<adminpb::TurnsResponse>, Status> {
+        let limit = request.into_inner().limit.max(1) as usize;
+        let all = self.shared.node.turns();
+        let turns = all[all.len().saturating_sub(limit)..]
+            .iter()
+            .map(|t| adminpb::TurnRecord {
+                epoch: t.epoch,
+                turn: t.turn,
+                first_slot: t.first_slot,
+                scheduled: t.scheduled,
+                leader_before: t.leader_before,
+                leader_after: t.leader_after,
+                handoff_ms: t.handoff.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                skipped: t.skipped.clone().unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(adminpb::TurnsResponse { member_id: self.shared.member_id, turns }))
     }
 
     async fn partition(

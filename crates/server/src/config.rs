@@ -21,6 +21,93 @@ pub struct MemberConfig {
     pub peer: SocketAddr,
     /// Client (etcd API) address.
     pub client: SocketAddr,
+    /// Weight in the leader schedule (default 1).
+    #[serde(default = "default_stake")]
+    pub stake: u64,
+}
+
+fn default_stake() -> u64 {
+    1
+}
+
+/// Whether leadership rotates on schedule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RotationSwitch {
+    /// Plain Raft: leadership moves only on failure (or `move-leader`).
+    #[default]
+    Off,
+    /// Leadership follows the leader schedule; elections remain the fallback.
+    On,
+}
+
+fn default_slot_ms() -> u64 {
+    100
+}
+fn default_slots_per_turn() -> u64 {
+    4
+}
+fn default_slots_per_epoch() -> u64 {
+    432_000
+}
+fn default_handoff_lead_ms() -> u64 {
+    10
+}
+fn default_max_lag() -> u64 {
+    128
+}
+
+/// The `[schedule]` table: identical on every member.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// `on` or `off`.
+    #[serde(default)]
+    pub rotation: RotationSwitch,
+    /// `fair`, `lottery` or `solana`.
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    /// Slot length in milliseconds.
+    #[serde(default = "default_slot_ms")]
+    pub slot_ms: u64,
+    /// Consecutive slots one leader holds.
+    #[serde(default = "default_slots_per_turn")]
+    pub slots_per_turn: u64,
+    /// Slots per epoch.
+    #[serde(default = "default_slots_per_epoch")]
+    pub slots_per_epoch: u64,
+    /// When slot 0 began, milliseconds since the UNIX epoch.
+    #[serde(default)]
+    pub genesis_unix_ms: u64,
+    /// Cluster seed (for the lottery).
+    #[serde(default)]
+    pub seed: u64,
+    /// Start a handoff this long before the turn boundary.
+    #[serde(default = "default_handoff_lead_ms")]
+    pub handoff_lead_ms: u64,
+    /// Largest log gap a member may have and still take its turn.
+    #[serde(default = "default_max_lag")]
+    pub max_lag_entries: u64,
+}
+
+fn default_algorithm() -> String {
+    "fair".into()
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            rotation: RotationSwitch::Off,
+            algorithm: default_algorithm(),
+            slot_ms: default_slot_ms(),
+            slots_per_turn: default_slots_per_turn(),
+            slots_per_epoch: default_slots_per_epoch(),
+            genesis_unix_ms: 0,
+            seed: 0,
+            handoff_lead_ms: default_handoff_lead_ms(),
+            max_lag_entries: default_max_lag(),
+        }
+    }
 }
 
 /// Whether worknodes are pinned.
@@ -117,6 +204,9 @@ pub struct ServerConfig {
     /// Worknode pinning.
     #[serde(default)]
     pub cores: CoresConfig,
+    /// Scheduled leadership.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
     /// Every member, this one included.
     #[serde(rename = "member")]
     pub members: Vec<MemberConfig>,
@@ -225,7 +315,46 @@ impl ServerConfig {
         node.log_keep_entries = self.snapshot_entries / 2;
         node.retry_interval =
             (node.tick * self.election_ticks as u32 / 2).max(Duration::from_millis(20));
+        node.rotation = self.rotation_config().unwrap_or(None);
         node
+    }
+
+    /// The rotation settings, when `[schedule] rotation = "on"`.
+    pub fn rotation_config(&self) -> Result<Option<worknode_raft::rotation::RotationConfig>, String> {
+        let schedule = &self.schedule;
+        if schedule.rotation == RotationSwitch::Off {
+            return Ok(None);
+        }
+        let algorithm: worknode_schedule::Algorithm =
+            schedule.algorithm.parse().map_err(|e| format!("schedule.algorithm: {e}"))?;
+        if algorithm == worknode_schedule::Algorithm::SolanaCompatible {
+            return Err("schedule.algorithm: solana needs vote keys; use fair or lottery for a cluster".into());
+        }
+        if schedule.slot_ms == 0 {
+            return Err("schedule.slot_ms: must be at least 1".into());
+        }
+        let stakes = worknode_schedule::Stakes::new(
+            self.members.iter().map(|m| worknode_schedule::Member { id: m.id, key: None, stake: m.stake }).collect(),
+        )
+        .map_err(|e| format!("member stakes: {e}"))?;
+        let mut cluster_seed = [0u8; 32];
+        cluster_seed[..8].copy_from_slice(&schedule.seed.to_le_bytes());
+        let config = worknode_raft::rotation::RotationConfig {
+            stakes,
+            schedule: worknode_schedule::ScheduleParams {
+                algorithm,
+                epoch: 0,
+                cluster_seed,
+                slots_per_epoch: schedule.slots_per_epoch,
+                slots_per_turn: schedule.slots_per_turn,
+            },
+            slot: Duration::from_millis(schedule.slot_ms),
+            genesis_unix_ns: schedule.genesis_unix_ms.saturating_mul(1_000_000),
+            handoff_lead: Duration::from_millis(schedule.handoff_lead_ms),
+            max_lag_entries: schedule.max_lag_entries,
+        };
+        worknode_raft::rotation::Rotation::new(config.clone()).map_err(|e| e.to_string())?;
+        Ok(Some(config))
     }
 
     /// The request timeout.

@@ -171,6 +171,7 @@ async fn run_async(
         shared: shared.clone(),
         blocked: member.blocked.clone(),
         allow_fault_injection: config.allow_fault_injection,
+        rotation: config.rotation_config().unwrap_or(None),
     };
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -1,0 +1,264 @@
+//! `worknode status --endpoints …` and `worknode schedule --cluster …`: a running
+//! cluster's members, leader, slot, upcoming leaders and recent handoffs.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+use worknode_server::adminpb::admin_client::AdminClient;
+use worknode_server::adminpb::{ScheduleRequest, ScheduleResponse, TurnsRequest};
+use worknode_server::pb::maintenance_client::MaintenanceClient;
+use worknode_server::pb::StatusRequest;
+
+use crate::CliError;
+
+/// Arguments of `worknode status`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    /// Client endpoints, comma-separated host:port.
+    #[arg(long, value_name = "LIST")]
+    endpoints: String,
+    /// Upcoming turns to list.
+    #[arg(long, default_value_t = 6)]
+    turns: u32,
+    /// Recent handoffs to list.
+    #[arg(long, default_value_t = 8)]
+    handoffs: u32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct MemberRow {
+    endpoint: String,
+    member_id: Option<u64>,
+    leader: bool,
+    term: u64,
+    applied_index: u64,
+    revision: i64,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TurnRow {
+    first_slot: u64,
+    scheduled: u64,
+    leader_before: u64,
+    leader_after: u64,
+    handoff_ms: f64,
+    skipped: String,
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    members: Vec<MemberRow>,
+    leader_id: u64,
+    rotation: bool,
+    algorithm: String,
+    epoch: u64,
+    slot: u64,
+    next_turn_in_ms: u64,
+    upcoming: Vec<(u64, u64, u64, String)>,
+    recent_turns: Vec<TurnRow>,
+}
+
+async fn channel(endpoint: &str) -> Result<Channel, String> {
+    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
+    Endpoint::from_shared(uri)
+        .map_err(|e| format!("{endpoint}: not an address ({e})"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| format!("{endpoint}: {e}"))
+}
+
+fn parse_endpoints(list: &str, flag: &str) -> Result<Vec<String>, CliError> {
+    let endpoints: Vec<String> = list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+    if endpoints.is_empty() {
+        return Err(CliError::input(format!("{flag} is empty")));
+    }
+    Ok(endpoints)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::runtime(format!("tokio runtime: {e}")))
+}
+
+/// The schedule as one reachable member reports it.
+async fn schedule_from(endpoints: &[String], turns: u32) -> Result<(String, ScheduleResponse), CliError> {
+    let mut errors = Vec::new();
+    for endpoint in endpoints {
+        match channel(endpoint).await {
+            Ok(channel) => match AdminClient::new(channel).schedule(ScheduleRequest { turns }).await {
+                Ok(reply) => return Ok((endpoint.clone(), reply.into_inner())),
+                Err(status) => errors.push(format!("{endpoint}: {}", status.message())),
+            },
+            Err(error) => errors.push(error),
+        }
+    }
+    Err(CliError::runtime(format!("no member answered: {}", errors.join("; "))))
+}
+
+fn upcoming_table(schedule: &ScheduleResponse, text: &mut String) {
+    if !schedule.rotation {
+        let _ = writeln!(text, "rotation off: plain Raft (leader {})", schedule.leader_id);
+        return;
+    }
+    let _ = writeln!(
+        text,
+        "{} schedule, epoch {}, slot {} ({} ms slots), next turn in {} ms; leader now {}",
+        schedule.algorithm, schedule.epoch, schedule.slot, schedule.slot_ms, schedule.next_turn_in_ms, schedule.leader_id
+    );
+    let _ = writeln!(text, "{:>14}  {:>14}  {:>6}  {:<8} client", "first slot", "last slot", "member", "name");
+    for turn in &schedule.upcoming {
+        let _ = writeln!(
+            text,
+            "{:>14}  {:>14}  {:>6}  {:<8} {}",
+            turn.first_slot, turn.last_slot, turn.member_id, turn.name, turn.client
+        );
+    }
+}
+
+/// `worknode schedule --cluster ENDPOINTS`.
+pub(crate) fn print_cluster_schedule(list: &str, turns: u32, out: &mut impl Write) -> Result<(), CliError> {
+    let endpoints = parse_endpoints(list, "--cluster")?;
+    let (_, schedule) = runtime()?.block_on(schedule_from(&endpoints, turns))?;
+    let mut text = String::new();
+    upcoming_table(&schedule, &mut text);
+    write!(out, "{text}")?;
+    Ok(())
+}
+
+pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let endpoints = parse_endpoints(&args.endpoints, "--endpoints")?;
+    let runtime = runtime()?;
+    let (members, schedule, turns) = runtime.block_on(async {
+        let mut members = Vec::new();
+        for endpoint in &endpoints {
+            let row = match channel(endpoint).await {
+                Ok(channel) => match MaintenanceClient::new(channel).status(StatusRequest {}).await {
+                    Ok(reply) => {
+                        let status = reply.into_inner();
+                        let header = status.header.unwrap_or_default();
+                        MemberRow {
+                            endpoint: endpoint.clone(),
+                            member_id: Some(header.member_id),
+                            leader: status.leader == header.member_id,
+                            term: status.raft_term,
+                            applied_index: status.raft_applied_index,
+                            revision: header.revision,
+                            error: None,
+                        }
+                    }
+                    Err(status) => MemberRow::down(endpoint, status.message()),
+                },
+                Err(error) => MemberRow::down(endpoint, &error),
+            };
+            members.push(row);
+        }
+        let schedule = schedule_from(&endpoints, args.turns).await;
+        // The leader has the freshest record of handoffs.
+        let leader_endpoint = members.iter().find(|m| m.leader).map(|m| m.endpoint.clone());
+        let mut turns = Vec::new();
+        if let Some(endpoint) = leader_endpoint {
+            if let Ok(channel) = channel(&endpoint).await {
+                if let Ok(reply) = AdminClient::new(channel).turns(TurnsRequest { limit: args.handoffs }).await {
+                    turns = reply.into_inner().turns;
+                }
+            }
+        }
+        (members, schedule, turns)
+    });
+    let schedule = schedule?.1;
+    let recent: Vec<TurnRow> = turns
+        .into_iter()
+        .map(|t| TurnRow {
+            first_slot: t.first_slot,
+            scheduled: t.scheduled,
+            leader_before: t.leader_before,
+            leader_after: t.leader_after,
+            handoff_ms: t.handoff_ms,
+            skipped: t.skipped,
+        })
+        .collect();
+    if args.json {
+        let report = StatusJson {
+            leader_id: schedule.leader_id,
+            rotation: schedule.rotation,
+            algorithm: schedule.algorithm.clone(),
+            epoch: schedule.epoch,
+            slot: schedule.slot,
+            next_turn_in_ms: schedule.next_turn_in_ms,
+            upcoming: schedule.upcoming.iter().map(|t| (t.first_slot, t.last_slot, t.member_id, t.name.clone())).collect(),
+            members,
+            recent_turns: recent,
+        };
+        serde_json::to_writer_pretty(&mut *out, &report).map_err(CliError::output)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let mut text = String::new();
+    let _ = writeln!(text, "{:<22} {:>6} {:>7} {:>6} {:>9} {:>9}", "endpoint", "member", "role", "term", "applied", "revision");
+    for m in &members {
+        match &m.error {
+            Some(error) => {
+                let _ = writeln!(text, "{:<22} {:>6} {:>7}  {error}", m.endpoint, "?", "down");
+            }
+            None => {
+                let _ = writeln!(
+                    text,
+                    "{:<22} {:>6} {:>7} {:>6} {:>9} {:>9}",
+                    m.endpoint,
+                    m.member_id.unwrap_or(0),
+                    if m.leader { "leader" } else { "follower" },
+                    m.term,
+                    m.applied_index,
+                    m.revision
+                );
+            }
+        }
+    }
+    let _ = writeln!(text);
+    upcoming_table(&schedule, &mut text);
+    if !recent.is_empty() {
+        let _ = writeln!(text);
+        let _ = writeln!(text, "recent turns (as the leader recorded them):");
+        let _ = writeln!(text, "{:>14}  {:>9}  {:>6}  {:>6}  {:>10}  note", "first slot", "scheduled", "from", "to", "handoff ms");
+        for t in &recent {
+            let handoff = if t.handoff_ms > 0.0 { format!("{:.2}", t.handoff_ms) } else { "-".into() };
+            let _ = writeln!(
+                text,
+                "{:>14}  {:>9}  {:>6}  {:>6}  {:>10}  {}",
+                t.first_slot,
+                t.scheduled,
+                t.leader_before,
+                t.leader_after,
+                handoff,
+                if t.skipped.is_empty() { "" } else { &t.skipped }
+            );
+        }
+    }
+    write!(out, "{text}")?;
+    Ok(())
+}
+
+impl MemberRow {
+    fn down(endpoint: &str, error: &str) -> Self {
+        Self {
+            endpoint: endpoint.to_owned(),
+            member_id: None,
+            leader: false,
+            term: 0,
+            applied_index: 0,
+            revision: 0,
+            error: Some(error.to_owned()),
+        }
+    }
+}
