@@ -66,7 +66,8 @@ struct StatusJson {
 }
 
 async fn channel(endpoint: &str) -> Result<Channel, String> {
-    let uri = if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
+    let uri =
+        if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
     Endpoint::from_shared(uri)
         .map_err(|e| format!("{endpoint}: not an address ({e})"))?
         .connect_timeout(Duration::from_secs(2))
@@ -77,7 +78,8 @@ async fn channel(endpoint: &str) -> Result<Channel, String> {
 }
 
 fn parse_endpoints(list: &str, flag: &str) -> Result<Vec<String>, CliError> {
-    let endpoints: Vec<String> = list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+    let endpoints: Vec<String> =
+        list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
     if endpoints.is_empty() {
         return Err(CliError::input(format!("{flag} is empty")));
     }
@@ -92,14 +94,19 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 /// The schedule as one reachable member reports it.
-async fn schedule_from(endpoints: &[String], turns: u32) -> Result<(String, ScheduleResponse), CliError> {
+async fn schedule_from(
+    endpoints: &[String],
+    turns: u32,
+) -> Result<(String, ScheduleResponse), CliError> {
     let mut errors = Vec::new();
     for endpoint in endpoints {
         match channel(endpoint).await {
-            Ok(channel) => match AdminClient::new(channel).schedule(ScheduleRequest { turns }).await {
-                Ok(reply) => return Ok((endpoint.clone(), reply.into_inner())),
-                Err(status) => errors.push(format!("{endpoint}: {}", status.message())),
-            },
+            Ok(channel) => {
+                match AdminClient::new(channel).schedule(ScheduleRequest { turns }).await {
+                    Ok(reply) => return Ok((endpoint.clone(), reply.into_inner())),
+                    Err(status) => errors.push(format!("{endpoint}: {}", status.message())),
+                }
+            }
             Err(error) => errors.push(error),
         }
     }
@@ -114,9 +121,18 @@ fn upcoming_table(schedule: &ScheduleResponse, text: &mut String) {
     let _ = writeln!(
         text,
         "{} schedule, epoch {}, slot {} ({} ms slots), next turn in {} ms; leader now {}",
-        schedule.algorithm, schedule.epoch, schedule.slot, schedule.slot_ms, schedule.next_turn_in_ms, schedule.leader_id
+        schedule.algorithm,
+        schedule.epoch,
+        schedule.slot,
+        schedule.slot_ms,
+        schedule.next_turn_in_ms,
+        schedule.leader_id
     );
-    let _ = writeln!(text, "{:>14}  {:>14}  {:>6}  {:<8} client", "first slot", "last slot", "member", "name");
+    let _ = writeln!(
+        text,
+        "{:>14}  {:>14}  {:>6}  {:<8} client",
+        "first slot", "last slot", "member", "name"
+    );
     for turn in &schedule.upcoming {
         let _ = writeln!(
             text,
@@ -127,7 +143,11 @@ fn upcoming_table(schedule: &ScheduleResponse, text: &mut String) {
 }
 
 /// `worknode schedule --cluster ENDPOINTS`.
-pub(crate) fn print_cluster_schedule(list: &str, turns: u32, out: &mut impl Write) -> Result<(), CliError> {
+pub(crate) fn print_cluster_schedule(
+    list: &str,
+    turns: u32,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
     let endpoints = parse_endpoints(list, "--cluster")?;
     let (_, schedule) = runtime()?.block_on(schedule_from(&endpoints, turns))?;
     let mut text = String::new();
@@ -143,7 +163,8 @@ pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliErro
         let mut members = Vec::new();
         for endpoint in &endpoints {
             let row = match channel(endpoint).await {
-                Ok(channel) => match MaintenanceClient::new(channel).status(StatusRequest {}).await {
+                Ok(channel) => match MaintenanceClient::new(channel).status(StatusRequest {}).await
+                {
                     Ok(reply) => {
                         let status = reply.into_inner();
                         let header = status.header.unwrap_or_default();
@@ -169,7 +190,9 @@ pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliErro
         let mut turns = Vec::new();
         if let Some(endpoint) = leader_endpoint {
             if let Ok(channel) = channel(&endpoint).await {
-                if let Ok(reply) = AdminClient::new(channel).turns(TurnsRequest { limit: args.handoffs }).await {
+                if let Ok(reply) =
+                    AdminClient::new(channel).turns(TurnsRequest { limit: args.handoffs }).await
+                {
                     turns = reply.into_inner().turns;
                 }
             }
@@ -196,7 +219,11 @@ pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliErro
             epoch: schedule.epoch,
             slot: schedule.slot,
             next_turn_in_ms: schedule.next_turn_in_ms,
-            upcoming: schedule.upcoming.iter().map(|t| (t.first_slot, t.last_slot, t.member_id, t.name.clone())).collect(),
+            upcoming: schedule
+                .upcoming
+                .iter()
+                .map(|t| (t.first_slot, t.last_slot, t.member_id, t.name.clone()))
+                .collect(),
             members,
             recent_turns: recent,
         };
@@ -205,7 +232,11 @@ pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliErro
         return Ok(());
     }
     let mut text = String::new();
-    let _ = writeln!(text, "{:<22} {:>6} {:>7} {:>6} {:>9} {:>9}", "endpoint", "member", "role", "term", "applied", "revision");
+    let _ = writeln!(
+        text,
+        "{:<22} {:>6} {:>7} {:>6} {:>9} {:>9}",
+        "endpoint", "member", "role", "term", "applied", "revision"
+    );
     for m in &members {
         match &m.error {
             Some(error) => {
@@ -230,9 +261,14 @@ pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliErro
     if !recent.is_empty() {
         let _ = writeln!(text);
         let _ = writeln!(text, "recent turns (as the leader recorded them):");
-        let _ = writeln!(text, "{:>14}  {:>9}  {:>6}  {:>6}  {:>10}  note", "first slot", "scheduled", "from", "to", "handoff ms");
+        let _ = writeln!(
+            text,
+            "{:>14}  {:>9}  {:>6}  {:>6}  {:>10}  note",
+            "first slot", "scheduled", "from", "to", "handoff ms"
+        );
         for t in &recent {
-            let handoff = if t.handoff_ms > 0.0 { format!("{:.2}", t.handoff_ms) } else { "-".into() };
+            let handoff =
+                if t.handoff_ms > 0.0 { format!("{:.2}", t.handoff_ms) } else { "-".into() };
             let _ = writeln!(
                 text,
                 "{:>14}  {:>9}  {:>6}  {:>6}  {:>10}  {}",

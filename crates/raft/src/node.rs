@@ -312,6 +312,8 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     rejected_total: u64,
     retried_total: u64,
     rotation: Option<crate::rotation::Rotation>,
+    /// When each peer's last message arrived (liveness for handoff decisions).
+    last_heard: HashMap<u64, Instant>,
     last_leader: u64,
     leader_changes_total: u64,
 }
@@ -400,6 +402,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             rejected_total: 0,
             retried_total: 0,
             rotation,
+            last_heard: HashMap::new(),
             last_leader: raft::INVALID_ID,
             leader_changes_total: 0,
         };
@@ -470,6 +473,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     }
 
     fn step(&mut self, message: Message) {
+        if self.rotation.is_some() {
+            self.last_heard.insert(message.from, self.clock.now());
+        }
         // Messages for another member, or from a removed one, are not ours to act on.
         let _ = self.raw.step(message);
     }
@@ -589,8 +595,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     /// leader and lost) reaches the new leader the moment it leads.
     fn follow_leadership(&mut self, now: Instant) {
         let leader = self.raw.raft.leader_id;
+        let unix_ns = self.clock.unix_ns();
         if let Some(rotation) = &mut self.rotation {
-            rotation.observe_leader(leader, now);
+            rotation.observe_leader(leader, self.config.id, now, unix_ns);
         }
         if leader == self.last_leader {
             return;
@@ -620,7 +627,12 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let Some(rotation) = &mut self.rotation else {
             return false;
         };
-        match rotation.decide(&self.raw.raft, unix_ns, now) {
+        // A live follower answers every heartbeat; three missed ones is silence.
+        let window = self.config.tick * (self.config.heartbeat_ticks as u32 * 3).max(3);
+        let heard = &self.last_heard;
+        let heard_recently =
+            |id: u64| heard.get(&id).is_some_and(|at| now.duration_since(*at) <= window);
+        match rotation.decide(&self.raw.raft, unix_ns, now, heard_recently) {
             Some(target) => {
                 self.raw.transfer_leader(target);
                 true

@@ -68,6 +68,8 @@ pub struct Rotation {
     decided: Option<(u64, u32)>,
     /// Transfer in flight: target and start.
     transfer: Option<(u64, Instant)>,
+    /// When this member last became leader (UNIX ns), while it leads.
+    led_since_unix_ns: Option<u64>,
     log: Arc<Mutex<VecDeque<TurnRecord>>>,
 }
 
@@ -98,6 +100,7 @@ impl Rotation {
             schedules: BTreeMap::new(),
             decided: None,
             transfer: None,
+            led_since_unix_ns: None,
             log: Arc::default(),
         })
     }
@@ -144,8 +147,14 @@ impl Rotation {
         log.push_back(record);
     }
 
-    /// Notes the leader the loop currently sees; completes a running handoff.
-    pub fn observe_leader(&mut self, leader: u64, now: Instant) {
+    /// Notes the leader the loop currently sees (`me` is this member); completes a
+    /// running handoff.
+    pub fn observe_leader(&mut self, leader: u64, me: u64, now: Instant, now_unix_ns: u64) {
+        match (leader == me, self.led_since_unix_ns) {
+            (true, None) => self.led_since_unix_ns = Some(now_unix_ns),
+            (false, Some(_)) => self.led_since_unix_ns = None,
+            _ => {}
+        }
         let Some((target, started)) = self.transfer else {
             return;
         };
@@ -164,11 +173,14 @@ impl Rotation {
     }
 
     /// Called on the leader every loop turn: the member to transfer to now, if any.
+    /// `heard_recently(id)` says whether a message from that member arrived within the
+    /// liveness window (raft-rs keeps a silent follower in replicate state).
     pub fn decide<S: raft::Storage>(
         &mut self,
         raft: &Raft<S>,
         now_unix_ns: u64,
         now: Instant,
+        heard_recently: impl Fn(u64) -> bool,
     ) -> Option<u64> {
         let position = self.clock.position(now_unix_ns).ok()?;
         let lead = self.config.handoff_lead.as_nanos();
@@ -183,6 +195,13 @@ impl Rotation {
             return None;
         }
         self.decided = Some((epoch, turn));
+        // A member that took over inside this decision window (the handoff into this very
+        // turn) leaves the record to the member that handed over.
+        let window_start =
+            (u128::from(now_unix_ns) + position.until_next_turn_ns).saturating_sub(lead);
+        if self.led_since_unix_ns.is_some_and(|since| u128::from(since) > window_start) {
+            return None;
+        }
         let scheduled = self.scheduled_leader(next_slot)?;
         let me = raft.id;
         let mut record = TurnRecord {
@@ -199,7 +218,10 @@ impl Rotation {
             self.record(record);
             return None;
         }
-        if let Some(reason) = unfit(raft, scheduled, self.config.max_lag_entries) {
+        let silent = (!heard_recently(scheduled))
+            .then(|| format!("member {scheduled} has not been heard from recently"));
+        if let Some(reason) = silent.or_else(|| unfit(raft, scheduled, self.config.max_lag_entries))
+        {
             record.skipped = Some(reason);
             self.record(record);
             return None;

@@ -47,7 +47,10 @@ impl adminpb::admin_server::Admin for AdminService {
         }))
     }
 
-    async fn schedule(&self, request: Request<adminpb::ScheduleRequest>) -> Result<Response<adminpb::ScheduleResponse>, Status> {
+    async fn schedule(
+        &self,
+        request: Request<adminpb::ScheduleRequest>,
+    ) -> Result<Response<adminpb::ScheduleResponse>, Status> {
         let wanted = request.into_inner().turns.clamp(1, UPCOMING_MAX);
         let status = self.shared.node.status();
         let Some(config) = &self.rotation else {
@@ -64,7 +67,10 @@ impl adminpb::admin_server::Admin for AdminService {
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let position = rotation.clock().position(now_ns).map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let position = rotation
+            .clock()
+            .position(now_ns)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         let per_turn = config.schedule.slots_per_turn;
         let mut upcoming = Vec::new();
         let mut first = position.slot - position.slot_in_epoch % per_turn;
@@ -72,7 +78,8 @@ impl adminpb::admin_server::Admin for AdminService {
             let Some(member) = rotation.scheduled_leader(first) else {
                 break;
             };
-            let epoch_end = (first / config.schedule.slots_per_epoch + 1) * config.schedule.slots_per_epoch;
+            let epoch_end =
+                (first / config.schedule.slots_per_epoch + 1) * config.schedule.slots_per_epoch;
             let last = (first + per_turn).min(epoch_end) - 1;
             let known = self.shared.members.iter().find(|m| m.id == member);
             upcoming.push(adminpb::UpcomingTurn {
@@ -98,7 +105,10 @@ impl adminpb::admin_server::Admin for AdminService {
         }))
     }
 
-    async fn turns(&self, request: Request<adminpb::TurnsRequest>) -> Result<Response<adminpb::TurnsResponse>, Status> {
+    async fn turns(
+        &self,
+        request: Request<adminpb::TurnsRequest>,
+    ) -> Result<Response<adminpb::TurnsResponse>, Status> {
         let limit = request.into_inner().limit.max(1) as usize;
         let all = self.shared.node.turns();
         let turns = all[all.len().saturating_sub(limit)..]

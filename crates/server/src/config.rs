@@ -320,7 +320,9 @@ impl ServerConfig {
     }
 
     /// The rotation settings, when `[schedule] rotation = "on"`.
-    pub fn rotation_config(&self) -> Result<Option<worknode_raft::rotation::RotationConfig>, String> {
+    pub fn rotation_config(
+        &self,
+    ) -> Result<Option<worknode_raft::rotation::RotationConfig>, String> {
         let schedule = &self.schedule;
         if schedule.rotation == RotationSwitch::Off {
             return Ok(None);
@@ -328,13 +330,19 @@ impl ServerConfig {
         let algorithm: worknode_schedule::Algorithm =
             schedule.algorithm.parse().map_err(|e| format!("schedule.algorithm: {e}"))?;
         if algorithm == worknode_schedule::Algorithm::SolanaCompatible {
-            return Err("schedule.algorithm: solana needs vote keys; use fair or lottery for a cluster".into());
+            return Err(
+                "schedule.algorithm: solana needs vote keys; use fair or lottery for a cluster"
+                    .into(),
+            );
         }
         if schedule.slot_ms == 0 {
             return Err("schedule.slot_ms: must be at least 1".into());
         }
         let stakes = worknode_schedule::Stakes::new(
-            self.members.iter().map(|m| worknode_schedule::Member { id: m.id, key: None, stake: m.stake }).collect(),
+            self.members
+                .iter()
+                .map(|m| worknode_schedule::Member { id: m.id, key: None, stake: m.stake })
+                .collect(),
         )
         .map_err(|e| format!("member stakes: {e}"))?;
         let mut cluster_seed = [0u8; 32];

@@ -36,6 +36,11 @@ fn free_port() -> SocketAddr {
 impl ProcessCluster {
     /// Starts `size` members with `tick_ms` ticks and 10-tick elections.
     pub(crate) fn start(name: &str, size: u64, tick_ms: u64) -> Self {
+        Self::start_with(name, size, tick_ms, "")
+    }
+
+    /// Starts with extra top-level config tables (e.g. `[schedule]`).
+    pub(crate) fn start_with(name: &str, size: u64, tick_ms: u64, extra: &str) -> Self {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
@@ -51,7 +56,7 @@ impl ProcessCluster {
         }
         for m in &members {
             let config = format!(
-                "cluster = \"{name}\"\nmember_id = {}\ndata_dir = \"{}\"\ntick_ms = {tick_ms}\nelection_ticks = 10\nsnapshot_entries = 2000\nallow_fault_injection = true\n\n[cores]\npin = \"off\"\n\n{list}",
+                "cluster = \"{name}\"\nmember_id = {}\ndata_dir = \"{}\"\ntick_ms = {tick_ms}\nelection_ticks = 10\nsnapshot_entries = 2000\nallow_fault_injection = true\n\n{extra}\n[cores]\npin = \"off\"\n\n{list}",
                 m.id,
                 root.join(format!("data-{}", m.id)).display()
             );

@@ -1,0 +1,150 @@
+//! Scheduled leadership across real processes: turns follow the schedule, writes see no
+//! errors at planned handoffs, and a killed scheduled leader is skipped until it returns.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::ProcessCluster;
+use worknode_server::adminpb::admin_client::AdminClient;
+use worknode_server::adminpb::{TurnRecord, TurnsRequest};
+use worknode_server::pb::PutRequest;
+
+/// 50 ms slots, 4 per turn: a 200 ms turn.
+const SCHEDULE: &str =
+    "[schedule]\nrotation = \"on\"\nslot_ms = 50\nslots_per_turn = 4\nhandoff_lead_ms = 10\n";
+
+/// Every member's turn log, merged by turn (the member that decided records it).
+async fn turns(cluster: &ProcessCluster) -> Vec<TurnRecord> {
+    let mut merged = BTreeMap::new();
+    for index in (0..cluster.members.len()).filter(|&i| cluster.is_running(i)) {
+        let mut admin = AdminClient::new(cluster.channel(index).await);
+        if let Ok(reply) = admin.turns(TurnsRequest { limit: 1_024 }).await {
+            for turn in reply.into_inner().turns {
+                merged.insert(turn.first_slot, turn);
+            }
+        }
+    }
+    merged.into_values().filter(|t| t.leader_after != 0).collect()
+}
+
+/// Writes from `writers` tasks until stopped; counts successes and failures.
+fn load(
+    cluster: &ProcessCluster,
+    runtime_clients: Vec<worknode_server::pb::kv_client::KvClient<tonic::transport::Channel>>,
+) -> (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>, Vec<tokio::task::JoinHandle<()>>) {
+    let _ = cluster;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let tasks = runtime_clients
+        .into_iter()
+        .enumerate()
+        .map(|(writer, mut client)| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut sequence = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    sequence += 1;
+                    let put = PutRequest {
+                        key: format!("w{writer}-{sequence}").into_bytes(),
+                        value: b"v".to_vec(),
+                        ..Default::default()
+                    };
+                    match tokio::time::timeout(Duration::from_secs(3), client.put(put)).await {
+                        Ok(Ok(_)) => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    (stop, ok, failed, tasks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_cluster_leads_on_schedule_without_client_errors() {
+    let cluster = ProcessCluster::start_with("rotation-healthy", 3, 20, SCHEDULE);
+    cluster.leader().await;
+    let mut clients = Vec::new();
+    for index in 0..3 {
+        clients.push(cluster.kv(index).await);
+    }
+    let (stop, ok, failed, tasks) = load(&cluster, clients);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let turns = turns(&cluster).await;
+    let on_schedule = turns.iter().filter(|t| t.leader_after == t.scheduled).count();
+    let share = on_schedule as f64 / turns.len().max(1) as f64;
+    let handoffs: Vec<f64> = turns.iter().map(|t| t.handoff_ms).filter(|&ms| ms > 0.0).collect();
+    println!(
+        "{} turns, {:.1}% on schedule, {} handoffs (max {:.1} ms), {} writes, {} failed",
+        turns.len(),
+        share * 100.0,
+        handoffs.len(),
+        handoffs.iter().copied().fold(0.0, f64::max),
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert!(turns.len() >= 40, "too few turns: {}", turns.len());
+    assert!(share >= 0.99, "{:.1}% of turns on schedule", share * 100.0);
+    assert!(handoffs.len() >= turns.len() / 2, "leadership did not rotate");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "planned handoffs cost clients errors");
+    cluster.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_scheduled_leader_is_skipped_then_leads_again() {
+    let mut cluster = ProcessCluster::start_with("rotation-kill", 3, 20, SCHEDULE);
+    cluster.leader().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let victim = cluster.leader().await;
+    let victim_id = cluster.members[victim].id;
+    let survivor = (victim + 1) % 3;
+    let mut client = cluster.kv(survivor).await;
+    cluster.kill(victim);
+    let killed = Instant::now();
+    // Writes are accepted again within about one election timeout (10 ticks of 20 ms).
+    loop {
+        let put =
+            PutRequest { key: b"after-kill".to_vec(), value: b"1".to_vec(), ..Default::default() };
+        if tokio::time::timeout(Duration::from_millis(500), client.put(put))
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "no writes accepted after the leader died"
+        );
+    }
+    let recovery = killed.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let while_down = turns(&cluster).await;
+    let skipped: Vec<&TurnRecord> = while_down
+        .iter()
+        .filter(|t| t.scheduled == victim_id && t.first_slot > 0 && !t.skipped.is_empty())
+        .collect();
+    assert!(!skipped.is_empty(), "the dead member's turns were not recorded as skipped");
+    cluster.respawn_after_crash(victim);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = turns(&cluster).await;
+    let led_again =
+        after.iter().rev().take(8).any(|t| t.scheduled == victim_id && t.leader_after == victim_id);
+    println!("writes resumed {recovery:?} after kill -9; {} of its turns skipped; leads again: {led_again}", skipped.len());
+    assert!(recovery < Duration::from_secs(1), "recovery took {recovery:?}");
+    assert!(
+        led_again,
+        "the restarted member never led its turn again: {:?}",
+        after.iter().rev().take(8).collect::<Vec<_>>()
+    );
+    cluster.assert_converged().await;
+}
