@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Planned handoffs, side by side in one run, under a steady write load (4 clients,
+# 256-byte puts, `worknode bench`):
+#   1. worknode with scheduled leadership (400 ms turns: 100 ms slots × 4)
+#   2. worknode with rotation off
+#   3. etcd 3.4 (Debian etcd-server) with `etcdctl move-leader` every 3 s
+# and, separately, kill -9 of the leader under the same load (worknode with rotation, etcd).
+# Reports client-visible errors, the longest stall between completions, throughput, and
+# worknode's handoff durations (from the leaders' turn logs).
+#
+# Usage: bench/rotation.sh [SECONDS per run]   (default 30)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-30}
+scripts/deps.sh >/dev/null
+if [ -n "${WORKNODE_BIN:-}" ]; then worknode=$WORKNODE_BIN; else cargo build --release -q -p worknode-cli; worknode=target/release/worknode; fi
+work=$(mktemp -d /tmp/rotation-bench.XXXXXX)
+pids=()
+stop_all() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+trap 'stop_all; rm -rf "$work"' EXIT
+endpoints="127.0.0.1:52379,127.0.0.1:52479,127.0.0.1:52579"
+export ETCDCTL_API=3
+
+wait_ready() {
+  for _ in $(seq 1 100); do
+    etcdctl --endpoints="$endpoints" --command-timeout=1s put ready 1 >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "cluster did not become ready" >&2; exit 1
+}
+leader_endpoint() { etcdctl --endpoints="$endpoints" endpoint status | awk -F', ' '$5 == "true" {print $1}'; }
+leader_pid() { # $1 = system; the process serving the leader's client port
+  local port=${1##*:}
+  for pid in "${pids[@]}"; do
+    if grep -q "$port" "/proc/$pid/cmdline" 2>/dev/null || grep -q "$port" "$work/cmd-$pid" 2>/dev/null; then echo "$pid"; return; fi
+  done
+}
+
+start_worknode() { # $1 = on|off, $2 = data suffix
+  for i in 1 2 3; do
+    cat > "$work/n$i-$2.toml" <<TOML
+cluster = "rotation-$2"
+member_id = $i
+data_dir = "$work/w$i-$2"
+[schedule]
+rotation = "$1"
+slot_ms = 100
+slots_per_turn = 4
+[cores]
+pin = "off"
+[[member]]
+id = 1
+name = "n1"
+peer = "127.0.0.1:51380"
+client = "127.0.0.1:52379"
+[[member]]
+id = 2
+name = "n2"
+peer = "127.0.0.1:52380"
+client = "127.0.0.1:52479"
+[[member]]
+id = 3
+name = "n3"
+peer = "127.0.0.1:53380"
+client = "127.0.0.1:52579"
+TOML
+    "$worknode" serve --config "$work/n$i-$2.toml" > "$work/w$i-$2.log" 2>&1 &
+    pids+=($!)
+    echo "127.0.0.1:52$((i + 2))79" > "$work/cmd-$!"
+  done
+  wait_ready
+}
+start_etcd() { # $1 = data suffix
+  local cluster="" i
+  for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:5${i}380,"; done
+  for i in 1 2 3; do
+    etcd --name "e$i" --data-dir "$work/etcd$i-$1" \
+      --listen-client-urls "http://127.0.0.1:52$((i + 2))79" --advertise-client-urls "http://127.0.0.1:52$((i + 2))79" \
+      --listen-peer-urls "http://127.0.0.1:5${i}380" --initial-advertise-peer-urls "http://127.0.0.1:5${i}380" \
+      --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token "rot-$1" \
+      --logger zap --log-level error > "$work/etcd$i-$1.log" 2>&1 &
+    pids+=($!)
+    echo "127.0.0.1:52$((i + 2))79" > "$work/cmd-$!"
+  done
+  wait_ready
+}
+load() { # $1 = output name
+  "$worknode" bench put --endpoints "$endpoints" --clients 4 --connections 4 --duration "${seconds}s" --json > "$work/$1.json"
+}
+handoffs() { # turn logs of every member → handoff durations
+  for ep in ${endpoints//,/ }; do "$worknode" status --endpoints "$ep" --json --handoffs 1024 2>/dev/null || true; done > "$work/$1-status.json"
+}
+
+echo "== worknode, rotation on (400 ms turns)"
+start_worknode on rot; load worknode-rotation; handoffs worknode-rotation; stop_all
+echo "== worknode, rotation off"
+start_worknode off plain; load worknode-plain; stop_all
+echo "== etcd, move-leader every 3 s"
+start_etcd move
+( end=$((SECONDS + seconds)); while [ $SECONDS -lt $end ]; do
+    sleep 3
+    leader=$(leader_endpoint) || continue
+    ids=$(etcdctl --endpoints="$endpoints" endpoint status -w json | python3 -c 'import json,sys; print(" ".join(format(s["Status"]["header"]["member_id"], "x") for s in json.load(sys.stdin) if s["Status"]["leader"] != s["Status"]["header"]["member_id"]))')
+    target=${ids%% *}
+    [ -n "$target" ] && etcdctl --endpoints="$leader" move-leader "$target" >/dev/null 2>&1 || true
+  done ) &
+mover=$!
+load etcd-move; wait $mover || true; stop_all
+
+echo "== kill -9 of the leader under load: worknode (rotation on), etcd"
+for system in worknode etcd; do
+  if [ $system = worknode ]; then start_worknode on kill; else start_etcd kill; fi
+  ( sleep $((seconds / 3)); kill -9 "$(leader_pid "$(leader_endpoint)")" ) &
+  killer=$!
+  load "$system-kill"; wait "$killer" || true; stop_all
+done
+
+python3 - "$work" "$seconds" <<'PY'
+import json, sys, datetime, statistics
+work, seconds = sys.argv[1], sys.argv[2]
+load = lambda name: json.load(open(f"{work}/{name}.json"))
+handoffs = []
+for line in open(f"{work}/worknode-rotation-status.json").read().split("\n}\n"):
+    line = line.strip()
+    if not line:
+        continue
+    try:
+        status = json.loads(line + ("}" if not line.endswith("}") else ""))
+    except json.JSONDecodeError:
+        continue
+    handoffs += [t["handoff_ms"] for t in status.get("recent_turns", []) if t["handoff_ms"] > 0]
+def pct(values, q):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+base = load("worknode-plain")["ops_per_s"]
+print()
+print(f"{datetime.date.today()}, {seconds} s per run, 4 clients, 256-byte puts, 3 members on loopback")
+print()
+print("| run | ops/s | throughput vs rotation off | client errors | longest stall ms | p99 ms |")
+print("|---|---:|---:|---:|---:|---:|")
+for label, name in [("worknode, rotation on (400 ms turns)", "worknode-rotation"), ("worknode, rotation off", "worknode-plain"), ("etcd, move-leader every 3 s", "etcd-move"), ("worknode, kill -9 of the leader", "worknode-kill"), ("etcd, kill -9 of the leader", "etcd-kill")]:
+    r = load(name)
+    print(f"| {label} | {r['ops_per_s']:.0f} | {r['ops_per_s'] / base:.3f}× | {r['errors']} | {r['stall_ms_max']:.1f} | {r['p99_ms']:.2f} |")
+print()
+print(f"worknode handoffs recorded: {len(handoffs)}, p50 {pct(handoffs, 0.5):.2f} ms, p99 {pct(handoffs, 0.99):.2f} ms")
+PY
