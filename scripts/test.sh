@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 cargo test --workspace
 echo "== jitter agreement with rt-tests"
-cargo test -p worknode-cli --test jitter_agreement -- --ignored --nocapture
+cargo build --release -q -p worknode-cli
+WORKNODE_BIN="$PWD/target/release/worknode" cargo test -p worknode-cli --test jitter_agreement -- --ignored --nocapture

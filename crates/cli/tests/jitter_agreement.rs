@@ -23,7 +23,13 @@ fn timer_and_spin_probes_agree_with_rt_tests() {
             .arg(&script)
             .arg(cpu.to_string())
             .arg("5")
-            .env("WORKNODE_BIN", env!("CARGO_BIN_EXE_worknode"))
+            // Timing agreement is judged on the optimized binary (scripts/test.sh builds it
+            // and passes it); a debug build adds microseconds between wake-up and clock read.
+            .env(
+                "WORKNODE_BIN",
+                std::env::var("WORKNODE_BIN")
+                    .unwrap_or_else(|_| env!("CARGO_BIN_EXE_worknode").to_owned()),
+            )
             .output()
             .unwrap();
         let text = format!(
