@@ -595,9 +595,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     /// leader and lost) reaches the new leader the moment it leads.
     fn follow_leadership(&mut self, now: Instant) {
         let leader = self.raw.raft.leader_id;
-        let unix_ns = self.clock.unix_ns();
         if let Some(rotation) = &mut self.rotation {
-            rotation.observe_leader(leader, self.config.id, now, unix_ns);
+            // The wall clock is read only when rotation needs it: this runs every turn.
+            rotation.observe_leader(leader, self.config.id, now, self.clock.unix_ns());
         }
         if leader == self.last_leader {
             return;

@@ -57,9 +57,32 @@ trait Word:
     fn wrapping_minus(self, other: Self) -> Self;
 }
 
+/// The parts of [`Word`] that are the same for every width.
+macro_rules! word_common {
+    ($int:ty) => {
+        const ZERO: Self = 0;
+        const ONE: Self = 1;
+        #[inline]
+        fn turn(self, horizon: u32) -> u32 {
+            self.min(<$int>::from(horizon)) as u32
+        }
+        #[inline]
+        fn wrapping_plus(self, other: Self) -> Self {
+            self.wrapping_add(other)
+        }
+        #[inline]
+        fn wrapping_minus(self, other: Self) -> Self {
+            self.wrapping_sub(other)
+        }
+        #[inline]
+        fn div_rem(self, divisor: Self) -> (Self, Self) {
+            (self / divisor, self % divisor)
+        }
+    };
+}
+
 impl Word for u64 {
-    const ZERO: Self = 0;
-    const ONE: Self = 1;
+    word_common!(u64);
     #[inline]
     fn narrow(value: u128) -> Self {
         u64::try_from(value).expect("window arithmetic operand fits u64")
@@ -68,27 +91,10 @@ impl Word for u64 {
     fn plus(self, other: Self) -> Self {
         self + other
     }
-    #[inline]
-    fn turn(self, horizon: u32) -> u32 {
-        self.min(u64::from(horizon)) as u32
-    }
-    #[inline]
-    fn wrapping_plus(self, other: Self) -> Self {
-        self.wrapping_add(other)
-    }
-    #[inline]
-    fn wrapping_minus(self, other: Self) -> Self {
-        self.wrapping_sub(other)
-    }
-    #[inline]
-    fn div_rem(self, divisor: Self) -> (Self, Self) {
-        (self / divisor, self % divisor)
-    }
 }
 
 impl Word for u128 {
-    const ZERO: Self = 0;
-    const ONE: Self = 1;
+    word_common!(u128);
     #[inline]
     fn narrow(value: u128) -> Self {
         value
@@ -96,22 +102,6 @@ impl Word for u128 {
     #[inline]
     fn plus(self, other: Self) -> Self {
         self.saturating_add(other)
-    }
-    #[inline]
-    fn turn(self, horizon: u32) -> u32 {
-        self.min(u128::from(horizon)) as u32
-    }
-    #[inline]
-    fn wrapping_plus(self, other: Self) -> Self {
-        self.wrapping_add(other)
-    }
-    #[inline]
-    fn wrapping_minus(self, other: Self) -> Self {
-        self.wrapping_sub(other)
-    }
-    #[inline]
-    fn div_rem(self, divisor: Self) -> (Self, Self) {
-        (self / divisor, self % divisor)
     }
 }
 
