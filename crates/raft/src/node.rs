@@ -413,8 +413,13 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     pub fn run(mut self) -> Result<(), crate::storage::StoreError> {
         let mut next_tick = self.clock.now() + self.config.tick;
         while !self.handle.stop.load(Ordering::Relaxed) {
-            let timeout =
+            let mut timeout =
                 next_tick.saturating_duration_since(self.clock.now()).min(self.config.tick);
+            if let Some(rotation) = &self.rotation {
+                if self.raw.raft.state == StateRole::Leader {
+                    timeout = timeout.min(rotation.next_wakeup(self.clock.unix_ns()));
+                }
+            }
             self.wait_for_input(timeout);
             let now = self.clock.now();
             if now >= next_tick {

@@ -129,14 +129,33 @@ impl Rotation {
         self.schedules.get(&epoch)?.leader(slot)
     }
 
-    /// How long until the loop must look again (the next decision point).
+    /// How long the leader's loop may sleep before it must look again: until the next
+    /// handoff window opens, or, inside a window, until its boundary. An idle loop that
+    /// slept through a window would otherwise miss the turn.
     pub fn next_wakeup(&self, now_unix_ns: u64) -> Duration {
         let Ok(position) = self.clock.position(now_unix_ns) else {
             return Duration::from_millis(10);
         };
-        let until_turn =
-            Duration::from_nanos(position.until_next_turn_ns.min(u128::from(u64::MAX)) as u64);
-        until_turn.saturating_sub(self.config.handoff_lead).max(Duration::from_micros(200))
+        let until = position.until_next_turn_ns;
+        let lead = self.config.handoff_lead.as_nanos();
+        let wait = if until > lead { until - lead } else { until };
+        Duration::from_nanos(wait.min(u128::from(u64::MAX)) as u64).max(Duration::from_micros(100))
+    }
+
+    /// The turn a decision is due for at `now_unix_ns`: the next turn inside the handoff
+    /// window before its boundary, or the current turn during its first slot (the loop
+    /// woke late). Returns the turn's first slot and its boundary (UNIX ns).
+    fn due_turn(&self, now_unix_ns: u64) -> Option<(u64, u128)> {
+        let position = self.clock.position(now_unix_ns).ok()?;
+        let now = u128::from(now_unix_ns);
+        if position.until_next_turn_ns <= self.config.handoff_lead.as_nanos() {
+            return Some((position.next_turn_slot, now + position.until_next_turn_ns));
+        }
+        let first = position.slot - position.slot_in_epoch % self.config.schedule.slots_per_turn;
+        let slot_ns = u128::from(self.clock.slot_duration_ns());
+        let elapsed =
+            u128::from(position.slot - first) * slot_ns + u128::from(position.offset_in_slot_ns);
+        (elapsed < slot_ns).then(|| (first, now - elapsed))
     }
 
     fn record(&self, record: TurnRecord) {
@@ -182,12 +201,7 @@ impl Rotation {
         now: Instant,
         heard_recently: impl Fn(u64) -> bool,
     ) -> Option<u64> {
-        let position = self.clock.position(now_unix_ns).ok()?;
-        let lead = self.config.handoff_lead.as_nanos();
-        if position.until_next_turn_ns > lead {
-            return None;
-        }
-        let next_slot = position.next_turn_slot;
+        let (next_slot, boundary) = self.due_turn(now_unix_ns)?;
         let epoch = next_slot / self.config.schedule.slots_per_epoch;
         let turn = ((next_slot % self.config.schedule.slots_per_epoch)
             / self.config.schedule.slots_per_turn) as u32;
@@ -197,8 +211,7 @@ impl Rotation {
         self.decided = Some((epoch, turn));
         // A member that took over inside this decision window (the handoff into this very
         // turn) leaves the record to the member that handed over.
-        let window_start =
-            (u128::from(now_unix_ns) + position.until_next_turn_ns).saturating_sub(lead);
+        let window_start = boundary.saturating_sub(self.config.handoff_lead.as_nanos());
         if self.led_since_unix_ns.is_some_and(|since| u128::from(since) > window_start) {
             return None;
         }
@@ -261,4 +274,55 @@ fn unfit<S: raft::Storage>(raft: &Raft<S>, target: u64, max_lag: u64) -> Option<
         return Some(format!("member {target} is {} entries behind", last - progress.matched));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
+
+    use super::*;
+    use worknode_schedule::Member;
+
+    const MS: u64 = 1_000_000;
+
+    /// 50 ms slots, 4 per turn (200 ms turns), a 10 ms handoff window, genesis at 1 s.
+    fn rotation() -> Rotation {
+        let stakes =
+            Stakes::new((1..=3).map(|id| Member { id, key: None, stake: 1 }).collect()).unwrap();
+        Rotation::new(RotationConfig {
+            stakes,
+            schedule: ScheduleParams {
+                slots_per_epoch: 96,
+                slots_per_turn: 4,
+                ..Default::default()
+            },
+            slot: Duration::from_millis(50),
+            genesis_unix_ns: 1_000 * MS,
+            handoff_lead: Duration::from_millis(10),
+            max_lag_entries: 100,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_loop_wakes_when_the_handoff_window_opens_and_at_the_boundary() {
+        let rotation = rotation();
+        // 30 ms into turn 0: the window before turn 1 (at 200 ms) opens at 190 ms.
+        assert_eq!(rotation.next_wakeup(1_030 * MS), Duration::from_millis(160));
+        // Inside the window: wake at the boundary.
+        assert_eq!(rotation.next_wakeup(1_195 * MS), Duration::from_millis(5));
+        // Before genesis: look again soon.
+        assert_eq!(rotation.next_wakeup(10 * MS), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn a_decision_is_due_in_the_window_and_late_within_the_first_slot() {
+        let rotation = rotation();
+        assert_eq!(rotation.due_turn(1_195 * MS), Some((4, u128::from(1_200 * MS))));
+        // Woke 30 ms after the boundary: the current turn is still due.
+        assert_eq!(rotation.due_turn(1_230 * MS), Some((4, u128::from(1_200 * MS))));
+        // Past the turn's first slot, and before the window: nothing is due.
+        assert_eq!(rotation.due_turn(1_260 * MS), None);
+        assert_eq!(rotation.due_turn(1_100 * MS), None);
+    }
 }
