@@ -387,45 +387,45 @@ fn plan_cmd(args: &PlanArgs, out: &mut impl Write) -> Result<(), CliError> {
             serde_json::to_writer_pretty(&mut *out, &plan).map_err(CliError::output)?;
             writeln!(out)?;
         }
-        None => {
-            writeln!(
-                out,
-                "core plan{}: housekeeping CPUs {}, isolated CPUs {}, usable CPUs {}",
-                if plan.best_effort() { " (best effort)" } else { "" },
-                or_none(plan.housekeeping()),
-                or_none(plan.isolated()),
-                or_none(plan.usable())
-            )?;
-            writeln!(
-                out,
-                "{:<16} {:<11} {:>10} {:>10}  notes",
-                "worknode", "class", "cpus", "reserved"
-            )?;
-            for placement in plan.placements() {
-                let mut notes = Vec::new();
-                if !placement.is_pinned() {
-                    notes.push("unpinned");
-                }
-                if placement.isolated {
-                    notes.push("isolated");
-                }
-                if placement.degraded {
-                    notes.push("degraded: shares CPUs");
-                }
-                writeln!(
-                    out,
-                    "{:<16} {:<11} {:>10} {:>10}  {}",
-                    placement.worknode,
-                    placement.class.to_string(),
-                    or_dash(&placement.cpus),
-                    or_dash(&placement.reserved),
-                    notes.join(", ")
-                )?;
-            }
-            for warning in plan.warnings() {
-                writeln!(out, "warning: {warning}")?;
-            }
+        None => write_plan(&plan, out)?,
+    }
+    Ok(())
+}
+
+/// The plan as a table with its warnings (`cores plan`, and the demo's opening).
+pub(crate) fn write_plan(plan: &CorePlan, out: &mut impl Write) -> Result<(), CliError> {
+    writeln!(
+        out,
+        "core plan{}: housekeeping CPUs {}, isolated CPUs {}, usable CPUs {}",
+        if plan.best_effort() { " (best effort)" } else { "" },
+        or_none(plan.housekeeping()),
+        or_none(plan.isolated()),
+        or_none(plan.usable())
+    )?;
+    writeln!(out, "{:<16} {:<11} {:>10} {:>10}  notes", "worknode", "class", "cpus", "reserved")?;
+    for placement in plan.placements() {
+        let mut notes = Vec::new();
+        if !placement.is_pinned() {
+            notes.push("unpinned");
         }
+        if placement.isolated {
+            notes.push("isolated");
+        }
+        if placement.degraded {
+            notes.push("degraded: shares CPUs");
+        }
+        writeln!(
+            out,
+            "{:<16} {:<11} {:>10} {:>10}  {}",
+            placement.worknode,
+            placement.class.to_string(),
+            or_dash(&placement.cpus),
+            or_dash(&placement.reserved),
+            notes.join(", ")
+        )?;
+    }
+    for warning in plan.warnings() {
+        writeln!(out, "warning: {warning}")?;
     }
     Ok(())
 }

@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench_cmd;
+mod cluster_top_cmd;
 mod cores_cmd;
+mod demo;
 mod jitter_cmd;
 mod schedule_cmd;
 mod serve_cmd;
@@ -23,6 +25,8 @@ mod top_cmd;
 const EXIT_INPUT: u8 = 2;
 /// Exit status for failures writing output.
 const EXIT_OUTPUT: u8 = 1;
+/// Exit status after Ctrl-C.
+const EXIT_INTERRUPTED: u8 = 130;
 /// Exit status of `cores audit --strict` when a critical check fails.
 const EXIT_CRITICAL: u8 = 1;
 
@@ -36,12 +40,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start a local 3-member cluster, rotate leadership under load, kill a member, and
+    /// report what clients saw.
+    Demo(demo::DemoArgs),
     /// Compute an epoch's leader schedule from a stake table.
     Schedule(schedule_cmd::ScheduleArgs),
     /// Load-test an etcd-API cluster (worknode or etcd): closed-loop puts or gets.
     Bench(bench_cmd::BenchArgs),
     /// A running cluster: members, roles, slot, upcoming leaders, recent handoffs.
     Status(status_cmd::StatusArgs),
+    /// A running cluster, live: slot clock, members and their cores, recent turns.
+    Top(cluster_top_cmd::ClusterTopArgs),
     /// Run one member of a cluster (etcd v3 API on its client address).
     Serve(serve_cmd::ServeArgs),
     /// CPU isolation: show the topology, audit the host, plan worknode placement.
@@ -65,6 +74,12 @@ impl CliError {
     /// The command ran and failed (a server that could not start or stopped on an error).
     pub(crate) fn runtime(message: impl Into<String>) -> Self {
         Self { message: message.into(), exit: EXIT_OUTPUT }
+    }
+
+    /// The user pressed Ctrl-C; everything was stopped (exit status 130, as a shell reports
+    /// SIGINT).
+    pub(crate) fn interrupted(message: impl Into<String>) -> Self {
+        Self { message: message.into(), exit: EXIT_INTERRUPTED }
     }
 
     /// Output could not be written.
@@ -112,9 +127,11 @@ fn main() -> ExitCode {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let result = match &cli.command {
+        Command::Demo(args) => demo::run(args, &mut out).map(|()| ExitCode::SUCCESS),
         Command::Schedule(args) => schedule_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
         Command::Status(args) => status_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
+        Command::Top(args) => cluster_top_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Cores(command) => cores_cmd::run(command, &mut out).map(|outcome| match outcome {
             cores_cmd::CoresOutcome::Done => ExitCode::SUCCESS,

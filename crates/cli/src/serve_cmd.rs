@@ -15,9 +15,17 @@ pub(crate) struct ServeArgs {
     /// Accept a log whose tail was torn by a crash: truncate it and say what was dropped.
     #[arg(long)]
     recover_tail: bool,
+    /// Stop (as on SIGTERM) when this supervising process exits; `worknode demo` starts
+    /// its members with its own pid here so none outlives it.
+    #[arg(long, value_name = "PID")]
+    supervisor: Option<u32>,
 }
 
 pub(crate) fn run(args: &ServeArgs) -> Result<(), CliError> {
+    if let Some(pid) = args.supervisor {
+        worknode_cores::process::terminate_with_parent(pid)
+            .map_err(|error| CliError::runtime(format!("--supervisor {pid}: {error}")))?;
+    }
     let config =
         ServerConfig::load(&args.config).map_err(|error| CliError::input(error.to_string()))?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WORKNODE_LOG")

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use worknode_server::adminpb::admin_client::AdminClient;
-use worknode_server::adminpb::{ScheduleRequest, ScheduleResponse, TurnsRequest};
+use worknode_server::adminpb::{
+    ScheduleRequest, ScheduleResponse, TelemetryRequest, TelemetryResponse, TurnsRequest,
+};
 use worknode_server::pb::maintenance_client::MaintenanceClient;
 use worknode_server::pb::StatusRequest;
 
@@ -32,24 +34,36 @@ pub(crate) struct StatusArgs {
 }
 
 #[derive(Serialize)]
-struct MemberRow {
-    endpoint: String,
-    member_id: Option<u64>,
-    leader: bool,
-    term: u64,
-    applied_index: u64,
-    revision: i64,
-    error: Option<String>,
+pub(crate) struct MemberRow {
+    pub(crate) endpoint: String,
+    pub(crate) member_id: Option<u64>,
+    pub(crate) leader: bool,
+    pub(crate) term: u64,
+    pub(crate) applied_index: u64,
+    pub(crate) revision: i64,
+    /// The CPUs its Raft worknode may run on, and whether the core plan pinned it.
+    pub(crate) raft_cpus: Option<String>,
+    pub(crate) raft_pinned: bool,
+    pub(crate) error: Option<String>,
+}
+
+/// What `status` and `top` show: every member, the schedule, recent turns.
+pub(crate) struct ClusterView {
+    pub(crate) members: Vec<MemberRow>,
+    /// Each member's process telemetry, in `members` order (`None`: no answer).
+    pub(crate) loads: Vec<Option<TelemetryResponse>>,
+    pub(crate) schedule: ScheduleResponse,
+    pub(crate) recent: Vec<TurnRow>,
 }
 
 #[derive(Serialize)]
-struct TurnRow {
-    first_slot: u64,
-    scheduled: u64,
-    leader_before: u64,
-    leader_after: u64,
-    handoff_ms: f64,
-    skipped: String,
+pub(crate) struct TurnRow {
+    pub(crate) first_slot: u64,
+    pub(crate) scheduled: u64,
+    pub(crate) leader_before: u64,
+    pub(crate) leader_after: u64,
+    pub(crate) handoff_ms: f64,
+    pub(crate) skipped: String,
 }
 
 #[derive(Serialize)]
@@ -77,7 +91,7 @@ async fn channel(endpoint: &str) -> Result<Channel, String> {
         .map_err(|e| format!("{endpoint}: {e}"))
 }
 
-fn parse_endpoints(list: &str, flag: &str) -> Result<Vec<String>, CliError> {
+pub(crate) fn parse_endpoints(list: &str, flag: &str) -> Result<Vec<String>, CliError> {
     let endpoints: Vec<String> =
         list.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
     if endpoints.is_empty() {
@@ -86,7 +100,7 @@ fn parse_endpoints(list: &str, flag: &str) -> Result<Vec<String>, CliError> {
     Ok(endpoints)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -113,7 +127,7 @@ async fn schedule_from(
     Err(CliError::runtime(format!("no member answered: {}", errors.join("; "))))
 }
 
-fn upcoming_table(schedule: &ScheduleResponse, text: &mut String) {
+pub(crate) fn upcoming_table(schedule: &ScheduleResponse, text: &mut String) {
     if !schedule.rotation {
         let _ = writeln!(text, "rotation off: plain Raft (leader {})", schedule.leader_id);
         return;
@@ -156,51 +170,64 @@ pub(crate) fn print_cluster_schedule(
     Ok(())
 }
 
-pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliError> {
-    let endpoints = parse_endpoints(&args.endpoints, "--endpoints")?;
-    let runtime = runtime()?;
-    let (members, schedule, turns) = runtime.block_on(async {
-        let mut members = Vec::new();
-        for endpoint in &endpoints {
-            let row = match channel(endpoint).await {
-                Ok(channel) => match MaintenanceClient::new(channel).status(StatusRequest {}).await
-                {
+/// Asks every member for its status and telemetry, and one for the schedule and turns.
+pub(crate) async fn fetch(
+    endpoints: &[String],
+    upcoming: u32,
+    handoffs: u32,
+) -> Result<ClusterView, CliError> {
+    let mut members = Vec::new();
+    let mut loads = Vec::new();
+    for endpoint in endpoints {
+        let (row, load) = match channel(endpoint).await {
+            Ok(channel) => {
+                match MaintenanceClient::new(channel.clone()).status(StatusRequest {}).await {
                     Ok(reply) => {
                         let status = reply.into_inner();
                         let header = status.header.unwrap_or_default();
-                        MemberRow {
+                        let load = AdminClient::new(channel)
+                            .telemetry(TelemetryRequest {})
+                            .await
+                            .ok()
+                            .map(tonic::Response::into_inner);
+                        let raft = load
+                            .as_ref()
+                            .and_then(|l| l.worknodes.iter().find(|w| w.worknode == "raft"));
+                        let row = MemberRow {
                             endpoint: endpoint.clone(),
                             member_id: Some(header.member_id),
                             leader: status.leader == header.member_id,
                             term: status.raft_term,
                             applied_index: status.raft_applied_index,
                             revision: header.revision,
+                            raft_cpus: raft.map(|w| w.cpus.clone()),
+                            raft_pinned: raft.is_some_and(|w| w.pinned),
                             error: None,
-                        }
+                        };
+                        (row, load)
                     }
-                    Err(status) => MemberRow::down(endpoint, status.message()),
-                },
-                Err(error) => MemberRow::down(endpoint, &error),
-            };
-            members.push(row);
-        }
-        let schedule = schedule_from(&endpoints, args.turns).await;
-        // The leader has the freshest record of handoffs.
-        let leader_endpoint = members.iter().find(|m| m.leader).map(|m| m.endpoint.clone());
-        let mut turns = Vec::new();
-        if let Some(endpoint) = leader_endpoint {
-            if let Ok(channel) = channel(&endpoint).await {
-                if let Ok(reply) =
-                    AdminClient::new(channel).turns(TurnsRequest { limit: args.handoffs }).await
-                {
-                    turns = reply.into_inner().turns;
+                    Err(status) => (MemberRow::down(endpoint, status.message()), None),
                 }
             }
+            Err(error) => (MemberRow::down(endpoint, &error), None),
+        };
+        members.push(row);
+        loads.push(load);
+    }
+    let (_, schedule) = schedule_from(endpoints, upcoming).await?;
+    // The leader has the freshest record of handoffs.
+    let leader_endpoint = members.iter().find(|m| m.leader).map(|m| m.endpoint.clone());
+    let mut turns = Vec::new();
+    if let Some(endpoint) = leader_endpoint {
+        if let Ok(channel) = channel(&endpoint).await {
+            if let Ok(reply) =
+                AdminClient::new(channel).turns(TurnsRequest { limit: handoffs }).await
+            {
+                turns = reply.into_inner().turns;
+            }
         }
-        (members, schedule, turns)
-    });
-    let schedule = schedule?.1;
-    let recent: Vec<TurnRow> = turns
+    }
+    let recent = turns
         .into_iter()
         .map(|t| TurnRow {
             first_slot: t.first_slot,
@@ -211,6 +238,13 @@ pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliErro
             skipped: t.skipped,
         })
         .collect();
+    Ok(ClusterView { members, loads, schedule, recent })
+}
+
+pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let endpoints = parse_endpoints(&args.endpoints, "--endpoints")?;
+    let view = runtime()?.block_on(fetch(&endpoints, args.turns, args.handoffs))?;
+    let ClusterView { members, schedule, recent, .. } = view;
     if args.json {
         let report = StatusJson {
             leader_id: schedule.leader_id,
@@ -234,24 +268,25 @@ pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliErro
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "{:<22} {:>6} {:>7} {:>6} {:>9} {:>9}",
+        "{:<22} {:>6} {:>9} {:>6} {:>9} {:>9}  raft worknode",
         "endpoint", "member", "role", "term", "applied", "revision"
     );
     for m in &members {
         match &m.error {
             Some(error) => {
-                let _ = writeln!(text, "{:<22} {:>6} {:>7}  {error}", m.endpoint, "?", "down");
+                let _ = writeln!(text, "{:<22} {:>6} {:>9}  {error}", m.endpoint, "?", "down");
             }
             None => {
                 let _ = writeln!(
                     text,
-                    "{:<22} {:>6} {:>7} {:>6} {:>9} {:>9}",
+                    "{:<22} {:>6} {:>9} {:>6} {:>9} {:>9}  {}",
                     m.endpoint,
                     m.member_id.unwrap_or(0),
                     if m.leader { "leader" } else { "follower" },
                     m.term,
                     m.applied_index,
-                    m.revision
+                    m.revision,
+                    m.cores()
                 );
             }
         }
@@ -294,7 +329,18 @@ impl MemberRow {
             term: 0,
             applied_index: 0,
             revision: 0,
+            raft_cpus: None,
+            raft_pinned: false,
             error: Some(error.to_owned()),
+        }
+    }
+
+    /// Where its Raft worknode runs, in words.
+    pub(crate) fn cores(&self) -> String {
+        match (&self.raft_cpus, self.raft_pinned) {
+            (Some(cpus), true) => format!("pinned to CPU {cpus}"),
+            (Some(cpus), false) => format!("unpinned (CPUs {cpus})"),
+            (None, _) => "?".into(),
         }
     }
 }

@@ -204,10 +204,10 @@ fn rows(schedule: &LeaderSchedule, named: &NamedStakes) -> Vec<Row> {
 }
 
 /// Well-separated hues (golden angle), dark enough to read on white.
-fn colour(index: usize) -> String {
+pub(crate) fn colour(index: usize) -> String {
     format!("hsl({:.0},65%,42%)", (index as f64 * 137.508) % 360.0)
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

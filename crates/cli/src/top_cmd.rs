@@ -33,7 +33,7 @@ pub(crate) struct TopArgs {
 
 /// A piece of a frame line: text and the kind of thing it shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Tone {
+pub(crate) enum Tone {
     Plain,
     Dim,
     Title,
@@ -45,7 +45,7 @@ enum Tone {
     Alert,
 }
 
-type FrameLine = Vec<(String, Tone)>;
+pub(crate) type FrameLine = Vec<(String, Tone)>;
 
 fn style(tone: Tone) -> Style {
     match tone {
@@ -62,7 +62,7 @@ fn style(tone: Tone) -> Style {
 }
 
 /// The bar of one CPU, `width` cells: one letter per kind so it reads without colour.
-fn bar(usage: &CoreUsage, width: usize) -> FrameLine {
+pub(crate) fn bar(usage: &CoreUsage, width: usize) -> FrameLine {
     let mut line = Vec::new();
     let mut used = 0usize;
     for (pct, letter, tone) in [
@@ -140,7 +140,7 @@ fn frame(telemetry: &Telemetry, pid_label: &str, width: u16, height: u16) -> Vec
     lines
 }
 
-fn truncate(text: &str, width: usize) -> String {
+pub(crate) fn truncate(text: &str, width: usize) -> String {
     text.chars().take(width).collect()
 }
 
@@ -157,7 +157,7 @@ fn to_ratatui(lines: &[FrameLine]) -> Vec<Line<'static>> {
         .collect()
 }
 
-fn to_text(lines: &[FrameLine]) -> String {
+pub(crate) fn to_text(lines: &[FrameLine]) -> String {
     let mut text = String::new();
     for line in lines {
         for (piece, _) in line {
@@ -205,14 +205,14 @@ pub(crate) fn run(args: &TopArgs, out: &mut impl Write) -> Result<(), CliError> 
     result
 }
 
-fn enter_terminal() -> Result<DefaultTerminal, CliError> {
+pub(crate) fn enter_terminal() -> Result<DefaultTerminal, CliError> {
     let fail = |error: std::io::Error| CliError::input(format!("cannot use the terminal: {error}"));
     terminal::enable_raw_mode().map_err(fail)?;
     std::io::stdout().execute(EnterAlternateScreen).map_err(fail)?;
     Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout())).map_err(fail)
 }
 
-fn leave_terminal() {
+pub(crate) fn leave_terminal() {
     let _ = terminal::disable_raw_mode();
     let _ = std::io::stdout().execute(LeaveAlternateScreen);
 }
@@ -224,16 +224,36 @@ fn live(
     interval: Duration,
     start: Instant,
 ) -> Result<(), CliError> {
-    let mut next_sample = Instant::now() + interval;
+    let telemetry = std::cell::RefCell::new(telemetry);
+    live_loop(
+        terminal,
+        interval,
+        |width, height| frame(&telemetry.borrow(), label, width, height),
+        || {
+            let mut telemetry = telemetry.borrow_mut();
+            telemetry.watch_all_threads();
+            telemetry.sample(now_ns(start));
+        },
+    )
+}
+
+/// Redraws `frame` until `q`, Esc or Ctrl-C, calling `refresh` every `interval`.
+pub(crate) fn live_loop(
+    terminal: &mut DefaultTerminal,
+    interval: Duration,
+    frame: impl Fn(u16, u16) -> Vec<FrameLine>,
+    mut refresh: impl FnMut(),
+) -> Result<(), CliError> {
+    let mut next_refresh = Instant::now() + interval;
     loop {
         terminal
             .draw(|f| {
                 let area: Rect = f.area();
-                let lines = frame(telemetry, label, area.width, area.height);
+                let lines = frame(area.width, area.height);
                 f.render_widget(Paragraph::new(to_ratatui(&lines)), area);
             })
             .map_err(CliError::output)?;
-        let timeout = next_sample.saturating_duration_since(Instant::now());
+        let timeout = next_refresh.saturating_duration_since(Instant::now());
         if event::poll(timeout).map_err(CliError::output)? {
             if let Event::Key(key) = event::read().map_err(CliError::output)? {
                 let ctrl_c =
@@ -243,10 +263,9 @@ fn live(
                 }
             }
         }
-        if Instant::now() >= next_sample {
-            telemetry.watch_all_threads();
-            telemetry.sample(now_ns(start));
-            next_sample += interval;
+        if Instant::now() >= next_refresh {
+            refresh();
+            next_refresh += interval;
         }
     }
 }

@@ -20,6 +20,7 @@ mod host;
 pub mod jitter;
 mod pin;
 mod plan;
+pub mod process;
 mod sys;
 mod sysroot;
 pub mod telemetry;

@@ -134,3 +134,27 @@ pub(crate) fn clock_ticks_per_s() -> u64 {
         100
     }
 }
+
+/// kill(2): sends `signal` to process `pid`.
+pub(crate) fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: kill takes its arguments by value; no pointers are passed.
+    let result = unsafe { libc::kill(pid, signal) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// prctl(PR_SET_PDEATHSIG): the kernel sends `signal` to this process when the thread
+/// that started it exits. Returns the parent's pid as seen right after the call.
+pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<u32> {
+    // SAFETY: PR_SET_PDEATHSIG takes the signal number by value; no pointers are passed.
+    let result = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid takes no arguments and cannot fail.
+    Ok(unsafe { libc::getppid() } as u32)
+}

@@ -398,6 +398,18 @@ impl Telemetry {
         }
     }
 
+    /// The threads being watched.
+    pub fn watched(&self) -> impl Iterator<Item = &WatchedThread> {
+        self.threads.values().map(|(watched, _)| watched)
+    }
+
+    /// The time between the last two CPU samples (zero before the second).
+    pub fn interval(&self) -> Duration {
+        self.cores.last_two().map_or(Duration::ZERO, |((t0, _), (t1, _))| {
+            Duration::from_nanos(t1.saturating_sub(*t0))
+        })
+    }
+
     /// Alerts raised so far (the newest [`ALERTS_MAX`]).
     pub fn alerts(&self) -> impl Iterator<Item = &Alert> {
         self.alerts.iter()

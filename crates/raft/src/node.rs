@@ -632,8 +632,11 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let Some(rotation) = &mut self.rotation else {
             return false;
         };
-        // A live follower answers every heartbeat; three missed ones is silence.
-        let window = self.config.tick * (self.config.heartbeat_ticks as u32 * 3).max(3);
+        // A live follower answers every heartbeat; silence for three heartbeats or half an
+        // election timeout, whichever is longer, means it is down (a shorter window skips
+        // live members whose answers queue behind a busy CPU).
+        let window = (self.config.tick * (self.config.heartbeat_ticks as u32 * 3).max(3))
+            .max(self.config.tick * self.config.election_ticks as u32 / 2);
         let heard = &self.last_heard;
         let heard_recently =
             |id: u64| heard.get(&id).is_some_and(|at| now.duration_since(*at) <= window);

@@ -1,9 +1,10 @@
 //! `worknode.Admin`: the state digest, and fault injection for tests.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status};
+use worknode_cores::telemetry::Telemetry;
 use worknode_raft::transport::Blocked;
 use worknode_raft::ClientRequest;
 
@@ -21,6 +22,8 @@ pub struct AdminService {
     pub allow_fault_injection: bool,
     /// Scheduled leadership settings, when rotation is on.
     pub rotation: Option<worknode_raft::rotation::RotationConfig>,
+    /// This process's CPU and thread samples.
+    pub telemetry: Arc<Mutex<Telemetry>>,
 }
 
 /// Most turns a `Schedule` answer lists.
@@ -127,6 +130,64 @@ impl adminpb::admin_server::Admin for AdminService {
         Ok(Response::new(adminpb::TurnsResponse { member_id: self.shared.member_id, turns }))
     }
 
+    async fn telemetry(
+        &self,
+        _request: Request<adminpb::TelemetryRequest>,
+    ) -> Result<Response<adminpb::TelemetryResponse>, Status> {
+        let mut telemetry = self.telemetry.lock().unwrap_or_else(PoisonError::into_inner);
+        // Threads started since the last call (peer writers, blocking pool) are watched
+        // from now on; their load shows after two samples.
+        telemetry.watch_all_threads();
+        let cpus: Vec<adminpb::CpuLoad> = telemetry
+            .core_usage()
+            .into_iter()
+            .map(|u| adminpb::CpuLoad {
+                cpu: u.cpu,
+                user: u.user,
+                system: u.system,
+                irq: u.irq,
+                softirq: u.softirq,
+                steal: u.steal,
+                idle: u.idle,
+            })
+            .collect();
+        let online = cpus.len();
+        let usage = telemetry.thread_usage();
+        let worknodes = telemetry
+            .watched()
+            .map(|watched| {
+                let used = usage.iter().find(|u| u.tid == watched.tid);
+                adminpb::WorknodeLoad {
+                    worknode: watched.worknode.clone(),
+                    tid: watched.tid,
+                    cpus: watched.cpus.to_string(),
+                    pinned: !watched.cpus.is_empty() && watched.cpus.len() < online,
+                    cpu_pct: used.map_or(0.0, |u| u.cpu_pct),
+                    voluntary_per_s: used.map_or(0.0, |u| u.voluntary_per_s),
+                    involuntary_per_s: used.map_or(0.0, |u| u.involuntary_per_s),
+                    last_cpu: used.and_then(|u| u.cpu).map_or(-1, |cpu| cpu as i32),
+                }
+            })
+            .collect();
+        let alerts = telemetry.alerts().map(ToString::to_string).collect();
+        let name = self
+            .shared
+            .members
+            .iter()
+            .find(|m| m.id == self.shared.member_id)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        Ok(Response::new(adminpb::TelemetryResponse {
+            member_id: self.shared.member_id,
+            name,
+            pid: std::process::id(),
+            cpus,
+            worknodes,
+            alerts,
+            interval_ms: telemetry.interval().as_millis() as u64,
+        }))
+    }
+
     async fn partition(
         &self,
         request: Request<adminpb::PartitionRequest>,
@@ -138,7 +199,7 @@ impl adminpb::admin_server::Admin for AdminService {
             ));
         }
         let peers = request.into_inner().peers;
-        let mut blocked = self.blocked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
         blocked.clear();
         blocked.extend(peers);
         Ok(Response::new(adminpb::PartitionResponse {}))

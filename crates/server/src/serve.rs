@@ -7,13 +7,15 @@
 //! cleanly: the API stops accepting, the Raft loop finishes its turn, the log is synced.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use worknode_cores::telemetry::{AlertThresholds, Sampler, Telemetry, WatchedThread};
 use worknode_cores::{
-    live_host, spawn_worknode, CoreAuthority, CoreGrant, CorePlan, PinOptions, WorknodeClass,
-    WorknodeSpec,
+    live_host, spawn_worknode, CoreAuthority, CoreGrant, CorePlan, CpuSet, PinOptions,
+    WorknodeClass, WorknodeSpec,
 };
 use worknode_raft::member::{open_member, MemberSpec};
 use worknode_raft::transport::serve_peers;
@@ -22,6 +24,9 @@ use crate::admin::AdminService;
 use crate::config::{Pinning, ServerConfig};
 use crate::service::{ClusterService, KvService, MaintenanceService, Shared};
 use crate::{adminpb, pb};
+
+/// How often the member samples its CPUs and threads (`worknode.Admin/Telemetry`).
+const TELEMETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Why a member stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,9 @@ pub enum ServeError {
     /// The runtime could not start.
     #[error("tokio runtime: {0}")]
     Runtime(std::io::Error),
+    /// The telemetry sampler thread could not start.
+    #[error("telemetry sampler: {0}")]
+    Sampler(std::io::Error),
 }
 
 /// Runs the member until SIGTERM/SIGINT.
@@ -150,6 +158,18 @@ async fn run_async(
         &PinOptions { best_effort: true, ..PinOptions::default() },
         move || node.run(),
     )?;
+    let mut telemetry = Telemetry::new(AlertThresholds::default());
+    let report = raft_thread.report();
+    telemetry.watch(WatchedThread {
+        worknode: "raft".into(),
+        tid: report.thread_id,
+        class: WorknodeClass::Critical,
+        cpus: if report.pinned { report.effective.clone() } else { CpuSet::default() },
+    });
+    telemetry.watch_all_threads();
+    let telemetry = Arc::new(Mutex::new(telemetry));
+    let sampler =
+        Sampler::start(telemetry.clone(), TELEMETRY_INTERVAL, None).map_err(ServeError::Sampler)?;
     tracing::info!(
         member = me.id,
         name = %me.name,
@@ -172,6 +192,7 @@ async fn run_async(
         blocked: member.blocked.clone(),
         allow_fault_injection: config.allow_fault_injection,
         rotation: config.rotation_config().unwrap_or(None),
+        telemetry,
     };
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -184,6 +205,7 @@ async fn run_async(
         .serve_with_incoming_shutdown(incoming_nodelay(client_listener), shutdown_signal())
         .await;
     tracing::info!("shutting down: stopping the raft loop");
+    drop(sampler);
     member.handle.stop();
     let raft_result = raft_thread.join().map_err(|_| ServeError::Panicked("raft"))?;
     drop(member.data_dir);

@@ -1,0 +1,148 @@
+//! The demo's clients: closed-loop writers and linearizable readers over the etcd KV API.
+//!
+//! Each client starts at its home member and, when a request fails (the member is down,
+//! or it timed out), moves to the next member and tries again until the operation's
+//! deadline; only then does the operation count as failed. Every completion is recorded
+//! with its wall-clock time, so the demo can attribute it to a turn.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tonic::transport::{Channel, Endpoint};
+use worknode_server::pb::kv_client::KvClient;
+use worknode_server::pb::{PutRequest, RangeRequest};
+
+/// One attempt may take this long (the members' request timeout is 3 s).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(3_500);
+/// An operation fails when it has not succeeded by this deadline.
+const OPERATION_DEADLINE: Duration = Duration::from_secs(8);
+/// Pause before trying the next member.
+const RETRY_PAUSE: Duration = Duration::from_millis(5);
+/// Bytes per written value.
+const VALUE_BYTES: usize = 64;
+
+/// One finished operation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Completion {
+    /// When it finished, nanoseconds since the UNIX epoch.
+    pub(crate) at_unix_ns: u64,
+    pub(crate) latency: Duration,
+    pub(crate) write: bool,
+    pub(crate) ok: bool,
+    /// Attempts that failed before the last one (each was retried on another member).
+    pub(crate) retried: u32,
+}
+
+/// Running clients.
+pub(crate) struct Load {
+    stop: Arc<AtomicBool>,
+    completions: Arc<Mutex<Vec<Completion>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub(crate) fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Load {
+    /// Starts `writers` writers and `readers` readers spread over the members.
+    pub(crate) fn start(members: &[SocketAddr], writers: usize, readers: usize) -> Self {
+        let channels: Vec<Channel> = members
+            .iter()
+            .filter_map(|address| {
+                Endpoint::from_shared(format!("http://{address}")).ok().map(|e| {
+                    e.tcp_nodelay(true).connect_timeout(Duration::from_secs(1)).connect_lazy()
+                })
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let completions = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..writers + readers)
+            .map(|client| {
+                let clients: Vec<KvClient<Channel>> =
+                    channels.iter().cloned().map(KvClient::new).collect();
+                let write = client < writers;
+                let key_of = if write { client } else { client % writers.max(1) };
+                tokio::spawn(run_client(
+                    clients,
+                    client % members.len().max(1),
+                    write,
+                    key_of,
+                    stop.clone(),
+                    completions.clone(),
+                ))
+            })
+            .collect();
+        Self { stop, completions, tasks }
+    }
+
+    /// Completions recorded since the last call.
+    pub(crate) fn take(&self) -> Vec<Completion> {
+        std::mem::take(&mut *self.completions.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Stops the clients after their operation in flight.
+    pub(crate) async fn stop(mut self) -> Vec<Completion> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+        self.take()
+    }
+}
+
+async fn run_client(
+    mut clients: Vec<KvClient<Channel>>,
+    home: usize,
+    write: bool,
+    writer: usize,
+    stop: Arc<AtomicBool>,
+    completions: Arc<Mutex<Vec<Completion>>>,
+) {
+    let mut target = home;
+    let mut sequence = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        sequence += 1;
+        let key = if write {
+            format!("demo/w{writer}/{sequence}").into_bytes()
+        } else {
+            format!("demo/w{writer}/1").into_bytes()
+        };
+        let started = Instant::now();
+        let mut retried = 0u32;
+        let ok = loop {
+            let client = &mut clients[target];
+            let attempt = async {
+                if write {
+                    let put = PutRequest {
+                        key: key.clone(),
+                        value: vec![b'x'; VALUE_BYTES],
+                        ..Default::default()
+                    };
+                    client.put(put).await.map(drop)
+                } else {
+                    let range = RangeRequest { key: key.clone(), ..Default::default() };
+                    client.range(range).await.map(drop)
+                }
+            };
+            if matches!(tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await, Ok(Ok(()))) {
+                break true;
+            }
+            if started.elapsed() >= OPERATION_DEADLINE || stop.load(Ordering::Relaxed) {
+                break false;
+            }
+            retried += 1;
+            target = (target + 1) % clients.len();
+            tokio::time::sleep(RETRY_PAUSE).await;
+        };
+        if !ok && stop.load(Ordering::Relaxed) {
+            // Abandoned because the demo is ending, not failed by the cluster.
+            break;
+        }
+        let completion =
+            Completion { at_unix_ns: unix_ns(), latency: started.elapsed(), write, ok, retried };
+        completions.lock().unwrap_or_else(PoisonError::into_inner).push(completion);
+    }
+}
