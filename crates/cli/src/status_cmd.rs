@@ -215,20 +215,23 @@ pub(crate) async fn fetch(
         loads.push(load);
     }
     let (_, schedule) = schedule_from(endpoints, upcoming).await?;
-    // The leader has the freshest record of handoffs.
-    let leader_endpoint = members.iter().find(|m| m.leader).map(|m| m.endpoint.clone());
-    let mut turns = Vec::new();
-    if let Some(endpoint) = leader_endpoint {
-        if let Ok(channel) = channel(&endpoint).await {
+    // Each member records the turns it decided (it led into them): merge every log.
+    let mut turns = std::collections::BTreeMap::new();
+    for member in members.iter().filter(|m| m.error.is_none()) {
+        if let Ok(channel) = channel(&member.endpoint).await {
             if let Ok(reply) =
                 AdminClient::new(channel).turns(TurnsRequest { limit: handoffs }).await
             {
-                turns = reply.into_inner().turns;
+                for turn in reply.into_inner().turns {
+                    turns.insert(turn.first_slot, turn);
+                }
             }
         }
     }
+    let skip = turns.len().saturating_sub(handoffs as usize);
     let recent = turns
-        .into_iter()
+        .into_values()
+        .skip(skip)
         .map(|t| TurnRow {
             first_slot: t.first_slot,
             scheduled: t.scheduled,
@@ -295,7 +298,7 @@ pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliErro
     upcoming_table(&schedule, &mut text);
     if !recent.is_empty() {
         let _ = writeln!(text);
-        let _ = writeln!(text, "recent turns (as the leader recorded them):");
+        let _ = writeln!(text, "recent turns (merged from every member's turn log):");
         let _ = writeln!(
             text,
             "{:>14}  {:>9}  {:>6}  {:>6}  {:>10}  note",
@@ -338,6 +341,7 @@ impl MemberRow {
     /// Where its Raft worknode runs, in words.
     pub(crate) fn cores(&self) -> String {
         match (&self.raft_cpus, self.raft_pinned) {
+            (Some(cpus), _) if cpus.is_empty() => "unpinned".into(),
             (Some(cpus), true) => format!("pinned to CPU {cpus}"),
             (Some(cpus), false) => format!("unpinned (CPUs {cpus})"),
             (None, _) => "?".into(),
