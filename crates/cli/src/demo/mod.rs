@@ -465,7 +465,7 @@ async fn demo(
             totals.add(&completion);
             add_to_turn(&mut stats, turn_of(completion.at_unix_ns), &completion);
         }
-        if ticks % TURNS_POLL_EVERY == 0 || finished {
+        if ticks.is_multiple_of(TURNS_POLL_EVERY) || finished {
             collect_turns(&channels, cluster, &mut records).await;
         }
         let now_unix = unix_ns();
