@@ -101,7 +101,38 @@ async fn healthy_cluster_leads_on_schedule_without_client_errors() {
     assert!(share >= 0.99, "{:.1}% of turns on schedule", share * 100.0);
     assert!(handoffs.len() >= turns.len() / 2, "leadership did not rotate");
     assert_eq!(failed.load(Ordering::Relaxed), 0, "planned handoffs cost clients errors");
+    // Prometheus counts the same handoffs the turn logs record.
+    let mut counted = 0.0;
+    for member in &cluster.members {
+        let text = support::scrape(member.metrics);
+        for family in [
+            "worknode_cpu_seconds_total",
+            "worknode_leader_changes_total",
+            "worknode_rotation_handoff_duration_seconds_bucket{le=\"+Inf\"}",
+        ] {
+            assert!(text.contains(family), "{family} missing:\n{text}");
+        }
+        counted += metric(&text, "worknode_rotation_handoffs_total");
+        assert_eq!(
+            metric(&text, "worknode_rotation_handoffs_total"),
+            metric(&text, "worknode_rotation_handoff_duration_seconds_count")
+        );
+    }
+    let recorded = turns.iter().filter(|t| t.handoff_ms > 0.0).count() as f64;
+    assert!(
+        counted >= recorded && counted <= recorded + 3.0,
+        "metrics count {counted} handoffs, the logs {recorded}"
+    );
     cluster.assert_converged().await;
+}
+
+/// The value of an unlabelled series.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .parse()
+        .unwrap()
 }
 
 /// Without load the leader's loop sleeps between heartbeats; it must still wake for every

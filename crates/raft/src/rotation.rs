@@ -56,6 +56,49 @@ pub struct TurnRecord {
     pub handoff: Option<Duration>,
     /// Why the turn was skipped, when it was.
     pub skipped: Option<String>,
+    /// The kind of reason, a fixed word for metrics labels (`silent`, `lagging`, …).
+    pub skip_kind: Option<&'static str>,
+}
+
+/// Upper bounds (seconds) of the handoff duration histogram's buckets.
+pub const HANDOFF_BUCKETS_S: [f64; 10] =
+    [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
+
+/// Counters since the member started (they never go down, unlike the bounded log).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RotationMetrics {
+    /// Handoffs that completed.
+    pub handoffs_total: u64,
+    /// Skipped turns by kind of reason.
+    pub skipped_total: BTreeMap<&'static str, u64>,
+    /// Completed handoffs per bucket of [`HANDOFF_BUCKETS_S`] (not cumulative); the
+    /// last entry counts those above the largest bound.
+    pub handoff_buckets: [u64; HANDOFF_BUCKETS_S.len() + 1],
+    /// Sum of completed handoff durations, seconds.
+    pub handoff_seconds_sum: f64,
+}
+
+impl RotationMetrics {
+    fn handoff(&mut self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        let bucket = HANDOFF_BUCKETS_S.iter().position(|&bound| seconds <= bound);
+        self.handoff_buckets[bucket.unwrap_or(HANDOFF_BUCKETS_S.len())] += 1;
+        self.handoff_seconds_sum += seconds;
+        self.handoffs_total += 1;
+    }
+
+    fn skip(&mut self, kind: &'static str) {
+        *self.skipped_total.entry(kind).or_insert(0) += 1;
+    }
+}
+
+/// The bounded turn log and the counters, shared with the node's handle.
+#[derive(Debug, Default)]
+pub struct TurnLog {
+    /// The newest [`TURN_LOG_MAX`] records, oldest first.
+    pub records: VecDeque<TurnRecord>,
+    /// Counters since start.
+    pub metrics: RotationMetrics,
 }
 
 /// Rotation state, owned by the Raft loop.
@@ -70,7 +113,7 @@ pub struct Rotation {
     transfer: Option<(u64, Instant)>,
     /// When this member last became leader (UNIX ns), while it leads.
     led_since_unix_ns: Option<u64>,
-    log: Arc<Mutex<VecDeque<TurnRecord>>>,
+    log: Arc<Mutex<TurnLog>>,
 }
 
 /// Why rotation cannot start.
@@ -106,7 +149,7 @@ impl Rotation {
     }
 
     /// The shared turn log (newest last).
-    pub fn log(&self) -> Arc<Mutex<VecDeque<TurnRecord>>> {
+    pub fn log(&self) -> Arc<Mutex<TurnLog>> {
         Arc::clone(&self.log)
     }
 
@@ -127,6 +170,17 @@ impl Rotation {
             }
         }
         self.schedules.get(&epoch)?.leader(slot)
+    }
+
+    /// The member elections should favour now: the current turn's member — or, while that
+    /// member leads (an election then means the leader is gone), the next turn's.
+    pub fn favoured(&mut self, now_unix_ns: u64, leader: u64) -> Option<u64> {
+        let position = self.clock.position(now_unix_ns).ok()?;
+        let current = self.scheduled_leader(position.slot)?;
+        if current != leader {
+            return Some(current);
+        }
+        self.scheduled_leader(position.next_turn_slot)
     }
 
     /// How long the leader's loop may sleep before it must look again: until the next
@@ -160,10 +214,13 @@ impl Rotation {
 
     fn record(&self, record: TurnRecord) {
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        if log.len() == TURN_LOG_MAX {
-            log.pop_front();
+        if let Some(kind) = record.skip_kind {
+            log.metrics.skip(kind);
         }
-        log.push_back(record);
+        if log.records.len() == TURN_LOG_MAX {
+            log.records.pop_front();
+        }
+        log.records.push_back(record);
     }
 
     /// Notes the leader the loop currently sees (`me` is this member); completes a
@@ -180,12 +237,19 @@ impl Rotation {
         if leader == target || now.duration_since(started) > Duration::from_secs(5) {
             self.transfer = None;
             let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(last) = log.back_mut() {
+            let took = now.duration_since(started);
+            if leader == target {
+                log.metrics.handoff(took);
+            } else {
+                log.metrics.skip("transfer_failed");
+            }
+            if let Some(last) = log.records.back_mut() {
                 last.leader_after = leader;
                 if leader == target {
-                    last.handoff = Some(now.duration_since(started));
+                    last.handoff = Some(took);
                 } else {
                     last.skipped = Some("transfer did not complete".into());
+                    last.skip_kind = Some("transfer_failed");
                 }
             }
         }
@@ -226,16 +290,19 @@ impl Rotation {
             leader_after: me,
             handoff: None,
             skipped: None,
+            skip_kind: None,
         };
         if scheduled == me {
             self.record(record);
             return None;
         }
         let silent = (!heard_recently(scheduled))
-            .then(|| format!("member {scheduled} has not been heard from recently"));
-        if let Some(reason) = silent.or_else(|| unfit(raft, scheduled, self.config.max_lag_entries))
+            .then(|| ("silent", format!("member {scheduled} has not been heard from recently")));
+        if let Some((kind, reason)) =
+            silent.or_else(|| unfit(raft, scheduled, self.config.max_lag_entries))
         {
             record.skipped = Some(reason);
+            record.skip_kind = Some(kind);
             self.record(record);
             return None;
         }
@@ -246,32 +313,43 @@ impl Rotation {
     }
 }
 
-/// Why `target` should not take over now (TiKV's pre-transfer checks).
-fn unfit<S: raft::Storage>(raft: &Raft<S>, target: u64, max_lag: u64) -> Option<String> {
+/// Why `target` should not take over now (TiKV's pre-transfer checks): a kind for
+/// metrics and the reason in words.
+fn unfit<S: raft::Storage>(
+    raft: &Raft<S>,
+    target: u64,
+    max_lag: u64,
+) -> Option<(&'static str, String)> {
     if raft.lead_transferee.is_some() {
-        return Some("a transfer is already running".into());
+        return Some(("transfer_running", "a transfer is already running".into()));
     }
     if raft.has_pending_conf() {
-        return Some("a configuration change is pending".into());
+        return Some(("conf_change", "a configuration change is pending".into()));
     }
     let Some(progress) = raft.prs().get(target) else {
-        return Some(format!("member {target} is not a voter"));
+        return Some(("not_voter", format!("member {target} is not a voter")));
     };
     // Replicate state means the target acknowledges appends as they stream; probe means
     // the leader has not heard from it lately (raft-rs resets `recent_active` at every
     // quorum check, so that flag alone flickers).
     match progress.state {
         ProgressState::Replicate => {}
-        ProgressState::Snapshot => return Some(format!("member {target} is receiving a snapshot")),
+        ProgressState::Snapshot => {
+            return Some(("snapshot", format!("member {target} is receiving a snapshot")))
+        }
         ProgressState::Probe => {
-            return Some(format!(
-                "member {target} is not acknowledging (unreachable or recovering)"
+            return Some((
+                "not_replicating",
+                format!("member {target} is not acknowledging (unreachable or recovering)"),
             ))
         }
     }
     let last = raft.raft_log.last_index();
     if progress.matched + max_lag < last {
-        return Some(format!("member {target} is {} entries behind", last - progress.matched));
+        return Some((
+            "lagging",
+            format!("member {target} is {} entries behind", last - progress.matched),
+        ));
     }
     None
 }
@@ -305,6 +383,20 @@ mod tests {
     }
 
     #[test]
+    fn handoff_durations_land_in_their_buckets_and_skips_count_by_kind() {
+        let mut metrics = RotationMetrics::default();
+        metrics.handoff(Duration::from_micros(1_500));
+        metrics.handoff(Duration::from_millis(2));
+        metrics.handoff(Duration::from_secs(3));
+        metrics.skip("silent");
+        metrics.skip("silent");
+        assert_eq!(metrics.handoffs_total, 3);
+        assert_eq!(metrics.handoff_buckets[1], 2, "1.5 ms and 2 ms are ≤ 2 ms");
+        assert_eq!(metrics.handoff_buckets[HANDOFF_BUCKETS_S.len()], 1, "3 s is above 1 s");
+        assert_eq!(metrics.skipped_total["silent"], 2);
+    }
+
+    #[test]
     fn the_loop_wakes_when_the_handoff_window_opens_and_at_the_boundary() {
         let rotation = rotation();
         // 30 ms into turn 0: the window before turn 1 (at 200 ms) opens at 190 ms.
@@ -313,6 +405,19 @@ mod tests {
         assert_eq!(rotation.next_wakeup(1_195 * MS), Duration::from_millis(5));
         // Before genesis: look again soon.
         assert_eq!(rotation.next_wakeup(10 * MS), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn elections_favour_the_turns_member_or_the_next_while_it_leads() {
+        let mut rotation = rotation();
+        let now = 1_030 * MS;
+        let current = rotation.scheduled_leader(0).unwrap();
+        let next = rotation.scheduled_leader(4).unwrap();
+        assert_ne!(current, next);
+        assert_eq!(rotation.favoured(now, 0), Some(current));
+        assert_eq!(rotation.favoured(now, next), Some(current));
+        assert_eq!(rotation.favoured(now, current), Some(next));
+        assert_eq!(rotation.favoured(10 * MS, 0), None, "before genesis");
     }
 
     #[test]

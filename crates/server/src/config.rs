@@ -21,6 +21,9 @@ pub struct MemberConfig {
     pub peer: SocketAddr,
     /// Client (etcd API) address.
     pub client: SocketAddr,
+    /// Prometheus metrics address (`GET /metrics`); none by default.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
     /// Weight in the leader schedule (default 1).
     #[serde(default = "default_stake")]
     pub stake: u64,

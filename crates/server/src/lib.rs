@@ -42,5 +42,6 @@ pub mod adminpb {
 pub mod admin;
 pub mod config;
 pub mod convert;
+pub mod metrics;
 pub mod serve;
 pub mod service;

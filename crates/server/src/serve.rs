@@ -22,6 +22,7 @@ use worknode_raft::transport::serve_peers;
 
 use crate::admin::AdminService;
 use crate::config::{Pinning, ServerConfig};
+use crate::metrics::{serve_metrics, MetricsSource};
 use crate::service::{ClusterService, KvService, MaintenanceService, Shared};
 use crate::{adminpb, pb};
 
@@ -187,6 +188,12 @@ async fn run_async(
         session: rand::random(),
         sequence: AtomicU64::new(1),
     });
+    if let Some(address) = me.metrics {
+        let listener = bind(address, "metrics").await?;
+        let source = MetricsSource { node: member.handle.clone(), telemetry: telemetry.clone() };
+        tokio::spawn(serve_metrics(listener, source));
+        tracing::info!(%address, "serving Prometheus metrics at /metrics");
+    }
     let admin = AdminService {
         shared: shared.clone(),
         blocked: member.blocked.clone(),

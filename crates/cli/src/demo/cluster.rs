@@ -45,6 +45,8 @@ pub(crate) struct LocalMember {
     pub(crate) id: u64,
     pub(crate) name: String,
     pub(crate) client: SocketAddr,
+    /// Prometheus metrics (`GET /metrics`).
+    pub(crate) metrics: SocketAddr,
     config: PathBuf,
     pub(crate) log: PathBuf,
     child: Option<Child>,
@@ -96,7 +98,7 @@ impl LocalCluster {
             .map_err(|e| CliError::input(format!("--data {}: {e}", dir.display())))?;
         let binary = std::env::current_exe()
             .map_err(|e| CliError::runtime(format!("cannot find the worknode binary: {e}")))?;
-        let addresses = free_addresses(6)?;
+        let addresses = free_addresses(9)?;
         let mut cluster = Self {
             dir,
             remove_dir,
@@ -107,16 +109,18 @@ impl LocalCluster {
         };
         let mut member_tables = String::new();
         for id in 1..=3u64 {
-            let (client, peer) =
-                (addresses[(id as usize - 1) * 2], addresses[(id as usize - 1) * 2 + 1]);
+            let base = (id as usize - 1) * 3;
+            let (client, peer, metrics) =
+                (addresses[base], addresses[base + 1], addresses[base + 2]);
             let _ = write!(
                 member_tables,
-                "\n[[member]]\nid = {id}\nname = \"n{id}\"\npeer = \"{peer}\"\nclient = \"{client}\"\n"
+                "\n[[member]]\nid = {id}\nname = \"n{id}\"\npeer = \"{peer}\"\nclient = \"{client}\"\nmetrics = \"{metrics}\"\n"
             );
             cluster.members.push(LocalMember {
                 id,
                 name: format!("n{id}"),
                 client,
+                metrics,
                 config: cluster.dir.join(format!("n{id}.toml")),
                 log: cluster.dir.join(format!("n{id}.log")),
                 child: None,

@@ -180,6 +180,11 @@ pub(crate) fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), CliError>
             writeln!(out, "  etcdctl --endpoints={endpoints} get demo/w0/1")?;
             writeln!(out, "  worknode status --endpoints {endpoints}")?;
             writeln!(out, "  worknode top --endpoints {endpoints}")?;
+            writeln!(
+                out,
+                "  curl -s http://{}/metrics | grep worknode_rotation",
+                cluster.members[0].metrics
+            )?;
             writeln!(out, "stop it with: kill {}", pids.join(" "))?;
             Ok(())
         }

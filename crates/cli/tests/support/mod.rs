@@ -20,6 +20,7 @@ pub(crate) struct MemberAddr {
     pub(crate) id: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) client: SocketAddr,
+    pub(crate) metrics: SocketAddr,
 }
 
 /// Processes and their configuration.
@@ -31,6 +32,18 @@ pub(crate) struct ProcessCluster {
 
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// `GET /metrics` from a member: the exposition text.
+pub(crate) fn scrape(address: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: worknode\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    response.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
 
 impl ProcessCluster {
@@ -45,13 +58,18 @@ impl ProcessCluster {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let members: Vec<MemberAddr> = (1..=size)
-            .map(|id| MemberAddr { id, peer: free_port(), client: free_port() })
+            .map(|id| MemberAddr {
+                id,
+                peer: free_port(),
+                client: free_port(),
+                metrics: free_port(),
+            })
             .collect();
         let mut list = String::new();
         for m in &members {
             list.push_str(&format!(
-                "[[member]]\nid = {}\nname = \"n{}\"\npeer = \"{}\"\nclient = \"{}\"\n\n",
-                m.id, m.id, m.peer, m.client
+                "[[member]]\nid = {}\nname = \"n{}\"\npeer = \"{}\"\nclient = \"{}\"\nmetrics = \"{}\"\n\n",
+                m.id, m.id, m.peer, m.client, m.metrics
             ));
         }
         for m in &members {

@@ -1,0 +1,170 @@
+//! Prometheus metrics over plain HTTP/1.1 on the member's `metrics` address
+//! (`GET /metrics`): the node's Raft and rotation counters and the telemetry sampler's
+//! per-CPU and per-worknode series. One small request per connection; anything else gets
+//! 404 or 400, a slow or oversized request is dropped.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use worknode_cores::telemetry::Telemetry;
+use worknode_raft::rotation::HANDOFF_BUCKETS_S;
+use worknode_raft::NodeHandle;
+
+/// Largest request head read before the connection is dropped.
+const REQUEST_MAX_BYTES: usize = 8 * 1024;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the metrics are read from.
+#[derive(Clone, Debug)]
+pub struct MetricsSource {
+    /// The Raft node.
+    pub node: NodeHandle,
+    /// The process's CPU and thread samples.
+    pub telemetry: Arc<Mutex<Telemetry>>,
+}
+
+/// Serves `GET /metrics` until the listener fails.
+pub async fn serve_metrics(listener: TcpListener, source: MetricsSource) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            if let Err(error) = answer(stream, &source).await {
+                tracing::debug!(%peer, "metrics request dropped: {error}");
+            }
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, source: &MetricsSource) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let read = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buffer).await?;
+            if n == 0 {
+                return Err(std::io::Error::other("connection closed before the request ended"));
+            }
+            head.extend_from_slice(&buffer[..n]);
+            if head.len() > REQUEST_MAX_BYTES {
+                return Err(std::io::Error::other("request head over 8 KiB"));
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, read)
+        .await
+        .map_err(|_| std::io::Error::other("request not received within 5 s"))??;
+    let request_line = String::from_utf8_lossy(&head);
+    let mut words = request_line.lines().next().unwrap_or("").split_whitespace();
+    let (status, body) = match (words.next(), words.next()) {
+        (Some("GET"), Some("/metrics")) => ("200 OK", render(source)),
+        (Some("GET"), Some(_)) => ("404 Not Found", "only /metrics is served here\n".to_owned()),
+        _ => ("400 Bad Request", "send GET /metrics\n".to_owned()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn family(text: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(text, "# HELP {name} {help}");
+    let _ = writeln!(text, "# TYPE {name} {kind}");
+}
+
+/// The exposition text.
+pub fn render(source: &MetricsSource) -> String {
+    let status = source.node.status();
+    let rotation = source.node.rotation_metrics();
+    let mut text = String::new();
+    for (name, kind, help, value) in [
+        ("worknode_raft_term", "gauge", "Current Raft term.", status.term as f64),
+        (
+            "worknode_is_leader",
+            "gauge",
+            "1 while this member leads.",
+            f64::from(u8::from(status.is_leader)),
+        ),
+        ("worknode_commit_index", "gauge", "Raft commit index.", status.commit_index as f64),
+        ("worknode_applied_index", "gauge", "Raft applied index.", status.applied_index as f64),
+        (
+            "worknode_pending_writes",
+            "gauge",
+            "Writes waiting to be applied.",
+            status.pending_writes as f64,
+        ),
+        (
+            "worknode_requests_rejected_total",
+            "counter",
+            "Requests refused at a queue bound.",
+            status.rejected_total as f64,
+        ),
+        (
+            "worknode_proposals_retried_total",
+            "counter",
+            "Proposals proposed again after raft-rs dropped or lost them.",
+            status.retried_total as f64,
+        ),
+        (
+            "worknode_leader_changes_total",
+            "counter",
+            "Leader changes this member has seen.",
+            status.leader_changes_total as f64,
+        ),
+        (
+            "worknode_rotation_handoffs_total",
+            "counter",
+            "Planned handoffs this member completed as the outgoing leader.",
+            rotation.handoffs_total as f64,
+        ),
+    ] {
+        family(&mut text, name, kind, help);
+        let _ = writeln!(text, "{name} {value}");
+    }
+    family(
+        &mut text,
+        "worknode_rotation_skipped_turns_total",
+        "counter",
+        "Turns this member kept leading instead of handing over, by reason.",
+    );
+    for (reason, count) in &rotation.skipped_total {
+        let _ =
+            writeln!(text, "worknode_rotation_skipped_turns_total{{reason=\"{reason}\"}} {count}");
+    }
+    family(
+        &mut text,
+        "worknode_rotation_handoff_duration_seconds",
+        "histogram",
+        "From transfer start to the target leading.",
+    );
+    let mut cumulative = 0;
+    for (bound, count) in HANDOFF_BUCKETS_S.iter().zip(&rotation.handoff_buckets) {
+        cumulative += count;
+        let _ = writeln!(
+            text,
+            "worknode_rotation_handoff_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    cumulative += rotation.handoff_buckets[HANDOFF_BUCKETS_S.len()];
+    let _ = writeln!(
+        text,
+        "worknode_rotation_handoff_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+    );
+    let _ = writeln!(
+        text,
+        "worknode_rotation_handoff_duration_seconds_sum {}",
+        rotation.handoff_seconds_sum
+    );
+    let _ = writeln!(text, "worknode_rotation_handoff_duration_seconds_count {cumulative}");
+    text.push_str(&source.telemetry.lock().unwrap_or_else(PoisonError::into_inner).prometheus());
+    text
+}
