@@ -43,7 +43,9 @@ enum Command {
     /// Start a local 3-member cluster, rotate leadership under load, kill a member, and
     /// report what clients saw.
     Demo(demo::DemoArgs),
-    /// Compute an epoch's leader schedule from a stake table.
+    /// Compute an epoch's leader schedule from a stake table, show a running cluster's
+    /// (`--cluster`), or change it (`schedule set`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Schedule(schedule_cmd::ScheduleArgs),
     /// Load-test an etcd-API cluster (worknode or etcd): closed-loop puts or gets.
     Bench(bench_cmd::BenchArgs),

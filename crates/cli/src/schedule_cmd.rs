@@ -57,6 +57,16 @@ pub(crate) struct ScheduleArgs {
     /// Also draw the epoch's rotation as an SVG colour strip per member.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+    #[command(subcommand)]
+    action: Option<ScheduleAction>,
+}
+
+/// What `worknode schedule` can do to a running cluster.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ScheduleAction {
+    /// Change a running cluster's schedule settings. The change is replicated and holds
+    /// from the next epoch boundary at least 1 s away, on every member alike.
+    Set(crate::status_cmd::SetScheduleArgs),
 }
 
 /// One turn as printed with `--json`.
@@ -93,6 +103,9 @@ struct SummaryJson<'a> {
 }
 
 pub(crate) fn run(args: &ScheduleArgs, out: &mut impl Write) -> Result<(), CliError> {
+    if let Some(ScheduleAction::Set(set)) = &args.action {
+        return crate::status_cmd::set_schedule(set, out);
+    }
     if let Some(cluster) = &args.cluster {
         return crate::status_cmd::print_cluster_schedule(cluster, args.count, out);
     }

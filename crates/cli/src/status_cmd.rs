@@ -9,10 +9,12 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use worknode_server::adminpb::admin_client::AdminClient;
 use worknode_server::adminpb::{
-    ScheduleRequest, ScheduleResponse, TelemetryRequest, TelemetryResponse, TurnsRequest,
+    MemberStake, ScheduleRequest, ScheduleResponse, SetScheduleRequest, TelemetryRequest,
+    TelemetryResponse, TurnsRequest,
 };
+use worknode_server::pb::cluster_client::ClusterClient;
 use worknode_server::pb::maintenance_client::MaintenanceClient;
-use worknode_server::pb::StatusRequest;
+use worknode_server::pb::{MemberListRequest, StatusRequest};
 
 use crate::CliError;
 
@@ -134,13 +136,26 @@ pub(crate) fn upcoming_table(schedule: &ScheduleResponse, text: &mut String) {
     }
     let _ = writeln!(
         text,
-        "{} schedule, epoch {}, slot {} ({} ms slots), next turn in {} ms; leader now {}",
+        "{} schedule, epoch {}, slot {} ({} ms slots, {} per turn, {} per epoch), next turn in {} ms; leader now {}",
         schedule.algorithm,
         schedule.epoch,
         schedule.slot,
         schedule.slot_ms,
+        schedule.slots_per_turn,
+        schedule.slots_per_epoch,
         schedule.next_turn_in_ms,
         schedule.leader_id
+    );
+    let stakes: Vec<String> =
+        schedule.stakes.iter().map(|s| format!("{}={}", s.id, s.stake)).collect();
+    let _ = writeln!(
+        text,
+        "stakes {}{}",
+        stakes.join(","),
+        match schedule.pending_change_epoch {
+            0 => String::new(),
+            epoch => format!("; a settings change holds from epoch {epoch}"),
+        }
     );
     let _ = writeln!(
         text,
@@ -154,6 +169,120 @@ pub(crate) fn upcoming_table(schedule: &ScheduleResponse, text: &mut String) {
             turn.first_slot, turn.last_slot, turn.member_id, turn.name, turn.client
         );
     }
+}
+
+/// Arguments of `worknode schedule set`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SetScheduleArgs {
+    /// Client endpoints of the cluster, comma-separated host:port.
+    #[arg(long, value_name = "ENDPOINTS")]
+    cluster: String,
+    /// `on` (leadership follows the schedule) or `off` (plain Raft).
+    #[arg(long, value_name = "on|off")]
+    rotation: Option<String>,
+    /// fair or lottery.
+    #[arg(long, value_name = "NAME")]
+    algorithm: Option<String>,
+    /// Every member's stake, `ID=STAKE` or `NAME=STAKE`, comma-separated; members left out
+    /// get stake 0 (they never lead).
+    #[arg(long, value_name = "LIST")]
+    stakes: Option<String>,
+    /// Slot length in milliseconds.
+    #[arg(long, value_name = "MS")]
+    slot_ms: Option<u64>,
+    /// Consecutive slots one leader holds.
+    #[arg(long, value_name = "N")]
+    slots_per_turn: Option<u64>,
+    /// Slots in an epoch.
+    #[arg(long, value_name = "N")]
+    slots_per_epoch: Option<u64>,
+    /// Cluster seed (the lottery's).
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+}
+
+/// `worknode schedule set`: one member proposes the change through the log.
+pub(crate) fn set_schedule(args: &SetScheduleArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let endpoints = parse_endpoints(&args.cluster, "--cluster")?;
+    let rotation = match args.rotation.as_deref() {
+        None => None,
+        Some("on") => Some(true),
+        Some("off") => Some(false),
+        Some(other) => {
+            return Err(CliError::input(format!("--rotation: {other:?} is neither on nor off")))
+        }
+    };
+    let reply = runtime()?.block_on(async {
+        let mut errors = Vec::new();
+        for endpoint in &endpoints {
+            let channel = match channel(endpoint).await {
+                Ok(channel) => channel,
+                Err(error) => {
+                    errors.push(error);
+                    continue;
+                }
+            };
+            let stakes = match &args.stakes {
+                Some(list) => resolve_stakes(list, channel.clone()).await?,
+                None => Vec::new(),
+            };
+            let request = SetScheduleRequest {
+                rotation,
+                algorithm: args.algorithm.clone(),
+                stakes,
+                slot_ms: args.slot_ms,
+                slots_per_turn: args.slots_per_turn,
+                slots_per_epoch: args.slots_per_epoch,
+                seed: args.seed,
+            };
+            match AdminClient::new(channel).set_schedule(request).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                    return Err(CliError::input(status.message().to_owned()))
+                }
+                Err(status) => errors.push(format!("{endpoint}: {}", status.message())),
+            }
+        }
+        Err(CliError::runtime(format!("no member took the change: {}", errors.join("; "))))
+    })?;
+    writeln!(
+        out,
+        "schedule change committed: it holds from epoch {} (slot {}, in {} ms)",
+        reply.epoch, reply.first_slot, reply.starts_in_ms
+    )?;
+    Ok(())
+}
+
+/// `ID=STAKE` or `NAME=STAKE` pairs, names resolved through the cluster's member list.
+async fn resolve_stakes(list: &str, channel: Channel) -> Result<Vec<MemberStake>, CliError> {
+    let members = ClusterClient::new(channel)
+        .member_list(MemberListRequest::default())
+        .await
+        .map_err(|e| CliError::runtime(format!("member list: {}", e.message())))?
+        .into_inner()
+        .members;
+    let mut stakes = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (who, stake) = entry
+            .split_once('=')
+            .ok_or_else(|| CliError::input(format!("--stakes: {entry:?} is not ID=STAKE")))?;
+        let stake: u64 = stake.trim().parse().map_err(|_| {
+            CliError::input(format!("--stakes: {entry:?}: the stake is not a whole number"))
+        })?;
+        let who = who.trim();
+        let id = members
+            .iter()
+            .find(|m| m.name == who || m.id.to_string() == who)
+            .map(|m| m.id)
+            .ok_or_else(|| {
+                CliError::input(format!("--stakes: {who:?} is not a member of the cluster"))
+            })?;
+        if stakes.iter().any(|s: &MemberStake| s.id == id) {
+            return Err(CliError::input(format!("--stakes: {who:?} is listed twice")));
+        }
+        stakes.push(MemberStake { id, stake });
+    }
+    Ok(stakes)
 }
 
 /// `worknode schedule --cluster ENDPOINTS`.

@@ -210,3 +210,82 @@ async fn a_killed_scheduled_leader_is_skipped_then_leads_again() {
     );
     cluster.assert_converged().await;
 }
+
+/// `worknode schedule set` against a cluster; its stdout, or the failure's stderr.
+fn schedule_set(endpoints: &str, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_worknode"))
+        .args(["schedule", "set", "--cluster", endpoints])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stake_change_holds_from_the_next_epoch_on_every_member() {
+    let _serial = SERIAL.lock().await;
+    // 50 ms slots, 4 per turn, 8 per epoch: 400 ms epochs of two turns.
+    let cluster = ProcessCluster::start_with(
+        "rotation-stakes",
+        3,
+        20,
+        "[schedule]\nrotation = \"on\"\nslot_ms = 50\nslots_per_turn = 4\nslots_per_epoch = 8\nhandoff_lead_ms = 10\n",
+    );
+    cluster.leader().await;
+    let endpoints = cluster.endpoints();
+    // Bad input is refused with one line, and nothing changes.
+    for (args, expected) in [
+        (vec!["--stakes", "n9=1"], "\"n9\" is not a member"),
+        (vec!["--rotation", "maybe"], "neither on nor off"),
+        (vec!["--slots-per-turn", "0"], "slots per turn is 0"),
+        (vec!["--algorithm", "solana"], "vote keys"),
+    ] {
+        let (ok, _, stderr) = schedule_set(&endpoints, &args);
+        assert!(
+            !ok && stderr.contains(expected) && stderr.lines().count() == 1,
+            "{args:?}: {stderr}"
+        );
+    }
+    let (ok, stdout, stderr) = schedule_set(&endpoints, &["--stakes", "n2=1"]);
+    assert!(ok, "{stderr}");
+    // "schedule change committed: it holds from epoch E (slot S, in N ms)"
+    let number_after = |marker: &str| -> u64 {
+        let rest = &stdout[stdout.find(marker).unwrap() + marker.len()..];
+        rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    let (first_slot, starts_in_ms) = (number_after("(slot "), number_after(", in "));
+    tokio::time::sleep(Duration::from_millis(starts_in_ms + 2_000)).await;
+    // Every member derives the same schedule from the log: member 2 alone from then on.
+    let mut upcoming = Vec::new();
+    for index in 0..3 {
+        let mut admin = AdminClient::new(cluster.channel(index).await);
+        let reply = admin
+            .schedule(worknode_server::adminpb::ScheduleRequest { turns: 6 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reply.upcoming.iter().all(|t| t.member_id == 2), "{reply:?}");
+        upcoming.push(reply.upcoming.iter().map(|t| t.first_slot).collect::<Vec<_>>());
+    }
+    let turns = turns(&cluster).await;
+    let before: Vec<_> = turns.iter().filter(|t| t.first_slot < first_slot).collect();
+    let after: Vec<_> = turns.iter().filter(|t| t.first_slot >= first_slot).collect();
+    println!(
+        "{} turns before the change, {} after; members agree: {upcoming:?}",
+        before.len(),
+        after.len()
+    );
+    assert!(before.iter().any(|t| t.scheduled != 2), "the old schedule rotated");
+    assert!(after.len() >= 5, "turns after the change: {after:?}");
+    assert!(after.iter().all(|t| t.scheduled == 2), "{after:?}");
+    assert!(
+        after.iter().filter(|t| t.leader_after == 2).count() * 10 >= after.len() * 9,
+        "{after:?}"
+    );
+    assert_eq!(cluster.leader().await, 1, "member 2 (index 1) leads");
+    cluster.assert_converged().await;
+}

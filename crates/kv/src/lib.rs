@@ -12,7 +12,8 @@ mod store;
 mod types;
 
 pub use machine::{
-    Applied, Command, Outcome, Proposal, RequestId, SnapshotError, StateMachine, DEDUP_WINDOW,
+    Applied, Command, Outcome, Proposal, RequestId, ScheduleChange, ScheduleSettings,
+    SnapshotError, StateMachine, DEDUP_WINDOW, SCHEDULE_CHANGES_MAX,
 };
 pub use store::Store;
 pub use types::*;

@@ -22,6 +22,44 @@ pub struct RequestId {
     pub sequence: u64,
 }
 
+/// Schedule changes remembered: the one in force and those pending, newest last.
+pub const SCHEDULE_CHANGES_MAX: usize = 16;
+
+/// Scheduled leadership settings as the cluster replicates them. Plain data: the Raft
+/// layer validates and interprets them (this crate knows nothing of schedules).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleSettings {
+    /// Whether leadership rotates (`false`: plain Raft).
+    pub rotation: bool,
+    /// `fair`, `lottery` or `solana`.
+    pub algorithm: String,
+    /// (member id, stake) for every member.
+    pub stakes: Vec<(u64, u64)>,
+    /// Slot length in milliseconds.
+    pub slot_ms: u64,
+    /// Consecutive slots one leader holds.
+    pub slots_per_turn: u64,
+    /// Slots in an epoch.
+    pub slots_per_epoch: u64,
+    /// Cluster seed (the lottery's).
+    pub seed: u64,
+}
+
+/// New settings in force from the first slot of `epoch`. The proposer anchors the epoch
+/// in time (its first slot number and start, derived from the settings before it), so
+/// every member derives the same slot clock from the log alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleChange {
+    /// The epoch the settings start with.
+    pub epoch: u64,
+    /// That epoch's first slot.
+    pub first_slot: u64,
+    /// When that slot begins, nanoseconds since the UNIX epoch.
+    pub start_unix_ns: u64,
+    /// The settings.
+    pub settings: ScheduleSettings,
+}
+
 /// A write, as it travels through the Raft log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -36,6 +74,9 @@ pub enum Command {
         /// Revision to compact to.
         revision: i64,
     },
+    /// Change the schedule settings from an epoch on (replaces pending changes that
+    /// would start at or after it).
+    SetSchedule(ScheduleChange),
 }
 
 /// A log entry's payload: the command and who asked for it.
@@ -71,6 +112,11 @@ pub enum Outcome {
     Txn(TxnResponse),
     /// Compaction done.
     Compact,
+    /// Schedule settings recorded; in force from this epoch.
+    ScheduleSet {
+        /// The epoch.
+        epoch: u64,
+    },
     /// The command was refused.
     Error(KvError),
 }
@@ -93,6 +139,7 @@ pub struct StateMachine {
     applied_index: u64,
     recent: VecDeque<RequestId>,
     answers: HashMap<RequestId, (Outcome, i64)>,
+    schedule: Vec<ScheduleChange>,
 }
 
 impl StateMachine {
@@ -104,6 +151,12 @@ impl StateMachine {
     /// The store, for reads.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Replicated schedule changes, oldest first (empty: the settings every member was
+    /// configured with at bootstrap are in force).
+    pub fn schedule_changes(&self) -> &[ScheduleChange] {
+        &self.schedule
     }
 
     /// Index of the last applied log entry.
@@ -136,6 +189,14 @@ impl StateMachine {
             Command::Txn(txn) => self.store.txn(txn).map(Outcome::Txn),
             Command::Compact { revision } => {
                 self.store.compact(*revision).map(|()| Outcome::Compact)
+            }
+            Command::SetSchedule(change) => {
+                self.schedule.retain(|known| known.epoch < change.epoch);
+                self.schedule.push(change.clone());
+                if self.schedule.len() > SCHEDULE_CHANGES_MAX {
+                    self.schedule.remove(0);
+                }
+                Ok(Outcome::ScheduleSet { epoch: change.epoch })
             }
         }
         .unwrap_or_else(Outcome::Error);
@@ -180,6 +241,7 @@ impl StateMachine {
             hash.write(&id.session.to_le_bytes());
             hash.write(&id.sequence.to_le_bytes());
         }
+        hash.write(&postcard::to_allocvec(&self.schedule).unwrap_or_default());
         hash.0
     }
 }
@@ -204,5 +266,60 @@ impl Fnv {
             self.0 ^= u64::from(byte);
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(epoch: u64, stake_of_1: u64) -> Proposal {
+        Proposal {
+            id: RequestId { session: 1, sequence: epoch * 1_000 + stake_of_1 },
+            command: Command::SetSchedule(ScheduleChange {
+                epoch,
+                first_slot: epoch * 10,
+                start_unix_ns: epoch * 1_000,
+                settings: ScheduleSettings {
+                    rotation: true,
+                    algorithm: "fair".into(),
+                    stakes: vec![(1, stake_of_1), (2, 1)],
+                    slot_ms: 100,
+                    slots_per_turn: 2,
+                    slots_per_epoch: 10,
+                    seed: 0,
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn a_schedule_change_replaces_pending_ones_at_or_after_its_epoch() {
+        let mut machine = StateMachine::new();
+        machine.apply(1, &change(3, 1));
+        machine.apply(2, &change(5, 2));
+        let applied = machine.apply(3, &change(4, 3));
+        assert_eq!(applied.outcome, Outcome::ScheduleSet { epoch: 4 });
+        let epochs: Vec<u64> = machine.schedule_changes().iter().map(|c| c.epoch).collect();
+        assert_eq!(epochs, [3, 4]);
+        // Snapshots carry the changes, and the digest covers them.
+        let restored = StateMachine::restore(&machine.snapshot()).map_err(|e| e.0);
+        assert_eq!(
+            restored.as_ref().map(StateMachine::schedule_changes),
+            Ok(machine.schedule_changes())
+        );
+        let mut other = StateMachine::new();
+        other.apply(1, &change(3, 1));
+        assert_ne!(other.digest(), machine.digest());
+    }
+
+    #[test]
+    fn at_most_the_newest_changes_are_kept() {
+        let mut machine = StateMachine::new();
+        for epoch in 1..=(SCHEDULE_CHANGES_MAX as u64 + 5) {
+            machine.apply(epoch, &change(epoch, 1));
+        }
+        assert_eq!(machine.schedule_changes().len(), SCHEDULE_CHANGES_MAX);
+        assert_eq!(machine.schedule_changes()[0].epoch, 6);
     }
 }

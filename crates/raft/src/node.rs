@@ -22,7 +22,8 @@ use raft::eraftpb::{ConfState, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, ReadOnlyOption, StateRole};
 use tokio::sync::oneshot;
 use worknode_kv::{
-    Applied, KvError, Proposal, RangeRequest, RangeResponse, RequestId, StateMachine,
+    Applied, Command, KvError, Proposal, RangeRequest, RangeResponse, RequestId, ScheduleChange,
+    StateMachine,
 };
 
 use crate::snapshot_file::SnapshotFile;
@@ -227,9 +228,15 @@ pub struct NodeHandle {
     stop: Arc<AtomicBool>,
     dropped_inbound: Arc<AtomicU64>,
     turns: Arc<Mutex<crate::rotation::TurnLog>>,
+    schedule: Arc<Mutex<Vec<ScheduleChange>>>,
 }
 
 impl NodeHandle {
+    /// The replicated schedule changes as applied here, oldest first.
+    pub fn schedule_changes(&self) -> Vec<ScheduleChange> {
+        self.schedule.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// The turn log of scheduled leadership (empty when rotation is off), oldest first.
     pub fn turns(&self) -> Vec<crate::rotation::TurnRecord> {
         self.turns.lock().unwrap_or_else(PoisonError::into_inner).records.iter().cloned().collect()
@@ -377,7 +384,12 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         };
         raft_config.validate()?;
         let raw = RawNode::new(&raft_config, storage, &logger())?;
-        let rotation = config.rotation.clone().map(crate::rotation::Rotation::new).transpose()?;
+        let mut rotation =
+            config.rotation.clone().map(crate::rotation::Rotation::new).transpose()?;
+        if let Some(rotation) = &mut rotation {
+            rotation.set_changes(machine.schedule_changes());
+        }
+        let schedule = Arc::new(Mutex::new(machine.schedule_changes().to_vec()));
         let turns = rotation.as_ref().map(crate::rotation::Rotation::log).unwrap_or_default();
         let (request_tx, request_rx) = crossbeam_channel::bounded(REQUEST_QUEUE_MAX);
         let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(PEER_INBOX_MAX);
@@ -388,6 +400,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             stop: Arc::new(AtomicBool::new(false)),
             dropped_inbound: Arc::new(AtomicU64::new(0)),
             turns,
+            schedule,
         };
         let node = Self {
             config,
@@ -742,6 +755,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 continue;
             };
             let applied = self.machine.apply(entry.index, &proposal);
+            if matches!(proposal.command, Command::SetSchedule(_)) {
+                self.schedule_changed();
+            }
             if let Some(write) = self.writes.remove(&proposal.id) {
                 let _ = write.reply.send(Ok(WriteReply { applied, term: self.term() }));
             }
@@ -763,6 +779,15 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
     }
 
+    /// The replicated schedule settings changed (a change applied, or a snapshot installed).
+    fn schedule_changed(&mut self) {
+        let changes = self.machine.schedule_changes();
+        if let Some(rotation) = &mut self.rotation {
+            rotation.set_changes(changes);
+        }
+        *self.handle.schedule.lock().unwrap_or_else(PoisonError::into_inner) = changes.to_vec();
+    }
+
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), crate::storage::StoreError> {
         match StateMachine::restore(snapshot.get_data()) {
             Ok(machine) => {
@@ -774,6 +799,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 self.raw.mut_store().install_snapshot(snapshot)?;
                 self.machine = machine;
                 self.last_snapshot_index = snapshot.get_metadata().index;
+                self.schedule_changed();
             }
             Err(error) => tracing_error(&format!("a received snapshot does not decode: {error}")),
         }

@@ -6,35 +6,141 @@
 //! `max_lag_entries` behind, a conf change pending, another transfer running) the leader
 //! keeps leading and records the skipped turn with the reason. A member that leads outside
 //! its turn (it won an election after a crash) hands over at the next boundary the same way.
+//!
+//! The settings come from the replicated log: the bootstrap settings (identical in every
+//! member's `node.toml`) hold from genesis, and each committed change holds from the epoch
+//! it names, anchored in time by its proposer. The slot clock is therefore piecewise — one
+//! segment per change — and every member derives the same schedule from the same log.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use raft::{ProgressState, Raft};
-use worknode_schedule::{LeaderSchedule, ScheduleParams, SlotClock, Stakes};
+use worknode_kv::{ScheduleChange, ScheduleSettings};
+use worknode_schedule::{Algorithm, LeaderSchedule, Member, ScheduleParams, SlotClock, Stakes};
 
 /// Turn records kept per member.
 pub const TURN_LOG_MAX: usize = 1_024;
-/// Epoch schedules kept (the current one and the next).
-const SCHEDULES_MAX: usize = 2;
+/// Epoch schedules kept.
+const SCHEDULES_MAX: usize = 4;
 
 /// How rotation runs; identical on every member.
 #[derive(Clone, Debug)]
 pub struct RotationConfig {
-    /// Member ids and stakes.
-    pub stakes: Stakes,
-    /// Algorithm, seed, epoch and turn length (the epoch field is ignored: it comes from
-    /// the clock).
-    pub schedule: ScheduleParams,
-    /// Length of a slot.
-    pub slot: Duration,
+    /// The settings from genesis until the first replicated change.
+    pub base: ScheduleSettings,
     /// Slot 0 begins here (nanoseconds since the UNIX epoch).
     pub genesis_unix_ns: u64,
     /// Start a handoff this long before the turn boundary.
     pub handoff_lead: Duration,
     /// Largest log gap the target may have for a handoff to start.
     pub max_lag_entries: u64,
+}
+
+/// Settings in force from one epoch on.
+#[derive(Clone, Debug)]
+struct Segment {
+    epoch: u64,
+    first_slot: u64,
+    start_unix_ns: u64,
+    /// The slot clock of this segment, its slot 0 at `start_unix_ns`.
+    clock: SlotClock,
+    stakes: Stakes,
+    params: ScheduleParams,
+    settings: ScheduleSettings,
+}
+
+impl Segment {
+    fn new(
+        epoch: u64,
+        first_slot: u64,
+        start_unix_ns: u64,
+        settings: &ScheduleSettings,
+    ) -> Result<Self, RotationError> {
+        let algorithm: Algorithm = settings
+            .algorithm
+            .parse()
+            .map_err(|e| RotationError::Settings(format!("algorithm: {e}")))?;
+        if algorithm == Algorithm::SolanaCompatible {
+            return Err(RotationError::Settings(
+                "algorithm: solana needs vote keys; use fair or lottery for a cluster".into(),
+            ));
+        }
+        if settings.slot_ms == 0 {
+            return Err(RotationError::Settings("slot_ms: must be at least 1".into()));
+        }
+        let clock = SlotClock::new(
+            start_unix_ns,
+            settings.slot_ms.saturating_mul(1_000_000),
+            settings.slots_per_epoch,
+            settings.slots_per_turn,
+        )?;
+        let stakes = Stakes::new(
+            settings.stakes.iter().map(|&(id, stake)| Member { id, key: None, stake }).collect(),
+        )
+        .map_err(|e| RotationError::Settings(format!("stakes: {e}")))?;
+        let mut cluster_seed = [0u8; 32];
+        cluster_seed[..8].copy_from_slice(&settings.seed.to_le_bytes());
+        let params = ScheduleParams {
+            algorithm,
+            epoch,
+            cluster_seed,
+            slots_per_epoch: settings.slots_per_epoch,
+            slots_per_turn: settings.slots_per_turn,
+        };
+        LeaderSchedule::compute(&stakes, &params)?;
+        Ok(Self {
+            epoch,
+            first_slot,
+            start_unix_ns,
+            clock,
+            stakes,
+            params,
+            settings: settings.clone(),
+        })
+    }
+
+    fn slot_ns(&self) -> u64 {
+        self.clock.slot_duration_ns()
+    }
+
+    /// The epoch holding `slot` (at or after this segment's first slot).
+    fn epoch_of(&self, slot: u64) -> u64 {
+        self.epoch + (slot - self.first_slot) / self.settings.slots_per_epoch
+    }
+}
+
+/// Where a moment falls on the piecewise slot clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Epoch.
+    pub epoch: u64,
+    /// Absolute slot.
+    pub slot: u64,
+    /// First slot of the current turn.
+    pub turn_first_slot: u64,
+    /// First slot of the next turn.
+    pub next_turn_slot: u64,
+    /// Time since the current turn began.
+    pub into_turn_ns: u128,
+    /// Time until the next turn begins.
+    pub until_next_turn_ns: u128,
+    /// Slot length in force.
+    pub slot_ns: u64,
+    /// Whether leadership rotates now.
+    pub rotating: bool,
+}
+
+/// When a schedule change would take effect, as a proposer computes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its first slot.
+    pub first_slot: u64,
+    /// When it begins, nanoseconds since the UNIX epoch.
+    pub start_unix_ns: u64,
 }
 
 /// What happened at one turn boundary, as seen by the member that led into it.
@@ -105,10 +211,12 @@ pub struct TurnLog {
 #[derive(Debug)]
 pub struct Rotation {
     config: RotationConfig,
-    clock: SlotClock,
-    schedules: BTreeMap<u64, LeaderSchedule>,
-    /// (epoch, turn) already decided.
-    decided: Option<(u64, u32)>,
+    /// The bootstrap segment first, then one per replicated change, by epoch.
+    segments: Vec<Segment>,
+    /// Computed schedules by (segment first slot, epoch).
+    schedules: BTreeMap<(u64, u64), LeaderSchedule>,
+    /// First slot of the turn already decided.
+    decided: Option<u64>,
     /// Transfer in flight: target and start.
     transfer: Option<(u64, Instant)>,
     /// When this member last became leader (UNIX ns), while it leads.
@@ -116,7 +224,7 @@ pub struct Rotation {
     log: Arc<Mutex<TurnLog>>,
 }
 
-/// Why rotation cannot start.
+/// Why rotation cannot start, or a settings change is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RotationError {
     /// The slot settings are invalid.
@@ -125,21 +233,18 @@ pub enum RotationError {
     /// The schedule cannot be computed.
     #[error("schedule: {0}")]
     Schedule(#[from] worknode_schedule::ScheduleError),
+    /// A setting is invalid.
+    #[error("schedule.{0}")]
+    Settings(String),
 }
 
 impl Rotation {
-    /// Validates the settings by computing epoch 0's schedule.
+    /// Validates the bootstrap settings by computing epoch 0's schedule.
     pub fn new(config: RotationConfig) -> Result<Self, RotationError> {
-        let clock = SlotClock::new(
-            config.genesis_unix_ns,
-            config.slot.as_nanos() as u64,
-            config.schedule.slots_per_epoch,
-            config.schedule.slots_per_turn,
-        )?;
-        LeaderSchedule::compute(&config.stakes, &ScheduleParams { epoch: 0, ..config.schedule })?;
+        let base = Segment::new(0, 0, config.genesis_unix_ns, &config.base)?;
         Ok(Self {
             config,
-            clock,
+            segments: vec![base],
             schedules: BTreeMap::new(),
             decided: None,
             transfer: None,
@@ -148,34 +253,144 @@ impl Rotation {
         })
     }
 
-    /// The shared turn log (newest last).
+    /// Checks settings a proposer is about to replicate.
+    pub fn validate(settings: &ScheduleSettings) -> Result<(), RotationError> {
+        Segment::new(0, 0, 0, settings).map(drop)
+    }
+
+    /// Takes the replicated changes (all of them, oldest first). A change that does not
+    /// validate is ignored on every member alike; proposers validate before proposing.
+    pub fn set_changes(&mut self, changes: &[ScheduleChange]) {
+        self.segments.truncate(1);
+        for change in changes {
+            let follows = self.segments.last().is_some_and(|last| {
+                change.epoch > last.epoch
+                    && change.first_slot > last.first_slot
+                    && change.start_unix_ns > last.start_unix_ns
+            });
+            if !follows {
+                tracing::warn!(epoch = change.epoch, "schedule change out of order; ignored");
+                continue;
+            }
+            match Segment::new(
+                change.epoch,
+                change.first_slot,
+                change.start_unix_ns,
+                &change.settings,
+            ) {
+                Ok(segment) => self.segments.push(segment),
+                Err(error) => {
+                    tracing::warn!(epoch = change.epoch, "schedule change ignored: {error}")
+                }
+            }
+        }
+        self.schedules.clear();
+    }
+
+    /// The shared turn log.
     pub fn log(&self) -> Arc<Mutex<TurnLog>> {
         Arc::clone(&self.log)
     }
 
-    /// The slot clock.
-    pub fn clock(&self) -> &SlotClock {
-        &self.clock
+    /// The newest settings (in force, or pending from a later epoch).
+    pub fn latest_settings(&self) -> &ScheduleSettings {
+        &self.segments[self.segments.len() - 1].settings
     }
 
-    /// The member the schedule names for an absolute slot.
-    pub fn scheduled_leader(&mut self, slot: u64) -> Option<u64> {
-        let epoch = slot / self.config.schedule.slots_per_epoch;
-        if !self.schedules.contains_key(&epoch) {
-            let params = ScheduleParams { epoch, ..self.config.schedule };
-            let schedule = LeaderSchedule::compute(&self.config.stakes, &params).ok()?;
-            self.schedules.insert(epoch, schedule);
-            while self.schedules.len() > SCHEDULES_MAX {
-                self.schedules.pop_first();
+    /// The settings in force at `now_unix_ns` and the epoch a pending change starts at.
+    pub fn settings_at(&self, now_unix_ns: u64) -> (&ScheduleSettings, Option<u64>) {
+        let index = self.segment_at(now_unix_ns).unwrap_or(0);
+        let pending = self.segments.get(index + 1).map(|s| s.epoch);
+        (&self.segments[index].settings, pending)
+    }
+
+    /// Where a change proposed now should start: the next epoch boundary at least
+    /// `margin` away (so every member applies it before it holds), anchored by the
+    /// segment in force now.
+    pub fn anchor(&self, now_unix_ns: u64, margin: Duration) -> Option<Anchor> {
+        let segment = &self.segments[self.segment_at(now_unix_ns)?];
+        let position = self.position(now_unix_ns)?;
+        let epoch_ns = u128::from(segment.settings.slots_per_epoch) * u128::from(segment.slot_ns());
+        let mut epoch = position.epoch + 1;
+        loop {
+            let epochs = u128::from(epoch - segment.epoch);
+            let start = u128::from(segment.start_unix_ns) + epochs * epoch_ns;
+            if start >= u128::from(now_unix_ns) + margin.as_nanos() {
+                return Some(Anchor {
+                    epoch,
+                    first_slot: segment.first_slot
+                        + (epoch - segment.epoch) * segment.settings.slots_per_epoch,
+                    start_unix_ns: u64::try_from(start).ok()?,
+                });
             }
+            epoch += 1;
         }
-        self.schedules.get(&epoch)?.leader(slot)
+    }
+
+    fn segment_at(&self, now_unix_ns: u64) -> Option<usize> {
+        self.segments.iter().rposition(|s| s.start_unix_ns <= now_unix_ns)
+    }
+
+    fn segment_for_slot(&self, slot: u64) -> usize {
+        self.segments.iter().rposition(|s| s.first_slot <= slot).unwrap_or(0)
+    }
+
+    /// Where `now_unix_ns` falls; `None` before genesis.
+    pub fn position(&self, now_unix_ns: u64) -> Option<Position> {
+        let segment = &self.segments[self.segment_at(now_unix_ns)?];
+        let p = segment.clock.position(now_unix_ns).ok()?;
+        let into_turn_slots = p.slot_in_epoch % segment.settings.slots_per_turn;
+        Some(Position {
+            epoch: segment.epoch + p.epoch,
+            slot: segment.first_slot + p.slot,
+            turn_first_slot: segment.first_slot + p.slot - into_turn_slots,
+            next_turn_slot: segment.first_slot + p.next_turn_slot,
+            into_turn_ns: u128::from(into_turn_slots) * u128::from(segment.slot_ns())
+                + u128::from(p.offset_in_slot_ns),
+            until_next_turn_ns: p.until_next_turn_ns,
+            slot_ns: segment.slot_ns(),
+            rotating: segment.settings.rotation,
+        })
+    }
+
+    /// The last slot of the turn that starts at `first_slot`.
+    pub fn turn_last_slot(&self, first_slot: u64) -> u64 {
+        let segment = &self.segments[self.segment_for_slot(first_slot)];
+        let per_epoch = segment.settings.slots_per_epoch;
+        let in_epoch = (first_slot - segment.first_slot) % per_epoch;
+        let epoch_end = first_slot - in_epoch + per_epoch;
+        (first_slot + segment.settings.slots_per_turn).min(epoch_end) - 1
+    }
+
+    /// The member the schedule names for an absolute slot; `None` where rotation is off.
+    pub fn scheduled_leader(&mut self, slot: u64) -> Option<u64> {
+        let segment = &self.segments[self.segment_for_slot(slot)];
+        if !segment.settings.rotation {
+            return None;
+        }
+        let epoch = segment.epoch_of(slot);
+        let per_epoch = segment.settings.slots_per_epoch;
+        let in_epoch = (slot - segment.first_slot) % per_epoch;
+        let key = (segment.first_slot, epoch);
+        if self.schedules.len() >= SCHEDULES_MAX && !self.schedules.contains_key(&key) {
+            // Evict before inserting, so the schedule asked for is never the one evicted.
+            self.schedules.pop_first();
+        }
+        let schedule = match self.schedules.entry(key) {
+            std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let params = ScheduleParams { epoch, ..segment.params };
+                slot.insert(LeaderSchedule::compute(&segment.stakes, &params).ok()?)
+            }
+        };
+        // The schedule crate numbers an epoch's slots from epoch · slots_per_epoch.
+        schedule.leader(epoch * per_epoch + in_epoch)
     }
 
     /// The member elections should favour now: the current turn's member — or, while that
     /// member leads (an election then means the leader is gone), the next turn's.
     pub fn favoured(&mut self, now_unix_ns: u64, leader: u64) -> Option<u64> {
-        let position = self.clock.position(now_unix_ns).ok()?;
+        let position = self.position(now_unix_ns)?;
         let current = self.scheduled_leader(position.slot)?;
         if current != leader {
             return Some(current);
@@ -187,7 +402,7 @@ impl Rotation {
     /// handoff window opens, or, inside a window, until its boundary. An idle loop that
     /// slept through a window would otherwise miss the turn.
     pub fn next_wakeup(&self, now_unix_ns: u64) -> Duration {
-        let Ok(position) = self.clock.position(now_unix_ns) else {
+        let Some(position) = self.position(now_unix_ns) else {
             return Duration::from_millis(10);
         };
         let until = position.until_next_turn_ns;
@@ -200,16 +415,13 @@ impl Rotation {
     /// window before its boundary, or the current turn during its first slot (the loop
     /// woke late). Returns the turn's first slot and its boundary (UNIX ns).
     fn due_turn(&self, now_unix_ns: u64) -> Option<(u64, u128)> {
-        let position = self.clock.position(now_unix_ns).ok()?;
+        let position = self.position(now_unix_ns)?;
         let now = u128::from(now_unix_ns);
         if position.until_next_turn_ns <= self.config.handoff_lead.as_nanos() {
             return Some((position.next_turn_slot, now + position.until_next_turn_ns));
         }
-        let first = position.slot - position.slot_in_epoch % self.config.schedule.slots_per_turn;
-        let slot_ns = u128::from(self.clock.slot_duration_ns());
-        let elapsed =
-            u128::from(position.slot - first) * slot_ns + u128::from(position.offset_in_slot_ns);
-        (elapsed < slot_ns).then(|| (first, now - elapsed))
+        (position.into_turn_ns < u128::from(position.slot_ns))
+            .then(|| (position.turn_first_slot, now - position.into_turn_ns))
     }
 
     fn record(&self, record: TurnRecord) {
@@ -266,20 +478,22 @@ impl Rotation {
         heard_recently: impl Fn(u64) -> bool,
     ) -> Option<u64> {
         let (next_slot, boundary) = self.due_turn(now_unix_ns)?;
-        let epoch = next_slot / self.config.schedule.slots_per_epoch;
-        let turn = ((next_slot % self.config.schedule.slots_per_epoch)
-            / self.config.schedule.slots_per_turn) as u32;
-        if self.decided == Some((epoch, turn)) {
+        if self.decided == Some(next_slot) {
             return None;
         }
-        self.decided = Some((epoch, turn));
+        self.decided = Some(next_slot);
         // A member that took over inside this decision window (the handoff into this very
         // turn) leaves the record to the member that handed over.
         let window_start = boundary.saturating_sub(self.config.handoff_lead.as_nanos());
         if self.led_since_unix_ns.is_some_and(|since| u128::from(since) > window_start) {
             return None;
         }
+        // Where rotation is off (plain Raft) there is nothing to decide.
         let scheduled = self.scheduled_leader(next_slot)?;
+        let segment = &self.segments[self.segment_for_slot(next_slot)];
+        let epoch = segment.epoch_of(next_slot);
+        let turn = ((next_slot - segment.first_slot) % segment.settings.slots_per_epoch
+            / segment.settings.slots_per_turn) as u32;
         let me = raft.id;
         let mut record = TurnRecord {
             epoch,
@@ -359,22 +573,25 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
 
     use super::*;
-    use worknode_schedule::Member;
 
     const MS: u64 = 1_000_000;
 
+    fn settings(stakes: &[(u64, u64)]) -> ScheduleSettings {
+        ScheduleSettings {
+            rotation: true,
+            algorithm: "fair".into(),
+            stakes: stakes.to_vec(),
+            slot_ms: 50,
+            slots_per_turn: 4,
+            slots_per_epoch: 96,
+            seed: 0,
+        }
+    }
+
     /// 50 ms slots, 4 per turn (200 ms turns), a 10 ms handoff window, genesis at 1 s.
     fn rotation() -> Rotation {
-        let stakes =
-            Stakes::new((1..=3).map(|id| Member { id, key: None, stake: 1 }).collect()).unwrap();
         Rotation::new(RotationConfig {
-            stakes,
-            schedule: ScheduleParams {
-                slots_per_epoch: 96,
-                slots_per_turn: 4,
-                ..Default::default()
-            },
-            slot: Duration::from_millis(50),
+            base: settings(&[(1, 1), (2, 1), (3, 1)]),
             genesis_unix_ns: 1_000 * MS,
             handoff_lead: Duration::from_millis(10),
             max_lag_entries: 100,
@@ -418,6 +635,56 @@ mod tests {
         assert_eq!(rotation.favoured(now, next), Some(current));
         assert_eq!(rotation.favoured(now, current), Some(next));
         assert_eq!(rotation.favoured(10 * MS, 0), None, "before genesis");
+    }
+
+    #[test]
+    fn a_change_holds_from_its_epoch_with_its_own_slot_clock() {
+        let mut rotation = rotation();
+        // Epoch 1 begins at slot 96, 1 s + 96 · 50 ms = 5.8 s.
+        let anchor = rotation.anchor(1_030 * MS, Duration::from_millis(100)).unwrap();
+        assert_eq!(anchor, Anchor { epoch: 1, first_slot: 96, start_unix_ns: 5_800 * MS });
+        // Too close to the boundary: the one after.
+        let late = rotation.anchor(5_750 * MS, Duration::from_millis(100)).unwrap();
+        assert_eq!(late.epoch, 2);
+        let mut only_one = settings(&[(1, 0), (2, 5), (3, 0)]);
+        only_one.slot_ms = 100;
+        only_one.slots_per_epoch = 40;
+        rotation.set_changes(&[ScheduleChange {
+            epoch: anchor.epoch,
+            first_slot: anchor.first_slot,
+            start_unix_ns: anchor.start_unix_ns,
+            settings: only_one,
+        }]);
+        // Before the change: the bootstrap rotation of three.
+        let before: Vec<_> = (0..3).map(|t| rotation.scheduled_leader(t * 4)).collect();
+        assert_eq!(before.iter().flatten().count(), 3);
+        assert!(before.contains(&Some(1)) && before.contains(&Some(3)));
+        // From epoch 1 only member 2 leads, on 100 ms slots.
+        for slot in 96..96 + 80 {
+            assert_eq!(rotation.scheduled_leader(slot), Some(2), "slot {slot}");
+        }
+        let position = rotation.position(5_800 * MS + 250 * MS).unwrap();
+        assert_eq!((position.epoch, position.slot, position.slot_ns), (1, 98, 100 * MS));
+        assert_eq!(rotation.position(5_800 * MS + 4_000 * MS).unwrap().epoch, 2);
+        assert_eq!(rotation.turn_last_slot(96), 99);
+        let (in_force, pending) = rotation.settings_at(1_030 * MS);
+        assert_eq!((in_force.slot_ms, pending), (50, Some(1)));
+    }
+
+    #[test]
+    fn rotation_off_names_no_leader() {
+        let mut rotation = rotation();
+        let mut off = settings(&[(1, 1), (2, 1), (3, 1)]);
+        off.rotation = false;
+        rotation.set_changes(&[ScheduleChange {
+            epoch: 1,
+            first_slot: 96,
+            start_unix_ns: 5_800 * MS,
+            settings: off,
+        }]);
+        assert!(rotation.scheduled_leader(95).is_some());
+        assert_eq!(rotation.scheduled_leader(96), None);
+        assert!(!rotation.position(6_000 * MS).unwrap().rotating);
     }
 
     #[test]

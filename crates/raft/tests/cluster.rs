@@ -339,18 +339,16 @@ fn a_member_far_behind_is_brought_back_by_snapshot() {
 
 #[test]
 fn leadership_follows_the_schedule_and_writes_never_fail() {
-    use worknode_schedule::{Algorithm, Member, ScheduleParams, Stakes};
-    let stakes =
-        Stakes::new((1..=3).map(|id| Member { id, key: None, stake: 1 }).collect()).unwrap();
     let rotation = worknode_raft::rotation::RotationConfig {
-        stakes,
-        schedule: ScheduleParams {
-            algorithm: Algorithm::FairRotation,
-            slots_per_epoch: 4_000,
+        base: worknode_kv::ScheduleSettings {
+            rotation: true,
+            algorithm: "fair".into(),
+            stakes: vec![(1, 1), (2, 1), (3, 1)],
+            slot_ms: 50,
             slots_per_turn: 2,
-            ..ScheduleParams::default()
+            slots_per_epoch: 4_000,
+            seed: 0,
         },
-        slot: Duration::from_millis(50),
         genesis_unix_ns: 0,
         handoff_lead: Duration::from_millis(5),
         max_lag_entries: 1_000,

@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status};
 use worknode_cores::telemetry::Telemetry;
+use worknode_kv as kv;
+use worknode_raft::rotation::Rotation;
 use worknode_raft::transport::Blocked;
 use worknode_raft::ClientRequest;
 
@@ -24,6 +26,29 @@ pub struct AdminService {
     pub rotation: Option<worknode_raft::rotation::RotationConfig>,
     /// This process's CPU and thread samples.
     pub telemetry: Arc<Mutex<Telemetry>>,
+}
+
+/// A settings change starts at the first epoch boundary at least this far away, so every
+/// member has applied it before it holds.
+const CHANGE_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl AdminService {
+    /// The rotation as this member's applied log defines it.
+    fn rotation(&self) -> Result<Rotation, Status> {
+        let config = self.rotation.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this member's [schedule] settings are invalid")
+        })?;
+        let mut rotation =
+            Rotation::new(config.clone()).map_err(|e| Status::internal(e.to_string()))?;
+        rotation.set_changes(&self.shared.node.schedule_changes());
+        Ok(rotation)
+    }
 }
 
 /// Most turns a `Schedule` answer lists.
@@ -56,34 +81,20 @@ impl adminpb::admin_server::Admin for AdminService {
     ) -> Result<Response<adminpb::ScheduleResponse>, Status> {
         let wanted = request.into_inner().turns.clamp(1, UPCOMING_MAX);
         let status = self.shared.node.status();
-        let Some(config) = &self.rotation else {
-            return Ok(Response::new(adminpb::ScheduleResponse {
-                rotation: false,
-                leader_id: status.leader_id,
-                member_id: self.shared.member_id,
-                leader_changes_total: status.leader_changes_total,
-                ..Default::default()
-            }));
-        };
-        let mut rotation = worknode_raft::rotation::Rotation::new(config.clone())
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let position = rotation
-            .clock()
-            .position(now_ns)
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let per_turn = config.schedule.slots_per_turn;
+        let mut rotation = self.rotation()?;
+        let now_ns = unix_ns();
+        let position = rotation.position(now_ns).ok_or_else(|| {
+            Status::failed_precondition("the slot clock has not started (genesis is in the future)")
+        })?;
+        let (settings, pending) = rotation.settings_at(now_ns);
+        let settings = settings.clone();
         let mut upcoming = Vec::new();
-        let mut first = position.slot - position.slot_in_epoch % per_turn;
+        let mut first = position.turn_first_slot;
         for _ in 0..wanted {
             let Some(member) = rotation.scheduled_leader(first) else {
                 break;
             };
-            let epoch_end =
-                (first / config.schedule.slots_per_epoch + 1) * config.schedule.slots_per_epoch;
-            let last = (first + per_turn).min(epoch_end) - 1;
+            let last = rotation.turn_last_slot(first);
             let known = self.shared.members.iter().find(|m| m.id == member);
             upcoming.push(adminpb::UpcomingTurn {
                 first_slot: first,
@@ -95,17 +106,82 @@ impl adminpb::admin_server::Admin for AdminService {
             first = last + 1;
         }
         Ok(Response::new(adminpb::ScheduleResponse {
-            rotation: true,
-            algorithm: config.schedule.algorithm.name().to_owned(),
+            rotation: position.rotating,
+            algorithm: settings.algorithm.clone(),
             epoch: position.epoch,
             slot: position.slot,
-            slot_ms: config.slot.as_millis() as u64,
+            slot_ms: settings.slot_ms,
             next_turn_in_ms: (position.until_next_turn_ns / 1_000_000) as u64,
             leader_id: status.leader_id,
             member_id: self.shared.member_id,
             upcoming,
             leader_changes_total: status.leader_changes_total,
+            slots_per_turn: settings.slots_per_turn,
+            slots_per_epoch: settings.slots_per_epoch,
+            pending_change_epoch: pending.unwrap_or(0),
+            stakes: settings
+                .stakes
+                .iter()
+                .map(|&(id, stake)| adminpb::MemberStake { id, stake })
+                .collect(),
         }))
+    }
+
+    async fn set_schedule(
+        &self,
+        request: Request<adminpb::SetScheduleRequest>,
+    ) -> Result<Response<adminpb::SetScheduleResponse>, Status> {
+        let request = request.into_inner();
+        let rotation = self.rotation()?;
+        let mut settings = rotation.latest_settings().clone();
+        if let Some(on) = request.rotation {
+            settings.rotation = on;
+        }
+        if let Some(algorithm) = request.algorithm {
+            settings.algorithm = algorithm;
+        }
+        if !request.stakes.is_empty() {
+            if let Some(unknown) =
+                request.stakes.iter().find(|s| !self.shared.members.iter().any(|m| m.id == s.id))
+            {
+                return Err(Status::invalid_argument(format!(
+                    "stakes: member {} is not in the cluster",
+                    unknown.id
+                )));
+            }
+            settings.stakes = self
+                .shared
+                .members
+                .iter()
+                .map(|m| {
+                    (m.id, request.stakes.iter().find(|s| s.id == m.id).map_or(0, |s| s.stake))
+                })
+                .collect();
+        }
+        settings.slot_ms = request.slot_ms.unwrap_or(settings.slot_ms);
+        settings.slots_per_turn = request.slots_per_turn.unwrap_or(settings.slots_per_turn);
+        settings.slots_per_epoch = request.slots_per_epoch.unwrap_or(settings.slots_per_epoch);
+        settings.seed = request.seed.unwrap_or(settings.seed);
+        Rotation::validate(&settings).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let anchor = rotation.anchor(unix_ns(), CHANGE_MARGIN).ok_or_else(|| {
+            Status::failed_precondition("the slot clock has not started (genesis is in the future)")
+        })?;
+        let change = kv::ScheduleChange {
+            epoch: anchor.epoch,
+            first_slot: anchor.first_slot,
+            start_unix_ns: anchor.start_unix_ns,
+            settings,
+        };
+        let written = self.shared.write(kv::Command::SetSchedule(change)).await?;
+        match written.applied.outcome {
+            kv::Outcome::ScheduleSet { epoch } => Ok(Response::new(adminpb::SetScheduleResponse {
+                epoch,
+                first_slot: anchor.first_slot,
+                starts_in_ms: anchor.start_unix_ns.saturating_sub(unix_ns()) / 1_000_000,
+            })),
+            kv::Outcome::Error(error) => Err(crate::convert::kv_status(&error)),
+            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+        }
     }
 
     async fn turns(

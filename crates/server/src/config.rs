@@ -284,6 +284,7 @@ impl ServerConfig {
                 )));
             }
         }
+        config.rotation_config().map_err(&fail)?;
         if !config.members.iter().any(|m| m.id == config.member_id) {
             return Err(fail(format!(
                 "member_id: {} is not one of the [[member]] ids",
@@ -318,54 +319,30 @@ impl ServerConfig {
         node.log_keep_entries = self.snapshot_entries / 2;
         node.retry_interval =
             (node.tick * self.election_ticks as u32 / 2).max(Duration::from_millis(20));
-        node.rotation = self.rotation_config().unwrap_or(None);
+        node.rotation = self.rotation_config().ok();
         node
     }
 
-    /// The rotation settings, when `[schedule] rotation = "on"`.
-    pub fn rotation_config(
-        &self,
-    ) -> Result<Option<worknode_raft::rotation::RotationConfig>, String> {
+    /// The bootstrap schedule settings (`[schedule]` and each member's stake); the
+    /// cluster replicates changes to them (`worknode schedule set`).
+    pub fn rotation_config(&self) -> Result<worknode_raft::rotation::RotationConfig, String> {
         let schedule = &self.schedule;
-        if schedule.rotation == RotationSwitch::Off {
-            return Ok(None);
-        }
-        let algorithm: worknode_schedule::Algorithm =
-            schedule.algorithm.parse().map_err(|e| format!("schedule.algorithm: {e}"))?;
-        if algorithm == worknode_schedule::Algorithm::SolanaCompatible {
-            return Err(
-                "schedule.algorithm: solana needs vote keys; use fair or lottery for a cluster"
-                    .into(),
-            );
-        }
-        if schedule.slot_ms == 0 {
-            return Err("schedule.slot_ms: must be at least 1".into());
-        }
-        let stakes = worknode_schedule::Stakes::new(
-            self.members
-                .iter()
-                .map(|m| worknode_schedule::Member { id: m.id, key: None, stake: m.stake })
-                .collect(),
-        )
-        .map_err(|e| format!("member stakes: {e}"))?;
-        let mut cluster_seed = [0u8; 32];
-        cluster_seed[..8].copy_from_slice(&schedule.seed.to_le_bytes());
         let config = worknode_raft::rotation::RotationConfig {
-            stakes,
-            schedule: worknode_schedule::ScheduleParams {
-                algorithm,
-                epoch: 0,
-                cluster_seed,
-                slots_per_epoch: schedule.slots_per_epoch,
+            base: worknode_kv::ScheduleSettings {
+                rotation: schedule.rotation == RotationSwitch::On,
+                algorithm: schedule.algorithm.clone(),
+                stakes: self.members.iter().map(|m| (m.id, m.stake)).collect(),
+                slot_ms: schedule.slot_ms,
                 slots_per_turn: schedule.slots_per_turn,
+                slots_per_epoch: schedule.slots_per_epoch,
+                seed: schedule.seed,
             },
-            slot: Duration::from_millis(schedule.slot_ms),
             genesis_unix_ns: schedule.genesis_unix_ms.saturating_mul(1_000_000),
             handoff_lead: Duration::from_millis(schedule.handoff_lead_ms),
             max_lag_entries: schedule.max_lag_entries,
         };
         worknode_raft::rotation::Rotation::new(config.clone()).map_err(|e| e.to_string())?;
-        Ok(Some(config))
+        Ok(config)
     }
 
     /// The request timeout.

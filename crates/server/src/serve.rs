@@ -198,7 +198,7 @@ async fn run_async(
         shared: shared.clone(),
         blocked: member.blocked.clone(),
         allow_fault_injection: config.allow_fault_injection,
-        rotation: config.rotation_config().unwrap_or(None),
+        rotation: config.rotation_config().ok(),
         telemetry,
     };
     let result = tonic::transport::Server::builder()

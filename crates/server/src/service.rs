@@ -43,7 +43,7 @@ impl Shared {
         }
     }
 
-    async fn write(&self, command: kv::Command) -> Result<WriteReply, Status> {
+    pub(crate) async fn write(&self, command: kv::Command) -> Result<WriteReply, Status> {
         let id = kv::RequestId {
             session: self.session,
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
