@@ -102,7 +102,7 @@ async fn healthy_cluster_leads_on_schedule_without_client_errors() {
     assert!(handoffs.len() >= turns.len() / 2, "leadership did not rotate");
     assert_eq!(failed.load(Ordering::Relaxed), 0, "planned handoffs cost clients errors");
     // Prometheus counts the same handoffs the turn logs record.
-    let mut counted = 0.0;
+    let (mut counted, mut forwarded) = (0.0, 0.0);
     for member in &cluster.members {
         let text = support::scrape(member.metrics);
         for family in [
@@ -113,6 +113,7 @@ async fn healthy_cluster_leads_on_schedule_without_client_errors() {
             assert!(text.contains(family), "{family} missing:\n{text}");
         }
         counted += metric(&text, "worknode_rotation_handoffs_total");
+        forwarded += metric(&text, "worknode_rotation_forwarded_ahead_total");
         assert_eq!(
             metric(&text, "worknode_rotation_handoffs_total"),
             metric(&text, "worknode_rotation_handoff_duration_seconds_count")
@@ -123,6 +124,8 @@ async fn healthy_cluster_leads_on_schedule_without_client_errors() {
         counted >= recorded && counted <= recorded + 3.0,
         "metrics count {counted} handoffs, the logs {recorded}"
     );
+    println!("{forwarded} writes forwarded ahead to the incoming leader");
+    assert!(forwarded > 0.0, "no write went to an incoming leader ahead of its turn");
     cluster.assert_converged().await;
 }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use raft::eraftpb::{ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{RawNode, ReadOnlyOption, StateRole};
 use tokio::sync::oneshot;
 use worknode_kv::{
@@ -28,6 +28,20 @@ use worknode_kv::{
 
 use crate::snapshot_file::SnapshotFile;
 use crate::storage::{LogStore, SnapshotSlot};
+
+/// Proposals an incoming leader holds for its turn; beyond it they go to the leader.
+const HELD_MAX: usize = 4_096;
+
+/// A proposal addressed to `to` (raft-rs forwards proposals the same way).
+fn propose_message(from: u64, to: u64, data: &[u8]) -> Message {
+    let entry = Entry { data: data.to_vec().into(), ..Entry::default() };
+    let mut message = Message::default();
+    message.set_msg_type(MessageType::MsgPropose);
+    message.from = from;
+    message.to = to;
+    message.mut_entries().push(entry);
+    message
+}
 
 /// Client requests waiting for the Raft loop.
 pub const REQUEST_QUEUE_MAX: usize = 8_192;
@@ -217,6 +231,12 @@ pub struct NodeStatus {
     pub retried_total: u64,
     /// Leader changes seen, since start.
     pub leader_changes_total: u64,
+    /// Writes sent to (or, here, kept for) the incoming leader in the last part of a
+    /// turn, since start.
+    pub forwarded_ahead_total: u64,
+    /// Writes held for this member's turn that went to the actual leader instead (the
+    /// transfer did not happen), since start.
+    pub held_fallback_total: u64,
 }
 
 /// The driver's side of the channels, held by servers and transports.
@@ -326,6 +346,10 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     rotation: Option<crate::rotation::Rotation>,
     /// When each peer's last message arrived (liveness for handoff decisions).
     last_heard: HashMap<u64, Instant>,
+    /// Proposals forwarded ahead to this member (the incoming leader), until it leads.
+    held: Vec<(Message, Instant)>,
+    forwarded_ahead_total: u64,
+    held_fallback_total: u64,
     last_leader: u64,
     leader_changes_total: u64,
 }
@@ -421,6 +445,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             retried_total: 0,
             rotation,
             last_heard: HashMap::new(),
+            held: Vec::new(),
+            forwarded_ahead_total: 0,
+            held_fallback_total: 0,
             last_leader: raft::INVALID_ID,
             leader_changes_total: 0,
         };
@@ -496,9 +523,33 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
     }
 
+    /// Whether a new write goes to the incoming leader instead of the current one: only
+    /// on a follower, in the last `forward_ahead` of a turn. The target and the time to
+    /// the boundary.
+    fn forward_ahead(&mut self) -> Option<(u64, Duration)> {
+        if self.raw.raft.state == StateRole::Leader {
+            return None;
+        }
+        let unix_ns = self.clock.unix_ns();
+        self.rotation.as_mut()?.incoming(unix_ns)
+    }
+
     fn step(&mut self, message: Message) {
         if self.rotation.is_some() {
             self.last_heard.insert(message.from, self.clock.now());
+        }
+        // A write forwarded ahead to this member as the incoming leader waits for its turn.
+        if message.get_msg_type() == MessageType::MsgPropose
+            && message.from != self.config.id
+            && self.held.len() < HELD_MAX
+        {
+            if let Some((target, until_boundary)) = self.forward_ahead() {
+                if target == self.config.id {
+                    let release = self.clock.now() + until_boundary + self.config.retry_interval;
+                    self.held.push((message, release));
+                    return;
+                }
+            }
         }
         // Messages for another member, or from a removed one, are not ours to act on.
         let _ = self.raw.step(message);
@@ -519,16 +570,28 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 }
                 let encoded = proposal.encode();
                 // A dropped proposal stays pending and is retried; only the deadline ends it.
-                let _ = self.raw.propose(Vec::new(), encoded.clone());
-                self.writes.insert(
-                    proposal.id,
-                    PendingWrite {
-                        encoded,
-                        deadline,
-                        next_retry: now + self.config.retry_interval,
-                        reply,
-                    },
-                );
+                let next_retry = match self.forward_ahead() {
+                    // Gulf Stream: the incoming leader proposes it the moment it leads (its
+                    // own writes wait here, the others' in `held`); if the transfer fails,
+                    // the retry after the boundary sends it to the actual leader.
+                    Some((target, until_boundary)) => {
+                        if target != self.config.id {
+                            self.transport.send(vec![propose_message(
+                                self.config.id,
+                                target,
+                                &encoded,
+                            )]);
+                        }
+                        self.forwarded_ahead_total += 1;
+                        now + until_boundary + self.config.retry_interval
+                    }
+                    None => {
+                        let _ = self.raw.propose(Vec::new(), encoded.clone());
+                        now + self.config.retry_interval
+                    }
+                };
+                self.writes
+                    .insert(proposal.id, PendingWrite { encoded, deadline, next_retry, reply });
             }
             ClientRequest::Read { request, linearizable: false, reply, .. } => {
                 let _ = reply.send(self.read_local(&request));
@@ -583,6 +646,17 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 let _ = write.reply.send(Err(error));
             }
         }
+        // Held writes whose turn did not come (the transfer failed): on to the actual leader.
+        if self.raw.raft.state != StateRole::Leader && !self.held.is_empty() {
+            let (late, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|(_, release)| now >= *release);
+            self.held = waiting;
+            for (message, _) in late {
+                self.held_fallback_total += 1;
+                let _ = self.raw.step(message);
+            }
+        }
         let retry_interval = self.config.retry_interval;
         let mut retried = 0;
         for write in self.writes.values_mut().filter(|w| now >= w.next_retry) {
@@ -631,6 +705,14 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             return;
         }
         self.leader_changes_total += 1;
+        if leader == self.config.id {
+            // Writes forwarded ahead to this member: its turn has come.
+            for (message, _) in std::mem::take(&mut self.held) {
+                for entry in message.entries.iter() {
+                    let _ = self.raw.propose(Vec::new(), entry.data.to_vec());
+                }
+            }
+        }
         for write in self.writes.values_mut() {
             let _ = self.raw.propose(Vec::new(), write.encoded.clone());
             write.next_retry = now + self.config.retry_interval;
@@ -853,6 +935,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             rejected_total: self.rejected_total,
             retried_total: self.retried_total,
             leader_changes_total: self.leader_changes_total,
+            forwarded_ahead_total: self.forwarded_ahead_total,
+            held_fallback_total: self.held_fallback_total,
         };
         *self.handle.status.write().unwrap_or_else(PoisonError::into_inner) = status;
     }

@@ -36,6 +36,9 @@ pub struct RotationConfig {
     pub handoff_lead: Duration,
     /// Largest log gap the target may have for a handoff to start.
     pub max_lag_entries: u64,
+    /// In this last part of a turn, members send new writes straight to the incoming
+    /// leader (Gulf Stream); zero turns forwarding off.
+    pub forward_ahead: Duration,
 }
 
 /// Settings in force from one epoch on.
@@ -398,6 +401,17 @@ impl Rotation {
         self.scheduled_leader(position.next_turn_slot)
     }
 
+    /// Inside the last `forward_ahead` of a turn: the next turn's member and the time left
+    /// until its turn begins.
+    pub fn incoming(&mut self, now_unix_ns: u64) -> Option<(u64, Duration)> {
+        let position = self.position(now_unix_ns)?;
+        if position.until_next_turn_ns > self.config.forward_ahead.as_nanos() {
+            return None;
+        }
+        let member = self.scheduled_leader(position.next_turn_slot)?;
+        Some((member, Duration::from_nanos(position.until_next_turn_ns as u64)))
+    }
+
     /// How long the leader's loop may sleep before it must look again: until the next
     /// handoff window opens, or, inside a window, until its boundary. An idle loop that
     /// slept through a window would otherwise miss the turn.
@@ -595,6 +609,7 @@ mod tests {
             genesis_unix_ns: 1_000 * MS,
             handoff_lead: Duration::from_millis(10),
             max_lag_entries: 100,
+            forward_ahead: Duration::from_millis(20),
         })
         .unwrap()
     }
@@ -669,6 +684,14 @@ mod tests {
         assert_eq!(rotation.turn_last_slot(96), 99);
         let (in_force, pending) = rotation.settings_at(1_030 * MS);
         assert_eq!((in_force.slot_ms, pending), (50, Some(1)));
+    }
+
+    #[test]
+    fn writes_flow_to_the_incoming_leader_only_at_the_end_of_a_turn() {
+        let mut rotation = rotation();
+        let next = rotation.scheduled_leader(4).unwrap();
+        assert_eq!(rotation.incoming(1_170 * MS), None, "30 ms before the boundary");
+        assert_eq!(rotation.incoming(1_185 * MS), Some((next, Duration::from_millis(15))));
     }
 
     #[test]

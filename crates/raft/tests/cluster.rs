@@ -352,6 +352,7 @@ fn leadership_follows_the_schedule_and_writes_never_fail() {
         genesis_unix_ns: 0,
         handoff_lead: Duration::from_millis(5),
         max_lag_entries: 1_000,
+        forward_ahead: Duration::from_millis(10),
     };
     let cluster = Cluster::with_rotation("rotation", 3, 10_000, Some(rotation));
     cluster.wait_for_leader();

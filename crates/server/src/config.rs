@@ -56,6 +56,9 @@ fn default_slots_per_epoch() -> u64 {
 fn default_handoff_lead_ms() -> u64 {
     10
 }
+fn default_forward_ahead_ms() -> u64 {
+    20
+}
 fn default_max_lag() -> u64 {
     128
 }
@@ -88,6 +91,9 @@ pub struct ScheduleConfig {
     /// Start a handoff this long before the turn boundary.
     #[serde(default = "default_handoff_lead_ms")]
     pub handoff_lead_ms: u64,
+    /// In this last part of a turn, send new writes to the incoming leader (0: off).
+    #[serde(default = "default_forward_ahead_ms")]
+    pub forward_ahead_ms: u64,
     /// Largest log gap a member may have and still take its turn.
     #[serde(default = "default_max_lag")]
     pub max_lag_entries: u64,
@@ -108,6 +114,7 @@ impl Default for ScheduleConfig {
             genesis_unix_ms: 0,
             seed: 0,
             handoff_lead_ms: default_handoff_lead_ms(),
+            forward_ahead_ms: default_forward_ahead_ms(),
             max_lag_entries: default_max_lag(),
         }
     }
@@ -340,6 +347,7 @@ impl ServerConfig {
             genesis_unix_ns: schedule.genesis_unix_ms.saturating_mul(1_000_000),
             handoff_lead: Duration::from_millis(schedule.handoff_lead_ms),
             max_lag_entries: schedule.max_lag_entries,
+            forward_ahead: Duration::from_millis(schedule.forward_ahead_ms),
         };
         worknode_raft::rotation::Rotation::new(config.clone()).map_err(|e| e.to_string())?;
         Ok(config)

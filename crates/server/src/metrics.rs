@@ -126,6 +126,18 @@ pub fn render(source: &MetricsSource) -> String {
             "Planned handoffs this member completed as the outgoing leader.",
             rotation.handoffs_total as f64,
         ),
+        (
+            "worknode_rotation_forwarded_ahead_total",
+            "counter",
+            "Writes sent to the incoming leader in the last part of a turn.",
+            status.forwarded_ahead_total as f64,
+        ),
+        (
+            "worknode_rotation_held_fallback_total",
+            "counter",
+            "Writes held for this member's turn that went to the actual leader instead.",
+            status.held_fallback_total as f64,
+        ),
     ] {
         family(&mut text, name, kind, help);
         let _ = writeln!(text, "{name} {value}");
