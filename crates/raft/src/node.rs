@@ -348,6 +348,8 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     last_heard: HashMap<u64, Instant>,
     /// Proposals forwarded ahead to this member (the incoming leader), until it leads.
     held: Vec<(Message, Instant)>,
+    /// Whether this member's election timeout is pinned by the schedule's favour.
+    biased: bool,
     forwarded_ahead_total: u64,
     held_fallback_total: u64,
     last_leader: u64,
@@ -446,6 +448,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             rotation,
             last_heard: HashMap::new(),
             held: Vec::new(),
+            biased: false,
             forwarded_ahead_total: 0,
             held_fallback_total: 0,
             last_leader: raft::INVALID_ID,
@@ -534,6 +537,13 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         self.rotation.as_mut()?.incoming(unix_ns)
     }
 
+    /// How long past the boundary a write forwarded ahead waits for the incoming leader
+    /// before going to the actual one: the transfer completes by the boundary, so a tick
+    /// (at least 10 ms) later it has failed or was skipped (the target may be down).
+    fn forward_grace(&self) -> Duration {
+        self.config.tick.max(Duration::from_millis(10))
+    }
+
     fn step(&mut self, message: Message) {
         if self.rotation.is_some() {
             self.last_heard.insert(message.from, self.clock.now());
@@ -545,7 +555,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         {
             if let Some((target, until_boundary)) = self.forward_ahead() {
                 if target == self.config.id {
-                    let release = self.clock.now() + until_boundary + self.config.retry_interval;
+                    let release = self.clock.now() + until_boundary + self.forward_grace();
                     self.held.push((message, release));
                     return;
                 }
@@ -583,7 +593,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                             )]);
                         }
                         self.forwarded_ahead_total += 1;
-                        now + until_boundary + self.config.retry_interval
+                        now + until_boundary + self.forward_grace()
                     }
                     None => {
                         let _ = self.raw.propose(Vec::new(), encoded.clone());
@@ -746,6 +756,12 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             if raft.randomized_election_timeout() != favoured {
                 raft.set_randomized_election_timeout(favoured);
             }
+            self.biased = true;
+        } else if self.biased {
+            // No longer favoured: draw at random again, or two members could both sit at
+            // E + 2 and split the vote.
+            raft.reset_randomized_election_timeout();
+            self.biased = false;
         }
     }
 

@@ -24,6 +24,9 @@ use worknode_schedule::{Algorithm, LeaderSchedule, Member, ScheduleParams, SlotC
 pub const TURN_LOG_MAX: usize = 1_024;
 /// Epoch schedules kept.
 const SCHEDULES_MAX: usize = 4;
+/// Most turns an epoch may have: computing a schedule is linear in them, and the Raft loop
+/// computes one at each epoch boundary.
+pub const TURNS_PER_EPOCH_MAX: u64 = 1 << 20;
 
 /// How rotation runs; identical on every member.
 #[derive(Clone, Debug)]
@@ -79,6 +82,13 @@ impl Segment {
             settings.slots_per_epoch,
             settings.slots_per_turn,
         )?;
+        let turns = settings.slots_per_epoch.div_ceil(settings.slots_per_turn);
+        if turns > TURNS_PER_EPOCH_MAX {
+            return Err(RotationError::Settings(format!(
+                "slots_per_epoch: {} slots of {} per turn make {turns} turns; at most {TURNS_PER_EPOCH_MAX} are allowed",
+                settings.slots_per_epoch, settings.slots_per_turn
+            )));
+        }
         let stakes = Stakes::new(
             settings.stakes.iter().map(|&(id, stake)| Member { id, key: None, stake }).collect(),
         )
@@ -92,7 +102,6 @@ impl Segment {
             slots_per_epoch: settings.slots_per_epoch,
             slots_per_turn: settings.slots_per_turn,
         };
-        LeaderSchedule::compute(&stakes, &params)?;
         Ok(Self {
             epoch,
             first_slot,
@@ -106,6 +115,30 @@ impl Segment {
 
     fn slot_ns(&self) -> u64 {
         self.clock.slot_duration_ns()
+    }
+
+    /// Proves the settings yield a schedule (computes one epoch's).
+    fn check(&self) -> Result<(), RotationError> {
+        LeaderSchedule::compute(&self.stakes, &self.params)?;
+        Ok(())
+    }
+
+    /// Length of an epoch.
+    fn epoch_ns(&self) -> u128 {
+        u128::from(self.settings.slots_per_epoch) * u128::from(self.slot_ns())
+    }
+
+    /// Where epoch `epoch` (not before this segment's) begins on this segment's grid.
+    fn anchor_of(&self, epoch: u64) -> Option<Anchor> {
+        let epochs = epoch.checked_sub(self.epoch)?;
+        let start = u128::from(self.start_unix_ns) + u128::from(epochs) * self.epoch_ns();
+        Some(Anchor {
+            epoch,
+            first_slot: self
+                .first_slot
+                .checked_add(epochs.checked_mul(self.settings.slots_per_epoch)?)?,
+            start_unix_ns: u64::try_from(start).ok()?,
+        })
     }
 
     /// The epoch holding `slot` (at or after this segment's first slot).
@@ -169,6 +202,9 @@ pub struct TurnRecord {
     pub skip_kind: Option<&'static str>,
 }
 
+/// A transfer not done by then has failed.
+const TRANSFER_GIVE_UP: Duration = Duration::from_secs(5);
+
 /// Upper bounds (seconds) of the handoff duration histogram's buckets.
 pub const HANDOFF_BUCKETS_S: [f64; 10] =
     [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
@@ -220,8 +256,8 @@ pub struct Rotation {
     schedules: BTreeMap<(u64, u64), LeaderSchedule>,
     /// First slot of the turn already decided.
     decided: Option<u64>,
-    /// Transfer in flight: target and start.
-    transfer: Option<(u64, Instant)>,
+    /// Transfer in flight: target, start, and the first slot of the turn it is for.
+    transfer: Option<(u64, Instant, u64)>,
     /// When this member last became leader (UNIX ns), while it leads.
     led_since_unix_ns: Option<u64>,
     log: Arc<Mutex<TurnLog>>,
@@ -245,6 +281,7 @@ impl Rotation {
     /// Validates the bootstrap settings by computing epoch 0's schedule.
     pub fn new(config: RotationConfig) -> Result<Self, RotationError> {
         let base = Segment::new(0, 0, config.genesis_unix_ns, &config.base)?;
+        base.check()?;
         Ok(Self {
             config,
             segments: vec![base],
@@ -258,7 +295,7 @@ impl Rotation {
 
     /// Checks settings a proposer is about to replicate.
     pub fn validate(settings: &ScheduleSettings) -> Result<(), RotationError> {
-        Segment::new(0, 0, 0, settings).map(drop)
+        Segment::new(0, 0, 0, settings)?.check()
     }
 
     /// Takes the replicated changes (all of them, oldest first). A change that does not
@@ -266,13 +303,18 @@ impl Rotation {
     pub fn set_changes(&mut self, changes: &[ScheduleChange]) {
         self.segments.truncate(1);
         for change in changes {
-            let follows = self.segments.last().is_some_and(|last| {
-                change.epoch > last.epoch
-                    && change.first_slot > last.first_slot
-                    && change.start_unix_ns > last.start_unix_ns
+            // A change must start on an epoch boundary of the settings before it.
+            let expected = self
+                .segments
+                .last()
+                .filter(|last| change.epoch > last.epoch)
+                .and_then(|last| last.anchor_of(change.epoch));
+            let on_grid = expected.is_some_and(|anchor| {
+                anchor.first_slot == change.first_slot
+                    && anchor.start_unix_ns == change.start_unix_ns
             });
-            if !follows {
-                tracing::warn!(epoch = change.epoch, "schedule change out of order; ignored");
+            if !on_grid {
+                tracing::warn!(epoch = change.epoch, "schedule change off the epoch grid; ignored");
                 continue;
             }
             match Segment::new(
@@ -307,27 +349,21 @@ impl Rotation {
         (&self.segments[index].settings, pending)
     }
 
-    /// Where a change proposed now should start: the next epoch boundary at least
-    /// `margin` away (so every member applies it before it holds), anchored by the
-    /// segment in force now.
+    /// Where a change proposed now should start: the first epoch boundary at least
+    /// `margin` away (so every member applies it before it holds), on the grid of the
+    /// newest settings — a pending change's when there is one, which the new change then
+    /// replaces if it starts at the same epoch.
     pub fn anchor(&self, now_unix_ns: u64, margin: Duration) -> Option<Anchor> {
-        let segment = &self.segments[self.segment_at(now_unix_ns)?];
         let position = self.position(now_unix_ns)?;
-        let epoch_ns = u128::from(segment.settings.slots_per_epoch) * u128::from(segment.slot_ns());
-        let mut epoch = position.epoch + 1;
-        loop {
-            let epochs = u128::from(epoch - segment.epoch);
-            let start = u128::from(segment.start_unix_ns) + epochs * epoch_ns;
-            if start >= u128::from(now_unix_ns) + margin.as_nanos() {
-                return Some(Anchor {
-                    epoch,
-                    first_slot: segment.first_slot
-                        + (epoch - segment.epoch) * segment.settings.slots_per_epoch,
-                    start_unix_ns: u64::try_from(start).ok()?,
-                });
-            }
-            epoch += 1;
-        }
+        let latest = self.segments.last()?;
+        let earliest = u128::from(now_unix_ns) + margin.as_nanos();
+        let epoch =
+            if latest.start_unix_ns > now_unix_ns { latest.epoch } else { position.epoch + 1 };
+        // The first boundary past the margin: skip whole epochs arithmetically.
+        let first = latest.anchor_of(epoch)?;
+        let behind = earliest.saturating_sub(u128::from(first.start_unix_ns));
+        let skip = u64::try_from(behind.div_ceil(latest.epoch_ns())).ok()?;
+        latest.anchor_of(epoch.checked_add(skip)?)
     }
 
     fn segment_at(&self, now_unix_ns: u64) -> Option<usize> {
@@ -457,26 +493,34 @@ impl Rotation {
             (false, Some(_)) => self.led_since_unix_ns = None,
             _ => {}
         }
-        let Some((target, started)) = self.transfer else {
+        let Some((target, started, _)) = self.transfer else {
             return;
         };
-        if leader == target || now.duration_since(started) > Duration::from_secs(5) {
-            self.transfer = None;
-            let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-            let took = now.duration_since(started);
+        // raft-rs abandons a transfer after an election timeout; this is well past it.
+        if leader == target || now.duration_since(started) > TRANSFER_GIVE_UP {
+            self.finish_transfer(leader, now);
+        }
+    }
+
+    /// Closes the running transfer: a handoff if `leader` is its target, else a failure.
+    fn finish_transfer(&mut self, leader: u64, now: Instant) {
+        let Some((target, started, first_slot)) = self.transfer.take() else {
+            return;
+        };
+        let took = now.duration_since(started);
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        if leader == target {
+            log.metrics.handoff(took);
+        } else {
+            log.metrics.skip("transfer_failed");
+        }
+        if let Some(record) = log.records.iter_mut().rev().find(|r| r.first_slot == first_slot) {
+            record.leader_after = leader;
             if leader == target {
-                log.metrics.handoff(took);
+                record.handoff = Some(took);
             } else {
-                log.metrics.skip("transfer_failed");
-            }
-            if let Some(last) = log.records.back_mut() {
-                last.leader_after = leader;
-                if leader == target {
-                    last.handoff = Some(took);
-                } else {
-                    last.skipped = Some("transfer did not complete".into());
-                    last.skip_kind = Some("transfer_failed");
-                }
+                record.skipped = Some("transfer did not complete".into());
+                record.skip_kind = Some("transfer_failed");
             }
         }
     }
@@ -496,6 +540,8 @@ impl Rotation {
             return None;
         }
         self.decided = Some(next_slot);
+        // A transfer still open from the last turn did not happen (this member leads).
+        self.finish_transfer(raft.id, now);
         // A member that took over inside this decision window (the handoff into this very
         // turn) leaves the record to the member that handed over.
         let window_start = boundary.saturating_sub(self.config.handoff_lead.as_nanos());
@@ -536,7 +582,7 @@ impl Rotation {
         }
         record.leader_after = 0;
         self.record(record);
-        self.transfer = Some((scheduled, now));
+        self.transfer = Some((scheduled, now, next_slot));
         Some(scheduled)
     }
 }
@@ -692,6 +738,43 @@ mod tests {
         let next = rotation.scheduled_leader(4).unwrap();
         assert_eq!(rotation.incoming(1_170 * MS), None, "30 ms before the boundary");
         assert_eq!(rotation.incoming(1_185 * MS), Some((next, Duration::from_millis(15))));
+    }
+
+    #[test]
+    fn a_second_change_anchors_on_the_pending_changes_grid_and_off_grid_ones_are_ignored() {
+        let mut rotation = rotation();
+        let mut fast = settings(&[(1, 1), (2, 1), (3, 1)]);
+        fast.slot_ms = 10;
+        let first =
+            ScheduleChange { epoch: 1, first_slot: 96, start_unix_ns: 5_800 * MS, settings: fast };
+        rotation.set_changes(std::slice::from_ref(&first));
+        // Proposed while the change is pending but too close: the epoch after, on the
+        // pending change's 10 ms grid (96 slots = 960 ms an epoch).
+        let anchor = rotation.anchor(5_000 * MS, Duration::from_secs(1)).unwrap();
+        assert_eq!(anchor, Anchor { epoch: 2, first_slot: 192, start_unix_ns: 6_760 * MS });
+        // Far enough ahead: it replaces the pending change at its own epoch.
+        assert_eq!(rotation.anchor(1_030 * MS, Duration::from_secs(1)).unwrap().epoch, 1);
+        let off_grid = ScheduleChange {
+            epoch: 2,
+            first_slot: 192,
+            start_unix_ns: 10_600 * MS,
+            ..first.clone()
+        };
+        rotation.set_changes(&[first.clone(), off_grid]);
+        assert_eq!(
+            rotation.position(20_000 * MS).unwrap().slot_ns,
+            10 * MS,
+            "only the first holds"
+        );
+    }
+
+    #[test]
+    fn an_epoch_of_too_many_turns_is_refused() {
+        let mut huge = settings(&[(1, 1)]);
+        huge.slots_per_epoch = 4_000_000_000;
+        huge.slots_per_turn = 1;
+        let error = Rotation::validate(&huge).unwrap_err().to_string();
+        assert!(error.contains("at most"), "{error}");
     }
 
     #[test]

@@ -30,8 +30,14 @@ pub struct MetricsSource {
 /// Serves `GET /metrics` until the listener fails.
 pub async fn serve_metrics(listener: TcpListener, source: MetricsSource) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::warn!("metrics listener: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let source = source.clone();
         tokio::spawn(async move {

@@ -132,6 +132,10 @@ async fn run_async(
     // Bind first: a taken port is the most common start-up mistake.
     let peer_listener = bind(me.peer, "peer").await?;
     let client_listener = bind(me.client, "client").await?;
+    let metrics_listener = match me.metrics {
+        Some(address) => Some(bind(address, "metrics").await?),
+        None => None,
+    };
     let spec = MemberSpec {
         cluster_id,
         peers: config.members.iter().map(|m| (m.id, m.peer)).collect(),
@@ -188,11 +192,10 @@ async fn run_async(
         session: rand::random(),
         sequence: AtomicU64::new(1),
     });
-    if let Some(address) = me.metrics {
-        let listener = bind(address, "metrics").await?;
+    if let Some(listener) = metrics_listener {
         let source = MetricsSource { node: member.handle.clone(), telemetry: telemetry.clone() };
         tokio::spawn(serve_metrics(listener, source));
-        tracing::info!(%address, "serving Prometheus metrics at /metrics");
+        tracing::info!(address = ?me.metrics, "serving Prometheus metrics at /metrics");
     }
     let admin = AdminService {
         shared: shared.clone(),

@@ -157,7 +157,7 @@ pub(crate) fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), CliError>
     let result = runtime.block_on(async {
         tokio::select! {
             result = demo(args, out, &mut cluster) => result,
-            _ = tokio::signal::ctrl_c() => Err(CliError::interrupted("interrupted")),
+            signal = stop_signal() => Err(CliError::interrupted(signal)),
         }
     });
     if std::io::stderr().is_terminal() {
@@ -217,6 +217,24 @@ pub(crate) fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), CliError>
                 ..error
             })
         }
+    }
+}
+
+/// Waits for Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal went away).
+async fn stop_signal() -> String {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        // Without handlers a signal ends the process; the members' --supervisor stops them.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "interrupted".into(),
+        _ = terminate.recv() => "terminated (SIGTERM)".into(),
+        _ = hangup.recv() => "hung up (SIGHUP)".into(),
     }
 }
 
@@ -323,6 +341,10 @@ async fn demo(
     out.flush()?;
     for index in 0..3 {
         cluster.spawn(index, false)?;
+    }
+    if args.keep_running {
+        let pids: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
+        writeln!(out, "member pids {} (they keep running after the demo)", pids.join(" "))?;
     }
     let channels =
         cluster.members.iter().map(|m| lazy_channel(m.client)).collect::<Result<Vec<_>, _>>()?;

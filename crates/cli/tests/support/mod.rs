@@ -30,8 +30,11 @@ pub(crate) struct ProcessCluster {
     children: Vec<Option<Child>>,
 }
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+/// `count` distinct free loopback addresses (all held until every one is chosen).
+fn free_ports(count: usize) -> Vec<SocketAddr> {
+    let held: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap()).collect()
 }
 
 /// `GET /metrics` from a member: the exposition text.
@@ -57,13 +60,10 @@ impl ProcessCluster {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
+        let ports = free_ports(size as usize * 3);
         let members: Vec<MemberAddr> = (1..=size)
-            .map(|id| MemberAddr {
-                id,
-                peer: free_port(),
-                client: free_port(),
-                metrics: free_port(),
-            })
+            .zip(ports.chunks(3))
+            .map(|(id, p)| MemberAddr { id, peer: p[0], client: p[1], metrics: p[2] })
             .collect();
         let mut list = String::new();
         for m in &members {
