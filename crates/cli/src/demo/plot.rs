@@ -16,7 +16,7 @@ const HANDOFF_TOP_PX: f64 = 150.0;
 const HANDOFF_PX: f64 = 90.0;
 const LATENCY_TOP_PX: f64 = 290.0;
 const LATENCY_PX: f64 = 200.0;
-const HEIGHT_PX: f64 = 540.0;
+const HEIGHT_PX: f64 = 556.0;
 /// Latency axis bounds (ms), log scale.
 const LATENCY_MIN_MS: f64 = 0.1;
 const LATENCY_MAX_MS: f64 = 10_000.0;
@@ -181,14 +181,16 @@ pub(crate) fn timeline(
         second += step;
     }
     // Faults across all panels.
-    for fault in faults {
+    for (index, fault) in faults.iter().enumerate() {
         let fx = x(fault.at_s);
+        // Alternate label rows so neighbouring faults do not overwrite each other.
+        let label_y = axis_y + 18.0 + 14.0 * (index % 2) as f64;
         let _ = writeln!(
             svg,
             r#"<line x1="{fx:.1}" x2="{fx:.1}" y1="60" y2="{}" stroke="black" stroke-dasharray="4 3"/><text x="{:.1}" y="{}" font-size="11">{}</text>"#,
             LATENCY_TOP_PX + LATENCY_PX,
             fx + 3.0,
-            axis_y + 18.0,
+            label_y,
             escape(&fault.what)
         );
     }
