@@ -253,14 +253,21 @@ async fn a_stake_change_holds_from_the_next_epoch_on_every_member() {
             "{args:?}: {stderr}"
         );
     }
-    let (ok, stdout, stderr) = schedule_set(&endpoints, &["--stakes", "n2=1"]);
-    assert!(ok, "{stderr}");
+    // Two operators at once, through different members: neither change is lost.
+    let other_endpoints: String = endpoints.split(',').rev().collect::<Vec<_>>().join(",");
+    let (stakes, algorithm) = std::thread::scope(|scope| {
+        let stakes = scope.spawn(|| schedule_set(&endpoints, &["--stakes", "n2=1"]));
+        let algorithm = scope.spawn(|| schedule_set(&other_endpoints, &["--algorithm", "lottery"]));
+        (stakes.join().unwrap(), algorithm.join().unwrap())
+    });
+    assert!(stakes.0 && algorithm.0, "{} {}", stakes.2, algorithm.2);
     // "schedule change committed: it holds from epoch E (slot S, in N ms)"
-    let number_after = |marker: &str| -> u64 {
+    let number_after = |stdout: &str, marker: &str| -> u64 {
         let rest = &stdout[stdout.find(marker).unwrap() + marker.len()..];
         rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
     };
-    let (first_slot, starts_in_ms) = (number_after("(slot "), number_after(", in "));
+    let first_slot = number_after(&stakes.1, "(slot ").max(number_after(&algorithm.1, "(slot "));
+    let starts_in_ms = number_after(&stakes.1, ", in ").max(number_after(&algorithm.1, ", in "));
     tokio::time::sleep(Duration::from_millis(starts_in_ms + 2_000)).await;
     // Every member derives the same schedule from the log: member 2 alone from then on.
     let mut upcoming = Vec::new();
@@ -272,6 +279,7 @@ async fn a_stake_change_holds_from_the_next_epoch_on_every_member() {
             .unwrap()
             .into_inner();
         assert!(reply.upcoming.iter().all(|t| t.member_id == 2), "{reply:?}");
+        assert_eq!(reply.algorithm, "lottery", "the concurrent change was lost");
         upcoming.push(reply.upcoming.iter().map(|t| t.first_slot).collect::<Vec<_>>());
     }
     let turns = turns(&cluster).await;

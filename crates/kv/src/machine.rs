@@ -56,6 +56,10 @@ pub struct ScheduleChange {
     pub first_slot: u64,
     /// When that slot begins, nanoseconds since the UNIX epoch.
     pub start_unix_ns: u64,
+    /// The epoch of the newest change the proposer built on (0: the bootstrap settings).
+    /// Applied only if that is still the newest: two concurrent changes cannot silently
+    /// undo each other's fields.
+    pub based_on: u64,
     /// The settings.
     pub settings: ScheduleSettings,
 }
@@ -116,6 +120,11 @@ pub enum Outcome {
     ScheduleSet {
         /// The epoch.
         epoch: u64,
+    },
+    /// Another change was recorded since the proposer read the settings; nothing changed.
+    ScheduleConflict {
+        /// The epoch of the newest change.
+        newest: u64,
     },
     /// The command was refused.
     Error(KvError),
@@ -189,6 +198,13 @@ impl StateMachine {
             Command::Txn(txn) => self.store.txn(txn).map(Outcome::Txn),
             Command::Compact { revision } => {
                 self.store.compact(*revision).map(|()| Outcome::Compact)
+            }
+            Command::SetSchedule(change)
+                if change.based_on != self.schedule.last().map_or(0, |c| c.epoch) =>
+            {
+                Ok(Outcome::ScheduleConflict {
+                    newest: self.schedule.last().map_or(0, |c| c.epoch),
+                })
             }
             Command::SetSchedule(change) => {
                 self.schedule.retain(|known| known.epoch < change.epoch);
@@ -273,17 +289,18 @@ impl Fnv {
 mod tests {
     use super::*;
 
-    fn change(epoch: u64, stake_of_1: u64) -> Proposal {
+    fn change(epoch: u64, based_on: u64) -> Proposal {
         Proposal {
-            id: RequestId { session: 1, sequence: epoch * 1_000 + stake_of_1 },
+            id: RequestId { session: 1, sequence: epoch * 1_000 + based_on },
             command: Command::SetSchedule(ScheduleChange {
                 epoch,
                 first_slot: epoch * 10,
                 start_unix_ns: epoch * 1_000,
+                based_on,
                 settings: ScheduleSettings {
                     rotation: true,
                     algorithm: "fair".into(),
-                    stakes: vec![(1, stake_of_1), (2, 1)],
+                    stakes: vec![(1, 1), (2, 1)],
                     slot_ms: 100,
                     slots_per_turn: 2,
                     slots_per_epoch: 10,
@@ -296,9 +313,9 @@ mod tests {
     #[test]
     fn a_schedule_change_replaces_pending_ones_at_or_after_its_epoch() {
         let mut machine = StateMachine::new();
-        machine.apply(1, &change(3, 1));
-        machine.apply(2, &change(5, 2));
-        let applied = machine.apply(3, &change(4, 3));
+        machine.apply(1, &change(3, 0));
+        machine.apply(2, &change(5, 3));
+        let applied = machine.apply(3, &change(4, 5));
         assert_eq!(applied.outcome, Outcome::ScheduleSet { epoch: 4 });
         let epochs: Vec<u64> = machine.schedule_changes().iter().map(|c| c.epoch).collect();
         assert_eq!(epochs, [3, 4]);
@@ -309,15 +326,25 @@ mod tests {
             Ok(machine.schedule_changes())
         );
         let mut other = StateMachine::new();
-        other.apply(1, &change(3, 1));
+        other.apply(1, &change(3, 0));
         assert_ne!(other.digest(), machine.digest());
+    }
+
+    #[test]
+    fn a_change_built_on_stale_settings_is_refused() {
+        let mut machine = StateMachine::new();
+        machine.apply(1, &change(3, 0));
+        // A second proposer also read the bootstrap settings.
+        let applied = machine.apply(2, &change(4, 0));
+        assert_eq!(applied.outcome, Outcome::ScheduleConflict { newest: 3 });
+        assert_eq!(machine.schedule_changes().len(), 1);
     }
 
     #[test]
     fn at_most_the_newest_changes_are_kept() {
         let mut machine = StateMachine::new();
         for epoch in 1..=(SCHEDULE_CHANGES_MAX as u64 + 5) {
-            machine.apply(epoch, &change(epoch, 1));
+            machine.apply(epoch, &change(epoch, epoch - 1));
         }
         assert_eq!(machine.schedule_changes().len(), SCHEDULE_CHANGES_MAX);
         assert_eq!(machine.schedule_changes()[0].epoch, 6);

@@ -714,6 +714,7 @@ mod tests {
             epoch: anchor.epoch,
             first_slot: anchor.first_slot,
             start_unix_ns: anchor.start_unix_ns,
+            based_on: 0,
             settings: only_one,
         }]);
         // Before the change: the bootstrap rotation of three.
@@ -745,8 +746,13 @@ mod tests {
         let mut rotation = rotation();
         let mut fast = settings(&[(1, 1), (2, 1), (3, 1)]);
         fast.slot_ms = 10;
-        let first =
-            ScheduleChange { epoch: 1, first_slot: 96, start_unix_ns: 5_800 * MS, settings: fast };
+        let first = ScheduleChange {
+            epoch: 1,
+            first_slot: 96,
+            start_unix_ns: 5_800 * MS,
+            based_on: 0,
+            settings: fast,
+        };
         rotation.set_changes(std::slice::from_ref(&first));
         // Proposed while the change is pending but too close: the epoch after, on the
         // pending change's 10 ms grid (96 slots = 960 ms an epoch).
@@ -786,6 +792,7 @@ mod tests {
             epoch: 1,
             first_slot: 96,
             start_unix_ns: 5_800 * MS,
+            based_on: 0,
             settings: off,
         }]);
         assert!(rotation.scheduled_leader(95).is_some());

@@ -38,7 +38,49 @@ fn unix_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// Attempts at a schedule change that conflicts with concurrent ones.
+const SET_ATTEMPTS: usize = 3;
+
 impl AdminService {
+    /// `base` with the request's fields applied, validated.
+    fn merged(
+        &self,
+        base: &kv::ScheduleSettings,
+        request: &adminpb::SetScheduleRequest,
+    ) -> Result<kv::ScheduleSettings, Status> {
+        let mut settings = base.clone();
+        if let Some(on) = request.rotation {
+            settings.rotation = on;
+        }
+        if let Some(algorithm) = &request.algorithm {
+            settings.algorithm = algorithm.clone();
+        }
+        if !request.stakes.is_empty() {
+            if let Some(unknown) =
+                request.stakes.iter().find(|s| !self.shared.members.iter().any(|m| m.id == s.id))
+            {
+                return Err(Status::invalid_argument(format!(
+                    "stakes: member {} is not in the cluster",
+                    unknown.id
+                )));
+            }
+            settings.stakes = self
+                .shared
+                .members
+                .iter()
+                .map(|m| {
+                    (m.id, request.stakes.iter().find(|s| s.id == m.id).map_or(0, |s| s.stake))
+                })
+                .collect();
+        }
+        settings.slot_ms = request.slot_ms.unwrap_or(settings.slot_ms);
+        settings.slots_per_turn = request.slots_per_turn.unwrap_or(settings.slots_per_turn);
+        settings.slots_per_epoch = request.slots_per_epoch.unwrap_or(settings.slots_per_epoch);
+        settings.seed = request.seed.unwrap_or(settings.seed);
+        Rotation::validate(&settings).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(settings)
+    }
+
     /// The rotation as this member's applied log defines it.
     fn rotation(&self) -> Result<Rotation, Status> {
         let config = self.rotation.as_ref().ok_or_else(|| {
@@ -132,56 +174,39 @@ impl adminpb::admin_server::Admin for AdminService {
         request: Request<adminpb::SetScheduleRequest>,
     ) -> Result<Response<adminpb::SetScheduleResponse>, Status> {
         let request = request.into_inner();
-        let rotation = self.rotation()?;
-        let mut settings = rotation.latest_settings().clone();
-        if let Some(on) = request.rotation {
-            settings.rotation = on;
-        }
-        if let Some(algorithm) = request.algorithm {
-            settings.algorithm = algorithm;
-        }
-        if !request.stakes.is_empty() {
-            if let Some(unknown) =
-                request.stakes.iter().find(|s| !self.shared.members.iter().any(|m| m.id == s.id))
-            {
-                return Err(Status::invalid_argument(format!(
-                    "stakes: member {} is not in the cluster",
-                    unknown.id
-                )));
-            }
-            settings.stakes = self
-                .shared
-                .members
-                .iter()
-                .map(|m| {
-                    (m.id, request.stakes.iter().find(|s| s.id == m.id).map_or(0, |s| s.stake))
-                })
-                .collect();
-        }
-        settings.slot_ms = request.slot_ms.unwrap_or(settings.slot_ms);
-        settings.slots_per_turn = request.slots_per_turn.unwrap_or(settings.slots_per_turn);
-        settings.slots_per_epoch = request.slots_per_epoch.unwrap_or(settings.slots_per_epoch);
-        settings.seed = request.seed.unwrap_or(settings.seed);
-        Rotation::validate(&settings).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let anchor = rotation.anchor(unix_ns(), CHANGE_MARGIN).ok_or_else(|| {
-            Status::failed_precondition("the slot clock has not started (genesis is in the future)")
-        })?;
-        let change = kv::ScheduleChange {
-            epoch: anchor.epoch,
-            first_slot: anchor.first_slot,
-            start_unix_ns: anchor.start_unix_ns,
-            settings,
-        };
-        let written = self.shared.write(kv::Command::SetSchedule(change)).await?;
-        match written.applied.outcome {
-            kv::Outcome::ScheduleSet { epoch } => Ok(Response::new(adminpb::SetScheduleResponse {
-                epoch,
+        // Another change committed between reading the settings and applying ours makes
+        // ours a conflict: read again and retry, a few times.
+        for _ in 0..SET_ATTEMPTS {
+            let rotation = self.rotation()?;
+            let settings = self.merged(rotation.latest_settings(), &request)?;
+            let anchor = rotation.anchor(unix_ns(), CHANGE_MARGIN).ok_or_else(|| {
+                Status::failed_precondition(
+                    "the slot clock has not started (genesis is in the future)",
+                )
+            })?;
+            let based_on = self.shared.node.schedule_changes().last().map_or(0, |c| c.epoch);
+            let change = kv::ScheduleChange {
+                epoch: anchor.epoch,
                 first_slot: anchor.first_slot,
-                starts_in_ms: anchor.start_unix_ns.saturating_sub(unix_ns()) / 1_000_000,
-            })),
-            kv::Outcome::Error(error) => Err(crate::convert::kv_status(&error)),
-            other => Err(Status::internal(format!("unexpected outcome {other:?}"))),
+                start_unix_ns: anchor.start_unix_ns,
+                based_on,
+                settings,
+            };
+            let written = self.shared.write(kv::Command::SetSchedule(change)).await?;
+            match written.applied.outcome {
+                kv::Outcome::ScheduleSet { epoch } => {
+                    return Ok(Response::new(adminpb::SetScheduleResponse {
+                        epoch,
+                        first_slot: anchor.first_slot,
+                        starts_in_ms: anchor.start_unix_ns.saturating_sub(unix_ns()) / 1_000_000,
+                    }))
+                }
+                kv::Outcome::ScheduleConflict { .. } => continue,
+                kv::Outcome::Error(error) => return Err(crate::convert::kv_status(&error)),
+                other => return Err(Status::internal(format!("unexpected outcome {other:?}"))),
+            }
         }
+        Err(Status::aborted("other schedule changes kept committing first; try again"))
     }
 
     async fn turns(
