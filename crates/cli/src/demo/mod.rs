@@ -422,10 +422,8 @@ async fn demo(
     let mut restarted = false;
     let mut faults = Vec::new();
 
-    let mut records: BTreeMap<u64, TurnRecord> = BTreeMap::new();
-    let mut stats: BTreeMap<u64, TurnStats> = BTreeMap::new();
+    let mut book = TurnBook { scheduled, ..TurnBook::default() };
     let mut totals = Totals::new(load_start_unix);
-    let mut rows: Vec<TurnRow> = Vec::new();
     let slot_ns = args.slot_ms * 1_000_000;
     let turn_of =
         |at_unix_ns: u64| (at_unix_ns / slot_ns) / args.slots_per_turn * args.slots_per_turn;
@@ -490,10 +488,10 @@ async fn demo(
         }
         for completion in load.take() {
             totals.add(&completion);
-            add_to_turn(&mut stats, turn_of(completion.at_unix_ns), &completion);
+            add_to_turn(&mut book.stats, turn_of(completion.at_unix_ns), &completion);
         }
         if ticks.is_multiple_of(TURNS_POLL_EVERY) || finished {
-            collect_turns(&channels, cluster, &mut records).await;
+            collect_turns(&channels, cluster, &mut book.records).await;
         }
         let now_unix = unix_ns();
         let horizon = if finished {
@@ -502,17 +500,7 @@ async fn demo(
             now_unix.saturating_sub(ROW_DELAY_NS)
         };
         while (next_row + args.slots_per_turn) * slot_ns <= horizon {
-            let row = make_row(
-                rows.len() + 1,
-                next_row,
-                args,
-                load_start_unix,
-                &scheduled,
-                &records,
-                &mut stats,
-            );
-            print_row(out, progress, &row)?;
-            rows.push(row);
+            book.emit(next_row, args, load_start_unix, out, progress)?;
             next_row += args.slots_per_turn;
         }
         if progress {
@@ -534,24 +522,15 @@ async fn demo(
     }
     for completion in load.stop().await {
         totals.add(&completion);
-        add_to_turn(&mut stats, turn_of(completion.at_unix_ns), &completion);
+        add_to_turn(&mut book.stats, turn_of(completion.at_unix_ns), &completion);
     }
     // The last turn that overlapped the load.
     let load_end = load_start_unix + duration.as_nanos() as u64;
     if next_row * slot_ns < load_end {
-        collect_turns(&channels, cluster, &mut records).await;
-        let row = make_row(
-            rows.len() + 1,
-            next_row,
-            args,
-            load_start_unix,
-            &scheduled,
-            &records,
-            &mut stats,
-        );
-        print_row(out, progress, &row)?;
-        rows.push(row);
+        collect_turns(&channels, cluster, &mut book.records).await;
+        book.emit(next_row, args, load_start_unix, out, progress)?;
     }
+    let rows = book.rows;
     // Everyone up again?
     let mut up = 0;
     for (index, channel) in channels.iter().enumerate() {
@@ -635,36 +614,51 @@ async fn collect_turns(
     }
 }
 
-fn make_row(
-    number: usize,
-    first_slot: u64,
-    args: &DemoArgs,
-    load_start_unix: u64,
-    scheduled: &BTreeMap<u64, u64>,
-    records: &BTreeMap<u64, TurnRecord>,
-    stats: &mut BTreeMap<u64, TurnStats>,
-) -> TurnRow {
-    let slot_ns = args.slot_ms * 1_000_000;
-    let seconds = |slot: u64| (slot * slot_ns) as f64 / 1e9 - load_start_unix as f64 / 1e9;
-    let record = records.get(&first_slot);
-    let stat = stats.remove(&first_slot).unwrap_or_default();
-    TurnRow {
-        number,
-        first_slot,
-        start_s: seconds(first_slot).max(0.0),
-        end_s: seconds(first_slot + args.slots_per_turn),
-        scheduled: record
-            .map(|r| r.scheduled)
-            .or_else(|| scheduled.get(&first_slot).copied())
-            .unwrap_or(0),
-        actual: record.map(|r| r.leader_after).filter(|&l| l != 0),
-        handoff_ms: record.map(|r| r.handoff_ms).filter(|&ms| ms > 0.0),
-        skipped: record
-            .map(|r| r.skipped.clone())
-            .unwrap_or_else(|| "no decision recorded: leadership changed by election".into()),
-        writes: stat.writes,
-        errors: stat.errors,
-        p99_ms: stat.write_latency.as_ref().map(|h| percentile_ms(h, 0.99)),
+/// The run's turns: the schedule, the members' turn records, what clients saw per turn,
+/// and the rows printed so far.
+#[derive(Default)]
+struct TurnBook {
+    scheduled: BTreeMap<u64, u64>,
+    records: BTreeMap<u64, TurnRecord>,
+    stats: BTreeMap<u64, TurnStats>,
+    rows: Vec<TurnRow>,
+}
+
+impl TurnBook {
+    /// Prints and keeps the row of the turn that starts at `first_slot`.
+    fn emit(
+        &mut self,
+        first_slot: u64,
+        args: &DemoArgs,
+        load_start_unix: u64,
+        out: &mut impl Write,
+        progress: bool,
+    ) -> Result<(), CliError> {
+        let slot_ns = args.slot_ms * 1_000_000;
+        let seconds = |slot: u64| (slot * slot_ns) as f64 / 1e9 - load_start_unix as f64 / 1e9;
+        let record = self.records.get(&first_slot);
+        let stat = self.stats.remove(&first_slot).unwrap_or_default();
+        let row = TurnRow {
+            number: self.rows.len() + 1,
+            first_slot,
+            start_s: seconds(first_slot).max(0.0),
+            end_s: seconds(first_slot + args.slots_per_turn),
+            scheduled: record
+                .map(|r| r.scheduled)
+                .or_else(|| self.scheduled.get(&first_slot).copied())
+                .unwrap_or(0),
+            actual: record.map(|r| r.leader_after).filter(|&l| l != 0),
+            handoff_ms: record.map(|r| r.handoff_ms).filter(|&ms| ms > 0.0),
+            skipped: record
+                .map(|r| r.skipped.clone())
+                .unwrap_or_else(|| "no decision recorded: leadership changed by election".into()),
+            writes: stat.writes,
+            errors: stat.errors,
+            p99_ms: stat.write_latency.as_ref().map(|h| percentile_ms(h, 0.99)),
+        };
+        print_row(out, progress, &row)?;
+        self.rows.push(row);
+        Ok(())
     }
 }
 
