@@ -26,7 +26,12 @@ pub struct AdminService {
     pub rotation: Option<worknode_raft::rotation::RotationConfig>,
     /// This process's CPU and thread samples.
     pub telemetry: Arc<Mutex<Telemetry>>,
+    /// The rotation last built, with the applied changes it was built from.
+    pub rotation_cache: Arc<Mutex<Option<RotationCache>>>,
 }
+
+/// A rotation and the applied schedule changes it was built from.
+pub type RotationCache = (Vec<kv::ScheduleChange>, Rotation);
 
 /// A settings change starts at the first epoch boundary at least this far away, so every
 /// member has applied it before it holds.
@@ -81,15 +86,26 @@ impl AdminService {
         Ok(settings)
     }
 
-    /// The rotation as this member's applied log defines it.
-    fn rotation(&self) -> Result<Rotation, Status> {
+    /// Runs `f` on the rotation as this member's applied log defines it. The rotation
+    /// (and the schedules it computed) is kept between calls and rebuilt only when the
+    /// applied changes differ from those it was built from.
+    fn with_rotation<T>(
+        &self,
+        f: impl FnOnce(&mut Rotation, &[kv::ScheduleChange]) -> Result<T, Status>,
+    ) -> Result<T, Status> {
         let config = self.rotation.as_ref().ok_or_else(|| {
             Status::failed_precondition("this member's [schedule] settings are invalid")
         })?;
+        let changes = self.shared.node.schedule_changes();
+        let mut cache = self.rotation_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((seen, rotation)) = cache.as_mut().filter(|(seen, _)| *seen == changes) {
+            return f(rotation, seen);
+        }
         let mut rotation =
             Rotation::new(config.clone()).map_err(|e| Status::internal(e.to_string()))?;
-        rotation.set_changes(&self.shared.node.schedule_changes());
-        Ok(rotation)
+        rotation.set_changes(&changes);
+        let (seen, rotation) = cache.insert((changes, rotation));
+        f(rotation, seen)
     }
 }
 
@@ -123,30 +139,34 @@ impl adminpb::admin_server::Admin for AdminService {
     ) -> Result<Response<adminpb::ScheduleResponse>, Status> {
         let wanted = request.into_inner().turns.clamp(1, UPCOMING_MAX);
         let status = self.shared.node.status();
-        let mut rotation = self.rotation()?;
         let now_ns = unix_ns();
-        let position = rotation.position(now_ns).ok_or_else(|| {
-            Status::failed_precondition("the slot clock has not started (genesis is in the future)")
+        let (position, settings, pending, upcoming) = self.with_rotation(|rotation, _| {
+            let position = rotation.position(now_ns).ok_or_else(|| {
+                Status::failed_precondition(
+                    "the slot clock has not started (genesis is in the future)",
+                )
+            })?;
+            let (settings, pending) = rotation.settings_at(now_ns);
+            let settings = settings.clone();
+            let mut upcoming = Vec::new();
+            let mut first = position.turn_first_slot;
+            for _ in 0..wanted {
+                let Some(member) = rotation.scheduled_leader(first) else {
+                    break;
+                };
+                let last = rotation.turn_last_slot(first);
+                let known = self.shared.members.iter().find(|m| m.id == member);
+                upcoming.push(adminpb::UpcomingTurn {
+                    first_slot: first,
+                    last_slot: last,
+                    member_id: member,
+                    name: known.map(|m| m.name.clone()).unwrap_or_default(),
+                    client: known.map(|m| m.client.to_string()).unwrap_or_default(),
+                });
+                first = last + 1;
+            }
+            Ok((position, settings, pending, upcoming))
         })?;
-        let (settings, pending) = rotation.settings_at(now_ns);
-        let settings = settings.clone();
-        let mut upcoming = Vec::new();
-        let mut first = position.turn_first_slot;
-        for _ in 0..wanted {
-            let Some(member) = rotation.scheduled_leader(first) else {
-                break;
-            };
-            let last = rotation.turn_last_slot(first);
-            let known = self.shared.members.iter().find(|m| m.id == member);
-            upcoming.push(adminpb::UpcomingTurn {
-                first_slot: first,
-                last_slot: last,
-                member_id: member,
-                name: known.map(|m| m.name.clone()).unwrap_or_default(),
-                client: known.map(|m| m.client.to_string()).unwrap_or_default(),
-            });
-            first = last + 1;
-        }
         Ok(Response::new(adminpb::ScheduleResponse {
             rotation: position.rotating,
             algorithm: settings.algorithm.clone(),
@@ -177,14 +197,16 @@ impl adminpb::admin_server::Admin for AdminService {
         // Another change committed between reading the settings and applying ours makes
         // ours a conflict: read again and retry, a few times.
         for _ in 0..SET_ATTEMPTS {
-            let rotation = self.rotation()?;
-            let settings = self.merged(rotation.latest_settings(), &request)?;
-            let anchor = rotation.anchor(unix_ns(), CHANGE_MARGIN).ok_or_else(|| {
-                Status::failed_precondition(
-                    "the slot clock has not started (genesis is in the future)",
-                )
+            // The base, its anchor and `based_on` all come from one view of the log.
+            let (settings, anchor, based_on) = self.with_rotation(|rotation, changes| {
+                let settings = self.merged(rotation.latest_settings(), &request)?;
+                let anchor = rotation.anchor(unix_ns(), CHANGE_MARGIN).ok_or_else(|| {
+                    Status::failed_precondition(
+                        "the slot clock has not started (genesis is in the future)",
+                    )
+                })?;
+                Ok((settings, anchor, changes.last().map_or(0, |c| c.epoch)))
             })?;
-            let based_on = self.shared.node.schedule_changes().last().map_or(0, |c| c.epoch);
             let change = kv::ScheduleChange {
                 epoch: anchor.epoch,
                 first_slot: anchor.first_slot,

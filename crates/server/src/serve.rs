@@ -203,6 +203,7 @@ async fn run_async(
         allow_fault_injection: config.allow_fault_injection,
         rotation: config.rotation_config().ok(),
         telemetry,
+        rotation_cache: Arc::default(),
     };
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
