@@ -93,7 +93,21 @@ impl Clock for SystemClock {
 pub trait Transport: Send {
     /// Sends messages to their `to` members; may drop them (Raft retries).
     fn send(&mut self, messages: Vec<Message>);
+
+    /// Whether `peer`'s process is known to be gone: its host answered and refused our
+    /// connection since we last reached it. `false` when unknown (a silent or partitioned
+    /// peer is not known to be gone).
+    fn peer_gone(&self, _peer: u64) -> bool {
+        false
+    }
+
+    /// Takes the function that wakes the Raft loop, for news from the transport's own
+    /// threads (a peer found gone). Transports without such news ignore it.
+    fn set_waker(&mut self, _waker: Waker) {}
 }
+
+/// Wakes the Raft loop from another thread.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// Why a request could not be served; the text is etcd's, which clients match on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -242,6 +256,8 @@ pub struct NodeStatus {
     pub retried_total: u64,
     /// Leader changes seen, since start.
     pub leader_changes_total: u64,
+    /// Failovers started early because the leader's process was found gone.
+    pub fast_failovers_total: u64,
     /// Writes sent to (or, here, kept for) the incoming leader in the last part of a
     /// turn, since start.
     pub forwarded_ahead_total: u64,
@@ -350,6 +366,8 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     last_snapshot_index: u64,
     requests: Receiver<ClientRequest>,
     inbox: Receiver<Message>,
+    /// The transport's wake-ups.
+    wake: Receiver<()>,
     handle: NodeHandle,
     writes: HashMap<RequestId, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
@@ -367,6 +385,11 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     held_fallback_total: u64,
     last_leader: u64,
     leader_changes_total: u64,
+    /// The (term, leader) whose process this follower found gone, once per term.
+    gone_leader: Option<(u64, u64)>,
+    /// When this member campaigns because its leader's process is gone.
+    campaign_at: Option<Instant>,
+    fast_failovers_total: u64,
 }
 
 /// Why a node could not start.
@@ -392,7 +415,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     pub fn new(
         config: NodeConfig,
         clock: C,
-        transport: T,
+        mut transport: T,
         storage: S,
         snapshot: Option<Snapshot>,
         snapshot_file: SnapshotFile,
@@ -432,6 +455,10 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let turns = rotation.as_ref().map(crate::rotation::Rotation::log).unwrap_or_default();
         let (request_tx, request_rx) = crossbeam_channel::bounded(REQUEST_QUEUE_MAX);
         let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(PEER_INBOX_MAX);
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+        transport.set_waker(Arc::new(move || {
+            let _ = wake_tx.try_send(());
+        }));
         let handle = NodeHandle {
             requests: request_tx,
             inbox: inbox_tx,
@@ -453,6 +480,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             last_snapshot_index,
             requests: request_rx,
             inbox: inbox_rx,
+            wake: wake_rx,
             handle: handle.clone(),
             writes: HashMap::new(),
             reads: BTreeMap::new(),
@@ -460,6 +488,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             rejected_total: 0,
             retried_total: 0,
             rotation,
+            gone_leader: None,
+            campaign_at: None,
+            fast_failovers_total: 0,
             last_heard: HashMap::new(),
             held: Vec::new(),
             biased: false,
@@ -482,8 +513,12 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                     timeout = timeout.min(rotation.next_wakeup(self.clock.unix_ns()));
                 }
             }
+            if let Some(at) = self.campaign_at {
+                timeout = timeout.min(at.saturating_duration_since(self.clock.now()));
+            }
             self.wait_for_input(timeout);
             let now = self.clock.now();
+            self.notice_leader_gone(now);
             if now >= next_tick {
                 self.raw.tick();
                 next_tick += self.config.tick;
@@ -524,6 +559,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                     self.accept(request);
                 }
             }
+            recv(self.wake) -> _ => {}
             default(timeout) => {}
         }
         // Take whatever else is queued, bounded per turn.
@@ -560,6 +596,14 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     }
 
     fn step(&mut self, message: Message) {
+        if matches!(
+            message.get_msg_type(),
+            MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
+        ) {
+            // A candidate that saw the leader's process gone may ask before this loop
+            // looked: look now, or the leader lease refuses the vote for a whole timeout.
+            self.notice_leader_gone(self.clock.now());
+        }
         if self.rotation.is_some() {
             self.last_heard.insert(message.from, self.clock.now());
         }
@@ -756,7 +800,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     /// refuse the pre-vote, costing a whole second round. (No raft-rs priorities: they
     /// interact badly with pre-vote, DESIGN.md §4.)
     fn bias_election(&mut self) {
-        if self.raw.raft.state != StateRole::Follower {
+        if self.raw.raft.state != StateRole::Follower || self.failing_over() {
             return;
         }
         let Some(rotation) = &mut self.rotation else {
@@ -780,6 +824,72 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
     }
 
+    /// Whether this follower is failing over from a leader whose process is gone.
+    fn failing_over(&self) -> bool {
+        let raft = &self.raw.raft;
+        self.gone_leader == Some((raft.term, raft.leader_id))
+    }
+
+    /// Fast failover. A follower whose leader's process is gone (its host refused our
+    /// connection: the process crashed or was killed) need not wait out the election
+    /// timeout, which exists to tell a dead leader from a slow one: this one is known
+    /// dead. It gives up the leader lease at once (so it grants the successor's vote) and
+    /// the successor — the member elections favour, else the lowest-id live voter —
+    /// campaigns a moment later; the others keep the longest election timeout in case it
+    /// fails. Only liveness changes: votes and commits follow Raft as always, and a leader
+    /// that is silent but not refusing (a partition, a dead host) is left to the timeout.
+    fn notice_leader_gone(&mut self, now: Instant) {
+        if let Some(at) = self.campaign_at {
+            if now >= at {
+                self.campaign_at = None;
+                if self.failing_over() && self.raw.raft.state == StateRole::Follower {
+                    let _ = self.raw.campaign();
+                }
+            }
+        }
+        let raft = &self.raw.raft;
+        let leader = raft.leader_id;
+        if raft.state != StateRole::Follower
+            || leader == raft::INVALID_ID
+            || self.failing_over()
+            || !self.transport.peer_gone(leader)
+        {
+            return;
+        }
+        self.gone_leader = Some((raft.term, leader));
+        self.fast_failovers_total += 1;
+        let successor = self.successor(leader);
+        let raft = &mut self.raw.raft;
+        let election = raft.election_timeout();
+        raft.election_elapsed = raft.election_elapsed.max(election);
+        if election >= 2 {
+            // The longest timeout raft-rs accepts: the successor goes first.
+            raft.set_randomized_election_timeout(2 * election - 1);
+        }
+        if successor == raft.id {
+            // Long enough for the other followers' connections to see the same refusal.
+            self.campaign_at = Some(now + self.config.tick.min(Duration::from_millis(5)));
+        }
+        tracing::info!(
+            leader,
+            term = raft.term,
+            successor,
+            "the leader's process is gone (its host refuses connections): failing over"
+        );
+    }
+
+    /// Who campaigns when `gone` is known dead: the member elections favour if it is
+    /// alive as far as this member knows, else the lowest-id other live voter.
+    fn successor(&mut self, gone: u64) -> u64 {
+        let alive = |id: u64| id != gone && (id == self.config.id || !self.transport.peer_gone(id));
+        let unix_ns = self.clock.unix_ns();
+        let favoured = self.rotation.as_mut().and_then(|rotation| rotation.favoured(unix_ns, gone));
+        match favoured {
+            Some(member) if alive(member) && self.config.voters.contains(&member) => member,
+            _ => self.config.voters.iter().copied().filter(|&id| alive(id)).min().unwrap_or(self.config.id),
+        }
+    }
+
     /// Scheduled leadership: the leader starts the handoff to the next turn's member.
     fn rotate(&mut self, now: Instant) -> bool {
         if self.raw.raft.state != StateRole::Leader {
@@ -794,9 +904,11 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         // live members whose answers queue behind a busy CPU).
         let window = (self.config.tick * (self.config.heartbeat_ticks as u32 * 3).max(3))
             .max(self.config.tick * self.config.election_ticks as u32 / 2);
-        let heard = &self.last_heard;
-        let heard_recently =
-            |id: u64| heard.get(&id).is_some_and(|at| now.duration_since(*at) <= window);
+        let (heard, transport) = (&self.last_heard, &self.transport);
+        let heard_recently = |id: u64| {
+            !transport.peer_gone(id)
+                && heard.get(&id).is_some_and(|at| now.duration_since(*at) <= window)
+        };
         match rotation.decide(&self.raw.raft, unix_ns, now, heard_recently) {
             Some(target) => {
                 self.raw.transfer_leader(target);
@@ -1023,6 +1135,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             rejected_total: self.rejected_total,
             retried_total: self.retried_total,
             leader_changes_total: self.leader_changes_total,
+            fast_failovers_total: self.fast_failovers_total,
             forwarded_ahead_total: self.forwarded_ahead_total,
             held_fallback_total: self.held_fallback_total,
         };

@@ -5,11 +5,17 @@
 //! a message is dropped and counted (Raft resends). Inbound connections start with a
 //! hello naming the cluster and sender; a malformed or oversized frame, or a hello from
 //! another cluster, closes that connection with a logged reason, and the node runs on.
+//!
+//! Each writer also watches its connection for the peer closing it (the peer never writes
+//! on it), reconnects at once, and remembers a peer whose address refuses the connection:
+//! its host is up and nothing listens, so the peer's process is gone. The Raft loop uses
+//! that to fail over without waiting out the election timeout.
 
 use std::collections::{HashMap, HashSet};
+use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use raft::eraftpb::Message;
@@ -18,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::frame::{self, Frame, MESSAGES_PER_FRAME_MAX};
-use crate::node::{NodeHandle, Transport};
+use crate::node::{NodeHandle, Transport, Waker};
 use crate::storage::{decode_message, encode_message};
 
 /// Messages queued per peer before new ones are dropped.
@@ -41,17 +47,34 @@ pub struct TransportStats {
     pub frames_sent: AtomicU64,
     /// Connections closed because of a bad frame or hello.
     pub bad_connections: AtomicU64,
+    /// Connection attempts a peer's address refused (nothing listening there).
+    pub refused: AtomicU64,
 }
 
 /// Peers this member currently refuses to talk to (fault injection for tests).
 pub type Blocked = Arc<Mutex<HashSet<u64>>>;
 
 /// The sending side, owned by the Raft loop.
-#[derive(Debug)]
 pub struct TcpTransport {
     queues: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    /// Per peer: its address refused our last connection attempt.
+    gone: HashMap<u64, Arc<AtomicBool>>,
+    /// Wakes the Raft loop when a peer is found gone.
+    waker: Arc<OnceLock<Waker>>,
     stats: Arc<TransportStats>,
     blocked: Blocked,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gone: Vec<u64> =
+            self.gone.iter().filter(|(_, g)| g.load(Ordering::Relaxed)).map(|(id, _)| *id).collect();
+        f.debug_struct("TcpTransport")
+            .field("peers", &self.queues.keys().collect::<Vec<_>>())
+            .field("gone", &gone)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Transport for TcpTransport {
@@ -70,6 +93,14 @@ impl Transport for TcpTransport {
             }
         }
     }
+
+    fn peer_gone(&self, peer: u64) -> bool {
+        self.gone.get(&peer).is_some_and(|gone| gone.load(Ordering::Relaxed))
+    }
+
+    fn set_waker(&mut self, waker: Waker) {
+        let _ = self.waker.set(waker);
+    }
 }
 
 /// Starts one writer task per peer on the current tokio runtime.
@@ -81,37 +112,55 @@ pub fn connect_peers(
 ) -> (TcpTransport, Arc<TransportStats>) {
     let stats = Arc::new(TransportStats::default());
     let mut queues = HashMap::new();
+    let mut gone = HashMap::new();
+    let waker = Arc::new(OnceLock::new());
     for &(peer, address) in peers.iter().filter(|(id, _)| *id != my_id) {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
         queues.insert(peer, tx);
-        tokio::spawn(writer(
-            cluster_id,
-            my_id,
-            peer,
-            address,
-            rx,
-            Arc::clone(&stats),
-            Arc::clone(&blocked),
-        ));
+        let peer_gone = Arc::new(AtomicBool::new(false));
+        gone.insert(peer, Arc::clone(&peer_gone));
+        let link = Link { cluster_id, my_id, peer, address, gone: peer_gone, waker: Arc::clone(&waker) };
+        tokio::spawn(writer(link, rx, Arc::clone(&stats), Arc::clone(&blocked)));
     }
-    (TcpTransport { queues, stats: Arc::clone(&stats), blocked }, stats)
+    (TcpTransport { queues, gone, waker, stats: Arc::clone(&stats), blocked }, stats)
 }
 
-async fn writer(
+/// One outbound connection's identity.
+struct Link {
     cluster_id: u64,
     my_id: u64,
     peer: u64,
     address: SocketAddr,
+    /// Set while the peer's address refuses connections.
+    gone: Arc<AtomicBool>,
+    waker: Arc<OnceLock<Waker>>,
+}
+
+async fn writer(
+    link: Link,
     mut queue: mpsc::Receiver<Vec<u8>>,
     stats: Arc<TransportStats>,
     blocked: Blocked,
 ) {
+    let Link { cluster_id, my_id, peer, address, .. } = link;
     let mut backoff = BACKOFF_MIN;
     let mut carry: Vec<Vec<u8>> = Vec::new();
     loop {
-        let mut stream = match TcpStream::connect(address).await {
-            Ok(stream) => stream,
-            Err(_) => {
+        let stream = match TcpStream::connect(address).await {
+            Ok(stream) => {
+                link.gone.store(false, Ordering::Relaxed);
+                stream
+            }
+            Err(error) => {
+                if error.kind() == ErrorKind::ConnectionRefused {
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                    if !link.gone.swap(true, Ordering::Relaxed) {
+                        tracing::info!(peer, %address, "peer refuses connections: its process is not running");
+                        if let Some(wake) = link.waker.get() {
+                            wake();
+                        }
+                    }
+                }
                 // Keep only the newest messages while the peer is unreachable.
                 while carry.len() < PEER_QUEUE_MAX {
                     match queue.try_recv() {
@@ -127,15 +176,26 @@ async fn writer(
             }
         };
         let _ = stream.set_nodelay(true);
+        let (mut incoming, mut stream) = stream.into_split();
         let mut buffer = Vec::new();
         frame::encode(&Frame::Hello { cluster_id, from: my_id }, &mut buffer);
         if stream.write_all(&buffer).await.is_err() {
             continue;
         }
         backoff = BACKOFF_MIN;
+        let mut probe = [0u8; 64];
         loop {
-            let Some(first) = queue.recv().await else {
-                return;
+            let first = tokio::select! {
+                message = queue.recv() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+                // The peer never writes here: end of stream or an error means it closed the
+                // connection (or died). Reconnect at once rather than at the next send.
+                read = incoming.read(&mut probe) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue,
+                },
             };
             if blocked.lock().unwrap_or_else(PoisonError::into_inner).contains(&peer) {
                 // Partitioned: close the connection and drop what was queued.

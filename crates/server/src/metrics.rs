@@ -127,6 +127,12 @@ pub fn render(source: &MetricsSource) -> String {
             status.leader_changes_total as f64,
         ),
         (
+            "worknode_fast_failovers_total",
+            "counter",
+            "Failovers this member started without waiting out the election timeout, because the leader's host refused connections (its process was gone).",
+            status.fast_failovers_total as f64,
+        ),
+        (
             "worknode_rotation_handoffs_total",
             "counter",
             "Planned handoffs this member completed as the outgoing leader.",
