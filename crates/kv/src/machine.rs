@@ -1,8 +1,7 @@
 //! The replicated state machine: commands from the Raft log applied to the store, at
 //! most once per request id, with snapshots and a state digest.
 
-use std::collections::{HashMap, VecDeque};
-
+use imbl::{OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 
 use crate::store::Store;
@@ -146,8 +145,9 @@ pub struct Applied {
 pub struct StateMachine {
     store: Store,
     applied_index: u64,
-    recent: VecDeque<RequestId>,
-    answers: HashMap<RequestId, (Outcome, i64)>,
+    /// Persistent collections, like the store's index: a clone for a snapshot is O(1).
+    recent: Vector<RequestId>,
+    answers: OrdMap<RequestId, (Outcome, i64)>,
     schedule: Vec<ScheduleChange>,
 }
 

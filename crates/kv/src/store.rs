@@ -3,9 +3,16 @@
 //! A write transaction advances the cluster revision by one; every key it writes records
 //! that revision. A read at revision R sees, per key, the newest entry at or below R.
 //! Compaction at C drops what no read at or after C can see.
+//!
+//! The key index is a persistent B-tree (`imbl::OrdMap`) whose values are shared
+//! histories: cloning the store is O(1), and a write after a clone copies only the tree
+//! nodes on its path and that key's history. So a snapshot is a clone taken in the Raft
+//! loop and encoded on another thread while writes go on.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
+
+use imbl::OrdMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +28,7 @@ pub(crate) struct Entry {
 /// The multi-version key-value store.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Store {
-    pub(crate) keys: BTreeMap<Vec<u8>, Vec<Entry>>,
+    pub(crate) keys: OrdMap<Vec<u8>, Arc<Vec<Entry>>>,
     pub(crate) revision: i64,
     pub(crate) compact_revision: i64,
     /// History entries written by the running transaction (scratch, not state).
@@ -50,7 +57,7 @@ fn span<'a>(key: &'a [u8], range_end: &'a [u8]) -> Span<'a> {
 impl Store {
     /// An empty store at revision 1 (etcd starts counting there).
     pub fn new() -> Self {
-        Self { keys: BTreeMap::new(), revision: 1, compact_revision: 0, recorded: 0 }
+        Self { keys: OrdMap::new(), revision: 1, compact_revision: 0, recorded: 0 }
     }
 
     /// The current revision.
@@ -68,14 +75,17 @@ impl Store {
         key: &'a [u8],
         range_end: &'a [u8],
     ) -> Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Vec<Entry>)> + 'a> {
+        let shared = |(key, history): (&'a Vec<u8>, &'a Arc<Vec<Entry>>)| (key, &**history);
         match span(key, range_end) {
-            Span::One(key) => Box::new(self.keys.get_key_value(key).into_iter()),
-            Span::From(key) => {
-                Box::new(self.keys.range::<[u8], _>((Bound::Included(key), Bound::Unbounded)))
-            }
-            Span::Between(key, end) if key < end => {
-                Box::new(self.keys.range::<[u8], _>((Bound::Included(key), Bound::Excluded(end))))
-            }
+            Span::One(key) => Box::new(self.keys.get_key_value(key).into_iter().map(shared)),
+            Span::From(key) => Box::new(
+                self.keys.range::<_, [u8]>((Bound::Included(key), Bound::Unbounded)).map(shared),
+            ),
+            Span::Between(key, end) if key < end => Box::new(
+                self.keys
+                    .range::<_, [u8]>((Bound::Included(key), Bound::Excluded(end)))
+                    .map(shared),
+            ),
             Span::Between(..) => Box::new(std::iter::empty()),
         }
     }
@@ -153,7 +163,7 @@ impl Store {
     }
 
     fn record(&mut self, key: &[u8], revision: i64, kv: Option<KeyValue>) {
-        let history = self.keys.entry(key.to_vec()).or_default();
+        let history = Arc::make_mut(self.keys.entry(key.to_vec()).or_default());
         assert!(history.last().is_none_or(|last| last.revision < revision), "history must grow");
         history.push(Entry { revision, kv });
         self.recorded += 1;
@@ -354,18 +364,35 @@ impl Store {
         if revision > self.revision {
             return Err(KvError::FutureRevision);
         }
-        self.keys.retain(|_, history| {
-            // Keep the newest entry at or below `revision` (what a read at it sees) and
-            // everything after; a tombstone seen at `revision` is dropped as well.
-            let visible = history.partition_point(|entry| entry.revision <= revision);
-            let keep_from = visible.saturating_sub(1);
-            history.drain(..keep_from);
-            if history.first().is_some_and(|entry| entry.revision <= revision && entry.kv.is_none())
-            {
-                history.remove(0);
+        // Keep the newest entry at or below `revision` (what a read at it sees) and
+        // everything after; a tombstone seen at `revision` is dropped as well. Histories
+        // that keep everything stay shared with earlier clones.
+        let changed: Vec<(Vec<u8>, usize)> = self
+            .keys
+            .iter()
+            .filter_map(|(key, history)| {
+                let visible = history.partition_point(|entry| entry.revision <= revision);
+                let mut keep_from = visible.saturating_sub(1);
+                if history
+                    .get(keep_from)
+                    .is_some_and(|entry| entry.revision <= revision && entry.kv.is_none())
+                {
+                    keep_from += 1;
+                }
+                (keep_from > 0).then(|| (key.clone(), keep_from))
+            })
+            .collect();
+        for (key, keep_from) in changed {
+            let kept = self.keys.get(&key).map(|history| history[keep_from..].to_vec());
+            match kept {
+                Some(kept) if !kept.is_empty() => {
+                    self.keys.insert(key, Arc::new(kept));
+                }
+                _ => {
+                    self.keys.remove(&key);
+                }
             }
-            !history.is_empty()
-        });
+        }
         self.compact_revision = revision;
         Ok(())
     }

@@ -289,3 +289,41 @@ fn machine_dedups_snapshots_and_digests() {
     assert_ne!(other.digest(), machine.digest());
     assert!(StateMachine::restore(b"garbage").is_err());
 }
+
+#[test]
+fn a_clone_keeps_its_state_while_the_original_moves_on() {
+    // The Raft loop snapshots by cloning the machine and encoding the clone on another
+    // thread while it applies more entries: the clone must not see them.
+    let proposal = |sequence: u64, command| Proposal { id: RequestId { session: 9, sequence }, command };
+    let put = |key: String, value: String| {
+        Command::Put(PutRequest { key: key.into(), value: value.into(), ..Default::default() })
+    };
+    let mut machine = StateMachine::new();
+    for i in 1..=500u64 {
+        machine.apply(i, &proposal(i, put(format!("k{:03}", i % 300), format!("v{i}"))));
+    }
+    let encoded = machine.snapshot();
+    let digest = machine.digest();
+    let frozen = machine.clone();
+    for i in 501..=900u64 {
+        machine.apply(i, &proposal(i, put(format!("k{:03}", i % 350), format!("w{i}"))));
+    }
+    let delete = Command::DeleteRange(DeleteRangeRequest {
+        key: "k1".into(),
+        range_end: "k2".into(),
+        ..Default::default()
+    });
+    machine.apply(901, &proposal(901, delete));
+    machine.apply(902, &proposal(902, Command::Compact { revision: 700 }));
+    assert_eq!(frozen.snapshot(), encoded, "the clone changed under later writes");
+    assert_eq!(frozen.digest(), digest);
+    assert_eq!(StateMachine::restore(&encoded).unwrap(), frozen);
+    let now = machine.store();
+    assert_eq!(now.compact_revision(), 700);
+    assert_eq!(get(now, "k1", b"k2").count, 0);
+    assert_eq!(get(frozen.store(), "k1", b"k2").count, 100);
+    let latest = get(now, "k050", b"").kvs.pop().unwrap();
+    assert_eq!(latest.value, b"w750");
+    let old = get(frozen.store(), "k050", b"").kvs.pop().unwrap();
+    assert_eq!(old.value, b"v350");
+}
