@@ -31,8 +31,8 @@ pub use cpuset::{CpuListError, CpuSet, CPU_MAX};
 pub use grant::{CoreAuthority, CoreGrant, GrantError};
 pub use host::{kernel_param, CpuTimes, CpuTopology, Host, Isolcpus};
 pub use pin::{
-    current_affinity, current_is_fifo, current_thread_id, spawn_worknode, PinError, PinOptions,
-    PinReport, PinStep, Worknode,
+    current_affinity, current_is_fifo, current_thread_id, make_current_background, spawn_worknode,
+    PinError, PinOptions, PinReport, PinStep, Worknode,
 };
 pub use plan::{
     CorePlan, CpuAffinity, Placement, PlanConfig, PlanError, WorknodeClass, WorknodeSpec,

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use crate::cpuset::{CpuSet, CPU_MAX};
-use crate::grant::CoreGrant;
+use crate::grant::{CoreAuthority, CoreGrant};
 use crate::plan::WorknodeSpec;
 use crate::sys::{self, MASK_WORDS};
 
@@ -35,6 +35,25 @@ pub fn current_affinity() -> io::Result<CpuSet> {
 /// load only; worknodes pin through [`spawn_worknode`].
 pub(crate) fn set_current_affinity(cpus: &CpuSet) -> io::Result<()> {
     sys::set_affinity(&to_mask(cpus))
+}
+
+/// Makes the calling thread background work — for threads a worknode starts, such as a
+/// snapshot encoder. A new thread inherits its creator's CPU mask and scheduling policy,
+/// so a helper of a pinned critical worknode would otherwise share its isolated core, at
+/// its real-time priority when it has one. This moves the thread to the plan's
+/// housekeeping CPUs (with an authority whose plan has any; it claims no reserved core, so
+/// it needs no grant), back to SCHED_OTHER, at `nice` (0 to 19).
+pub fn make_current_background(authority: Option<&CoreAuthority>, nice: i32) -> io::Result<()> {
+    if let Some(authority) = authority {
+        let housekeeping = authority.plan().housekeeping();
+        if !housekeeping.is_empty() {
+            sys::set_affinity(&to_mask(housekeeping))?;
+        }
+    }
+    if sys::scheduler()? != libc::SCHED_OTHER {
+        sys::set_other()?;
+    }
+    sys::set_thread_nice(nice)
 }
 
 /// The calling thread's kernel thread id (the `TID` of `/proc/self/task/TID`).

@@ -48,6 +48,31 @@ pub(crate) fn set_fifo(priority: i32) -> io::Result<()> {
     }
 }
 
+/// sched_setscheduler(2) with SCHED_OTHER (the default time-sharing policy) for the
+/// calling thread.
+pub(crate) fn set_other() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call.
+    let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// setpriority(2) for the calling thread only (Linux applies PRIO_PROCESS to a thread id).
+pub(crate) fn set_thread_nice(nice: i32) -> io::Result<()> {
+    let tid = thread_id();
+    // SAFETY: setpriority takes no pointers.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The calling thread's scheduling policy.
 pub(crate) fn scheduler() -> io::Result<i32> {
     // SAFETY: sched_getscheduler takes no pointers.

@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use worknode_cores::{
-    current_affinity, current_is_fifo, current_thread_id, live_host, spawn_worknode, CoreAuthority,
-    CorePlan, CpuAffinity, CpuSet, Host, PinOptions, PinStep, PlanConfig, SysRoot, WorknodeClass,
-    WorknodeSpec,
+    current_affinity, current_is_fifo, current_thread_id, live_host, make_current_background,
+    spawn_worknode, CoreAuthority, CorePlan, CpuAffinity, CpuSet, Host, PinOptions, PinStep,
+    PlanConfig, SysRoot, WorknodeClass, WorknodeSpec,
 };
 
 /// `Cpus_allowed_list` of one of this process's threads, as the kernel reports it.
@@ -151,4 +151,54 @@ fn unpinned_worknode_keeps_the_process_mask() {
     let worknode = spawn_worknode(&spec, None, &PinOptions::default(), current_affinity).unwrap();
     assert!(!worknode.report().pinned);
     assert_eq!(worknode.join().unwrap().unwrap(), current_affinity().unwrap());
+}
+
+/// A thread's nice value, from `/proc/self/task/TID/stat` (field 19).
+fn task_nice(tid: u32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_helper_of_a_pinned_realtime_worknode_moves_to_housekeeping() {
+    // The Raft loop's snapshot thread is born with the loop's isolated CPU and SCHED_FIFO.
+    let (_, host) = live_host();
+    let allowed = current_affinity().unwrap();
+    let (first, last) = (allowed.first().unwrap(), allowed.iter().last().unwrap());
+    let spec = WorknodeSpec {
+        cpu_affinity: CpuAffinity::Cpus([last].into_iter().collect()),
+        ..WorknodeSpec::new("loop", WorknodeClass::Normal)
+    };
+    let housekeeping: CpuSet =
+        if first != last { [first].into_iter().collect() } else { CpuSet::new() };
+    let config = PlanConfig {
+        best_effort: true,
+        housekeeping: Some(housekeeping.clone()),
+        worknodes: vec![spec.clone()],
+    };
+    let authority =
+        std::sync::Arc::new(CoreAuthority::new(CorePlan::build(&host, &config).unwrap()));
+    let options =
+        PinOptions { fifo_priority: Some(10), best_effort: true, ..PinOptions::default() };
+    let grant = authority.grant("loop").unwrap();
+    let for_helper = std::sync::Arc::clone(&authority);
+    let worknode = spawn_worknode(&spec, Some(grant), &options, move || {
+        let loop_fifo = current_is_fifo().unwrap();
+        let helper = std::thread::spawn(move || {
+            let born = (current_affinity().unwrap(), current_is_fifo().unwrap());
+            make_current_background(Some(&for_helper), 10).unwrap();
+            let tid = current_thread_id();
+            (born, current_affinity().unwrap(), current_is_fifo().unwrap(), task_nice(tid))
+        });
+        (loop_fifo, helper.join().unwrap())
+    })
+    .unwrap();
+    let (loop_fifo, (born, mask, fifo, nice)) = worknode.join().unwrap();
+    let loop_cpu: CpuSet = [last].into_iter().collect();
+    assert_eq!(born, (loop_cpu.clone(), loop_fifo), "a new thread inherits mask and policy");
+    let expected = if housekeeping.is_empty() { loop_cpu } else { housekeeping };
+    assert_eq!(mask, expected);
+    assert!(!fifo, "the helper left SCHED_FIFO");
+    assert_eq!(nice, 10);
 }

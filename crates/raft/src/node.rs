@@ -150,6 +150,9 @@ pub struct NodeConfig {
     pub retry_interval: Duration,
     /// Scheduled leadership; `None` runs plain Raft.
     pub rotation: Option<crate::rotation::RotationConfig>,
+    /// The core plan's authority, when the member pins: the loop's own threads (the
+    /// snapshot encoder) run on its housekeeping CPUs, not on the loop's isolated core.
+    pub cores: Option<Arc<worknode_cores::CoreAuthority>>,
 }
 
 impl NodeConfig {
@@ -165,6 +168,7 @@ impl NodeConfig {
             log_keep_entries: 5_000,
             retry_interval: Duration::from_millis(300),
             rotation: None,
+            cores: None,
         }
     }
 
@@ -886,7 +890,14 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let favoured = self.rotation.as_mut().and_then(|rotation| rotation.favoured(unix_ns, gone));
         match favoured {
             Some(member) if alive(member) && self.config.voters.contains(&member) => member,
-            _ => self.config.voters.iter().copied().filter(|&id| alive(id)).min().unwrap_or(self.config.id),
+            _ => self
+                .config
+                .voters
+                .iter()
+                .copied()
+                .filter(|&id| alive(id))
+                .min()
+                .unwrap_or(self.config.id),
         }
     }
 
@@ -1071,7 +1082,12 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         self.raw.mut_store().persist(&[], Some(&hard_state), true)?;
         let encoded = started.elapsed();
         let file = self.snapshot_file.clone();
+        let cores = self.config.cores.clone();
         let thread = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
+            // Born with the loop's mask and policy: off its core, below its priority.
+            if let Err(error) = worknode_cores::make_current_background(cores.as_deref(), 10) {
+                tracing::warn!("the snapshot thread stays where the Raft loop runs: {error}");
+            }
             snapshot.set_data(machine.snapshot().into());
             drop(machine);
             file.save(&snapshot).map(|()| snapshot).map_err(|error| error.to_string())

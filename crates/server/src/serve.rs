@@ -141,7 +141,7 @@ async fn run_async(
         peers: config.members.iter().map(|m| (m.id, m.peer)).collect(),
         data_dir: config.data_dir.clone(),
         recover_tail,
-        node: config.node_config(),
+        node: worknode_raft::NodeConfig { cores: authority.clone(), ..config.node_config() },
     };
     let member = open_member(&spec)?;
     if let Some(note) = &member.recovery_note {
