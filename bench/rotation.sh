@@ -5,8 +5,12 @@
 #   2. worknode with rotation off
 #   3. etcd 3.4 (Debian etcd-server) with `etcdctl move-leader` every 3 s
 # and, separately, kill -9 of the leader under the same load (worknode with rotation, etcd).
-# Reports client-visible errors, the longest stall between completions, throughput, and
-# worknode's handoff durations (from the leaders' turn logs).
+# Reports client-visible errors, throughput, the longest stall between completions over the
+# whole run and the longest one that overlaps a handoff (worknode: ±50 ms around each turn
+# boundary with a handoff, from the turn logs; etcd: ±50 ms around each move-leader call)
+# or the kill, and worknode's handoff durations. The load client fails over like etcd's:
+# a request a dead member's address refused goes to the next endpoint (a "failover", not
+# an error); a request in flight at a member that dies is an error (its outcome is unknown).
 #
 # Usage: bench/rotation.sh [SECONDS per run]   (default 30)
 set -euo pipefail
@@ -102,7 +106,9 @@ start_etcd move
     leader=$(leader_endpoint) || continue
     ids=$(etcdctl --endpoints="$endpoints" endpoint status -w json | python3 -c 'import json,sys; print(" ".join(format(s["Status"]["header"]["member_id"], "x") for s in json.load(sys.stdin) if s["Status"]["leader"] != s["Status"]["header"]["member_id"]))')
     target=${ids%% *}
+    began=$(date +%s%6N)
     [ -n "$target" ] && etcdctl --endpoints="$leader" move-leader "$target" >/dev/null 2>&1 || true
+    echo "$began $(date +%s%6N)" >> "$work/etcd-move-handoffs.txt"
   done ) &
 mover=$!
 load etcd-move; wait $mover || true; stop_all
@@ -114,7 +120,10 @@ kill_leader() { # $1 = system
     next=$("$worknode" schedule --cluster "$endpoints" --count 1 | sed -n 's/.*next turn in \([0-9]*\) ms.*/\1/p')
     if [ -n "$next" ] && [ "$next" -lt 250 ]; then sleep "$(awk "BEGIN { print ($next + 100) / 1000 }")"; fi
   fi
-  kill -9 "$(leader_pid "$(leader_endpoint)")"
+  local victim
+  victim=$(leader_pid "$(leader_endpoint)")
+  date +%s%6N > "$work/$1-kill-handoffs.txt"
+  kill -9 "$victim"
 }
 
 echo "== kill -9 of the leader under load: worknode (rotation on), etcd"
@@ -126,10 +135,10 @@ for system in worknode etcd; do
 done
 
 python3 - "$work" "$seconds" <<'PY'
-import json, sys, datetime, statistics
+import json, os, sys, datetime
 work, seconds = sys.argv[1], sys.argv[2]
 load = lambda name: json.load(open(f"{work}/{name}.json"))
-handoffs = []
+turns = {}
 for line in open(f"{work}/worknode-rotation-status.json").read().split("\n}\n"):
     line = line.strip()
     if not line:
@@ -138,7 +147,25 @@ for line in open(f"{work}/worknode-rotation-status.json").read().split("\n}\n"):
         status = json.loads(line + ("}" if not line.endswith("}") else ""))
     except json.JSONDecodeError:
         continue
-    handoffs += [t["handoff_ms"] for t in status.get("recent_turns", []) if t["handoff_ms"] > 0]
+    for t in status.get("recent_turns", []):
+        if t["handoff_ms"] > 0:
+            turns[t["first_slot"]] = t
+handoffs = [t["handoff_ms"] for t in turns.values()]
+MARGIN_US = 50_000
+# Per run: the moments (UNIX µs windows) a stall is charged to.
+windows = {"worknode-rotation": [(t["boundary_unix_us"] - MARGIN_US, t["boundary_unix_us"] + int(t["handoff_ms"] * 1e3) + MARGIN_US) for t in turns.values()]}
+for name in ["etcd-move", "worknode-kill", "etcd-kill"]:
+    path = f"{work}/{name}-handoffs.txt"
+    spans = [tuple(int(x) for x in line.split()) for line in open(path)] if os.path.exists(path) else []
+    windows[name] = [(s[0] - MARGIN_US, s[-1] + MARGIN_US) for s in spans]
+def across(name, report):
+    spans = windows.get(name)
+    if spans is None:
+        return "-"
+    hit = [s["ms"] for s in report["stalls"] for (lo, hi) in spans
+           if s["end_unix_us"] - s["ms"] * 1e3 <= hi and s["end_unix_us"] >= lo]
+    return f"{max(hit):.1f}" if hit else "< 2"
+
 def pct(values, q):
     if not values:
         return float("nan")
@@ -148,11 +175,11 @@ base = load("worknode-plain")["ops_per_s"]
 print()
 print(f"{datetime.date.today()}, {seconds} s per run, 4 clients, 256-byte puts, 3 members on loopback")
 print()
-print("| run | ops/s | throughput vs rotation off | client errors | longest stall ms | p99 ms |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| run | ops/s | throughput vs rotation off | client errors | failovers | longest stall ms | longest stall at handoffs / the kill ms | p99 ms |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for label, name in [("worknode, rotation on (400 ms turns)", "worknode-rotation"), ("worknode, rotation off", "worknode-plain"), ("etcd, move-leader every 3 s", "etcd-move"), ("worknode, kill -9 of the leader", "worknode-kill"), ("etcd, kill -9 of the leader", "etcd-kill")]:
     r = load(name)
-    print(f"| {label} | {r['ops_per_s']:.0f} | {r['ops_per_s'] / base:.3f}× | {r['errors']} | {r['stall_ms_max']:.1f} | {r['p99_ms']:.2f} |")
+    print(f"| {label} | {r['ops_per_s']:.0f} | {r['ops_per_s'] / base:.3f}× | {r['errors']} | {r['failovers']} | {r['stall_ms_max']:.1f} | {across(name, r)} | {r['p99_ms']:.2f} |")
 print()
 print(f"worknode handoffs recorded: {len(handoffs)}, p50 {pct(handoffs, 0.5):.2f} ms, p99 {pct(handoffs, 0.99):.2f} ms")
 PY

@@ -17,6 +17,11 @@ use crate::CliError;
 
 /// Distinct error messages remembered in a report.
 const ERROR_KINDS_MAX: usize = 16;
+/// Gaps between completions at least this long are listed in the report, with when they
+/// ended, so they can be lined up with handoffs and faults.
+const STALL_LISTED_MIN: Duration = Duration::from_millis(2);
+/// Listed gaps kept; the report says how many more there were.
+const STALLS_LISTED_MAX: usize = 10_000;
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -75,7 +80,22 @@ struct Report {
     max_ms: f64,
     errors: u64,
     error_kinds: BTreeMap<String, u64>,
+    /// Requests that never reached a member (its address refused the connection): the
+    /// client moves to the next endpoint at once, as etcd's client does. Not errors.
+    failovers: u64,
     stall_ms_max: f64,
+    /// Gaps between completions of at least 2 ms.
+    stalls: Vec<Stall>,
+    /// Such gaps beyond the listed ones.
+    stalls_unlisted: u64,
+}
+
+/// One gap between completions.
+#[derive(Debug, Clone, Serialize)]
+struct Stall {
+    /// When the gap ended (UNIX µs).
+    end_unix_us: u64,
+    ms: f64,
 }
 
 /// Shared between client tasks.
@@ -84,15 +104,42 @@ struct Tally {
     ops: u64,
     errors: u64,
     error_kinds: BTreeMap<String, u64>,
+    failovers: u64,
     last_completion: Instant,
     stall_max: Duration,
+    stalls: Vec<Stall>,
+    stalls_unlisted: u64,
 }
 
 impl Tally {
     fn complete(&mut self, now: Instant) {
-        self.stall_max = self.stall_max.max(now - self.last_completion);
+        let gap = now - self.last_completion;
+        self.stall_max = self.stall_max.max(gap);
         self.last_completion = now;
+        if gap >= STALL_LISTED_MIN {
+            if self.stalls.len() < STALLS_LISTED_MAX {
+                let end_unix_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_micros() as u64);
+                self.stalls.push(Stall { end_unix_us, ms: gap.as_secs_f64() * 1e3 });
+            } else {
+                self.stalls_unlisted += 1;
+            }
+        }
     }
+}
+
+/// Whether a failed request never left this client: the member's address refused the
+/// connection (or none could be made), so sending it elsewhere cannot apply it twice.
+fn unsent(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.message().contains("connect")
+}
+
+/// Whether the connection itself failed (the member may be gone): try another endpoint.
+fn connection_failed(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
+        && status.message().contains("transport error")
+        || unsent(status)
 }
 
 pub(crate) fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
@@ -123,7 +170,7 @@ pub(crate) fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError
     } else {
         writeln!(
             out,
-            "{}: {} clients over {} connections to {} endpoint(s), {:.1} s: {:.1} ops/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} errors, longest stall {:.1} ms",
+            "{}: {} clients over {} connections to {} endpoint(s), {:.1} s: {:.1} ops/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, {} errors, {} failovers, longest stall {:.1} ms",
             report.workload,
             report.clients,
             report.connections,
@@ -135,6 +182,7 @@ pub(crate) fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError
             report.p999_ms,
             report.max_ms,
             report.errors,
+            report.failovers,
             report.stall_ms_max
         )?;
         for (kind, count) in &report.error_kinds {
@@ -186,13 +234,26 @@ async fn measure(
         ops: 0,
         errors: 0,
         error_kinds: BTreeMap::new(),
+        failovers: 0,
         last_completion: start,
         stall_max: Duration::ZERO,
+        stalls: Vec::new(),
+        stalls_unlisted: 0,
     }));
     let end = start + duration;
     let mut tasks = Vec::with_capacity(args.clients);
     for index in 0..args.clients {
-        let mut client = KvClient::new(channels[index % channels.len()].clone());
+        // Connections to the other endpoints, in turn, for failover (none: one endpoint).
+        let at = index % channels.len();
+        let endpoint_of = |channel: usize| channel % endpoints.len();
+        let mut others = (1..channels.len())
+            .map(|step| (at + step) % channels.len())
+            .filter(|&other| endpoint_of(other) != endpoint_of(at))
+            .map(|other| channels[other].clone())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .cycle();
+        let mut client = KvClient::new(channels[at].clone());
         let tally = Arc::clone(&tally);
         let value = value.clone();
         let (workload, key_space, serializable) =
@@ -222,32 +283,40 @@ async fn measure(
                     }
                 };
                 let now = Instant::now();
-                let failed = {
+                let status = match result {
+                    Ok(()) => {
+                        let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
+                        tally.ops += 1;
+                        let micros = (now - began).as_micros().clamp(1, 60_000_000) as u64;
+                        tally.latency.saturating_record(micros);
+                        tally.complete(now);
+                        continue;
+                    }
+                    Err(status) => status,
+                };
+                // Like etcd's client: a member that cannot be reached is left for the next.
+                let moved = connection_failed(&status)
+                    && others.next().map(|next| client = KvClient::new(next)).is_some();
+                let failover = moved && unsent(&status);
+                {
                     let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
-                    match result {
-                        Ok(()) => {
-                            tally.ops += 1;
-                            let micros = (now - began).as_micros().clamp(1, 60_000_000) as u64;
-                            tally.latency.saturating_record(micros);
-                            tally.complete(now);
-                            false
-                        }
-                        Err(status) => {
-                            tally.errors += 1;
-                            let kind = format!("{:?}: {}", status.code(), status.message());
-                            if tally.error_kinds.len() < ERROR_KINDS_MAX
-                                || tally.error_kinds.contains_key(&kind)
-                            {
-                                *tally.error_kinds.entry(kind).or_default() += 1;
-                            }
-                            true
+                    if failover {
+                        tally.failovers += 1;
+                    } else {
+                        tally.errors += 1;
+                        let kind = format!("{:?}: {}", status.code(), status.message());
+                        if tally.error_kinds.len() < ERROR_KINDS_MAX
+                            || tally.error_kinds.contains_key(&kind)
+                        {
+                            *tally.error_kinds.entry(kind).or_default() += 1;
                         }
                     }
-                };
-                if failed {
-                    // A failing member: do not spin on it.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
+                if failover {
+                    continue;
+                }
+                // A failing member: do not spin on it.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }));
     }
@@ -281,6 +350,9 @@ async fn measure(
         max_ms: if tally.latency.is_empty() { 0.0 } else { tally.latency.max() as f64 / 1e3 },
         errors: tally.errors,
         error_kinds: tally.error_kinds.clone(),
+        failovers: tally.failovers,
         stall_ms_max: tally.stall_max.as_secs_f64() * 1e3,
+        stalls: tally.stalls.clone(),
+        stalls_unlisted: tally.stalls_unlisted,
     })
 }

@@ -61,6 +61,7 @@ pub(crate) struct ClusterView {
 #[derive(Serialize)]
 pub(crate) struct TurnRow {
     pub(crate) first_slot: u64,
+    pub(crate) boundary_unix_us: u64,
     pub(crate) scheduled: u64,
     pub(crate) leader_before: u64,
     pub(crate) leader_after: u64,
@@ -363,6 +364,7 @@ pub(crate) async fn fetch(
         .skip(skip)
         .map(|t| TurnRow {
             first_slot: t.first_slot,
+            boundary_unix_us: t.boundary_unix_us,
             scheduled: t.scheduled,
             leader_before: t.leader_before,
             leader_after: t.leader_after,

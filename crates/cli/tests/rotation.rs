@@ -213,7 +213,9 @@ async fn a_killed_scheduled_leader_is_skipped_then_leads_again() {
     );
     let fast: f64 = (0..3)
         .filter(|&i| i != victim)
-        .map(|i| metric(&support::scrape(cluster.members[i].metrics), "worknode_fast_failovers_total"))
+        .map(|i| {
+            metric(&support::scrape(cluster.members[i].metrics), "worknode_fast_failovers_total")
+        })
         .sum();
     assert!(fast >= 1.0, "no survivor counted a fast failover");
     assert!(

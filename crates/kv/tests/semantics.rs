@@ -294,7 +294,8 @@ fn machine_dedups_snapshots_and_digests() {
 fn a_clone_keeps_its_state_while_the_original_moves_on() {
     // The Raft loop snapshots by cloning the machine and encoding the clone on another
     // thread while it applies more entries: the clone must not see them.
-    let proposal = |sequence: u64, command| Proposal { id: RequestId { session: 9, sequence }, command };
+    let proposal =
+        |sequence: u64, command| Proposal { id: RequestId { session: 9, sequence }, command };
     let put = |key: String, value: String| {
         Command::Put(PutRequest { key: key.into(), value: value.into(), ..Default::default() })
     };

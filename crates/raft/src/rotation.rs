@@ -188,6 +188,8 @@ pub struct TurnRecord {
     pub turn: u32,
     /// The turn's first slot.
     pub first_slot: u64,
+    /// When the turn begins on the slot clock (UNIX µs): the handoff's deadline.
+    pub boundary_unix_us: u64,
     /// The member the schedule names.
     pub scheduled: u64,
     /// The member leading when the decision was made.
@@ -559,6 +561,7 @@ impl Rotation {
             epoch,
             turn,
             first_slot: next_slot,
+            boundary_unix_us: u64::try_from(boundary / 1_000).unwrap_or(u64::MAX),
             scheduled,
             leader_before: me,
             leader_after: me,

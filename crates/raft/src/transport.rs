@@ -67,8 +67,12 @@ pub struct TcpTransport {
 
 impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let gone: Vec<u64> =
-            self.gone.iter().filter(|(_, g)| g.load(Ordering::Relaxed)).map(|(id, _)| *id).collect();
+        let gone: Vec<u64> = self
+            .gone
+            .iter()
+            .filter(|(_, g)| g.load(Ordering::Relaxed))
+            .map(|(id, _)| *id)
+            .collect();
         f.debug_struct("TcpTransport")
             .field("peers", &self.queues.keys().collect::<Vec<_>>())
             .field("gone", &gone)
@@ -119,7 +123,8 @@ pub fn connect_peers(
         queues.insert(peer, tx);
         let peer_gone = Arc::new(AtomicBool::new(false));
         gone.insert(peer, Arc::clone(&peer_gone));
-        let link = Link { cluster_id, my_id, peer, address, gone: peer_gone, waker: Arc::clone(&waker) };
+        let link =
+            Link { cluster_id, my_id, peer, address, gone: peer_gone, waker: Arc::clone(&waker) };
         tokio::spawn(writer(link, rx, Arc::clone(&stats), Arc::clone(&blocked)));
     }
     (TcpTransport { queues, gone, waker, stats: Arc::clone(&stats), blocked }, stats)

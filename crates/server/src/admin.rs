@@ -248,6 +248,7 @@ impl adminpb::admin_server::Admin for AdminService {
                 leader_after: t.leader_after,
                 handoff_ms: t.handoff.map_or(0.0, |d| d.as_secs_f64() * 1e3),
                 skipped: t.skipped.clone().unwrap_or_default(),
+                boundary_unix_us: t.boundary_unix_us,
             })
             .collect();
         Ok(Response::new(adminpb::TurnsResponse { member_id: self.shared.member_id, turns }))
