@@ -156,6 +156,48 @@ async fn an_idle_cluster_rotates_every_turn() {
     assert!(on_schedule * 100 >= turns.len() * 95, "turns off schedule: {turns:?}");
 }
 
+/// Waits (up to 8 s) until `member`'s turns are recorded as skipped with a reason that
+/// contains `reason` ("" for any) by another leader; how many.
+async fn skipped_turns(cluster: &ProcessCluster, member: u64, reason: &str, whose: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let recorded = turns(cluster).await;
+        let skipped = recorded
+            .iter()
+            .filter(|t| {
+                t.scheduled == member
+                    && t.leader_before != member
+                    && !t.skipped.is_empty()
+                    && t.skipped.contains(reason)
+            })
+            .count();
+        if skipped > 0 {
+            return skipped;
+        }
+        assert!(Instant::now() < deadline, "{whose} turns were not skipped: {recorded:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Writes until one succeeds (each attempt given 500 ms, all of them 5 s); the time from
+/// `since` to that success.
+async fn writes_again(
+    client: &mut worknode_server::pb::kv_client::KvClient<tonic::transport::Channel>,
+    since: Instant,
+    when: &str,
+) -> Duration {
+    loop {
+        let put = PutRequest { key: b"again".to_vec(), value: b"1".to_vec(), ..Default::default() };
+        if tokio::time::timeout(Duration::from_millis(500), client.put(put))
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < Duration::from_secs(5), "no writes accepted {when}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_scheduled_leader_is_skipped_then_leads_again() {
     let _serial = SERIAL.lock().await;
@@ -171,36 +213,9 @@ async fn a_killed_scheduled_leader_is_skipped_then_leads_again() {
     let killed = Instant::now();
     // The survivors see the leader's host refuse connections and fail over without
     // waiting out the election timeout.
-    loop {
-        let put =
-            PutRequest { key: b"after-kill".to_vec(), value: b"1".to_vec(), ..Default::default() };
-        if tokio::time::timeout(Duration::from_millis(500), client.put(put))
-            .await
-            .is_ok_and(|r| r.is_ok())
-        {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(5),
-            "no writes accepted after the leader died"
-        );
-    }
-    let recovery = killed.elapsed();
+    let recovery = writes_again(&mut client, killed, "after the leader died").await;
     // The dead member's turn comes every third turn; wait for one to be skipped.
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let skipped = loop {
-        let while_down = turns(&cluster).await;
-        let skipped =
-            while_down.iter().filter(|t| t.scheduled == victim_id && !t.skipped.is_empty()).count();
-        if skipped > 0 {
-            break skipped;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the dead member's turns were not recorded as skipped: {while_down:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let skipped = skipped_turns(&cluster, victim_id, "", "the dead member's").await;
     cluster.respawn_after_crash(victim);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = turns(&cluster).await;
@@ -243,40 +258,11 @@ async fn a_partitioned_scheduled_leader_is_skipped_then_leads_again() {
     let cut = Instant::now();
     // A partition refuses nothing: the majority waits out the election timeout (10 ticks
     // of 20 ms; the favoured member's is 12) and elects a leader among itself.
-    let mut client = clients[0].clone();
-    loop {
-        let put =
-            PutRequest { key: b"after-cut".to_vec(), value: b"1".to_vec(), ..Default::default() };
-        if tokio::time::timeout(Duration::from_millis(500), client.put(put))
-            .await
-            .is_ok_and(|r| r.is_ok())
-        {
-            break;
-        }
-        assert!(cut.elapsed() < Duration::from_secs(5), "the majority accepts no writes");
-    }
-    let recovery = cut.elapsed();
+    let recovery =
+        writes_again(&mut clients[0].clone(), cut, "at the majority after the cut").await;
     let (stop, ok, failed, tasks) = load(&cluster, clients);
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let skipped = loop {
-        let cut_off = turns(&cluster).await;
-        let skipped = cut_off
-            .iter()
-            .filter(|t| {
-                t.scheduled == victim_id
-                    && t.leader_before != victim_id
-                    && t.skipped.contains("not been heard")
-            })
-            .count();
-        if skipped > 0 {
-            break skipped;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cut-off member's turns were not skipped as silent: {cut_off:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let skipped =
+        skipped_turns(&cluster, victim_id, "not been heard", "the cut-off member's").await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
