@@ -581,12 +581,21 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
     }
 
-    /// Whether a new write goes to the incoming leader instead of the current one: only
-    /// on a follower, in the last `forward_ahead` of a turn. The target and the time to
-    /// the boundary.
+    /// Whether a new write goes to the incoming leader instead of the current one: on a
+    /// follower in the last `forward_ahead` of a turn, on the leader while it hands over.
+    /// The target and the time to the boundary.
     fn forward_ahead(&mut self) -> Option<(u64, Duration)> {
         if self.raw.raft.state == StateRole::Leader {
-            return None;
+            // Handing over (scheduled): raft-rs refuses proposals until the transfer ends,
+            // so new writes go to the member taking over, which holds them for the moment
+            // it leads instead of waiting here to see the change first.
+            let handing_over = self.rotation.is_some();
+            return self
+                .raw
+                .raft
+                .lead_transferee
+                .filter(|_| handing_over)
+                .map(|t| (t, Duration::ZERO));
         }
         let unix_ns = self.clock.unix_ns();
         self.rotation.as_mut()?.incoming(unix_ns)
@@ -611,7 +620,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         if self.rotation.is_some() {
             self.last_heard.insert(message.from, self.clock.now());
         }
-        // A write forwarded ahead to this member as the incoming leader waits for its turn.
+        // A write forwarded ahead to this member as the incoming leader waits for its turn;
+        // one that reaches a leader handing over goes on to the member taking over.
         if message.get_msg_type() == MessageType::MsgPropose
             && message.from != self.config.id
             && self.held.len() < HELD_MAX
@@ -620,6 +630,12 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 if target == self.config.id {
                     let release = self.clock.now() + until_boundary + self.forward_grace();
                     self.held.push((message, release));
+                    return;
+                }
+                if self.raw.raft.state == StateRole::Leader {
+                    let mut message = message;
+                    message.to = target;
+                    self.transport.send(vec![message]);
                     return;
                 }
             }
