@@ -164,7 +164,7 @@ def pct(values, q):
 transfer = lambda boundary, ms: (boundary - LEAD_US - MARGIN_US, boundary - LEAD_US + int(ms * 1e3) + MARGIN_US)
 windows = {"worknode-rotation": [transfer(t["boundary_unix_us"], t["handoff_ms"]) for t in turns.values()]}
 plain = load("worknode-plain")
-if plain["stalls"]:
+if plain["stalls"] and handoffs:
     first = min(s["end_unix_us"] for s in plain["stalls"]) // TURN_US
     last = max(s["end_unix_us"] for s in plain["stalls"]) // TURN_US + 1
     windows["worknode-plain"] = [transfer(k * TURN_US, pct(handoffs, 0.5)) for k in range(first, last + 1)]
@@ -176,6 +176,8 @@ def across(name, report):
     spans = windows.get(name)
     if spans is None:
         return "-"
+    if report["stalls_unlisted"]:
+        print(f"warning: {name}: {report['stalls_unlisted']} stalls beyond the listed ones were not charged", file=sys.stderr)
     hit = [s["ms"] for s in report["stalls"] for (lo, hi) in spans
            if s["end_unix_us"] - s["ms"] * 1e3 <= hi and s["end_unix_us"] >= lo]
     return f"{max(hit):.1f}" if hit else "< 2"

@@ -132,7 +132,11 @@ impl Tally {
 /// Whether a failed request never left this client: the member's address refused the
 /// connection (or none could be made), so sending it elsewhere cannot apply it twice.
 fn unsent(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable && status.message().contains("connect")
+    // tonic's own words for a failed connect; a server's Unavailable (etcd's "request
+    // timed out, possibly due to connection lost") may have been applied and is an error.
+    let message = status.message();
+    status.code() == tonic::Code::Unavailable
+        && (message.contains("tcp connect error") || message.contains("error trying to connect"))
 }
 
 /// Whether the connection itself failed (the member may be gone): try another endpoint.

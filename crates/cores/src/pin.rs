@@ -43,17 +43,20 @@ pub(crate) fn set_current_affinity(cpus: &CpuSet) -> io::Result<()> {
 /// its real-time priority when it has one. This moves the thread to the plan's
 /// housekeeping CPUs (with an authority whose plan has any; it claims no reserved core, so
 /// it needs no grant), back to SCHED_OTHER, at `nice` (0 to 19).
+/// Every step is tried even if an earlier one fails (the policy first: a real-time helper
+/// is the worst outcome); the first failure is returned.
 pub fn make_current_background(authority: Option<&CoreAuthority>, nice: i32) -> io::Result<()> {
-    if let Some(authority) = authority {
-        let housekeeping = authority.plan().housekeeping();
-        if !housekeeping.is_empty() {
-            sys::set_affinity(&to_mask(housekeeping))?;
-        }
-    }
-    if sys::scheduler()? != libc::SCHED_OTHER {
-        sys::set_other()?;
-    }
-    sys::set_thread_nice(nice)
+    let policy = match sys::scheduler() {
+        Ok(libc::SCHED_OTHER) => Ok(()),
+        Ok(_) => sys::set_other(),
+        Err(error) => Err(error),
+    };
+    let affinity = match authority.map(|a| a.plan().housekeeping()) {
+        Some(housekeeping) if !housekeeping.is_empty() => sys::set_affinity(&to_mask(housekeeping)),
+        _ => Ok(()),
+    };
+    let niceness = sys::set_thread_nice(nice);
+    policy.and(affinity).and(niceness)
 }
 
 /// The calling thread's kernel thread id (the `TID` of `/proc/self/task/TID`).

@@ -383,14 +383,14 @@ impl Store {
             })
             .collect();
         for (key, keep_from) in changed {
-            let kept = self.keys.get(&key).map(|history| history[keep_from..].to_vec());
-            match kept {
-                Some(kept) if !kept.is_empty() => {
-                    self.keys.insert(key, Arc::new(kept));
-                }
-                _ => {
-                    self.keys.remove(&key);
-                }
+            let emptied = self.keys.get_mut(&key).is_some_and(|history| {
+                // Moves the kept entries; copies them only if a snapshot shares them.
+                let history = Arc::make_mut(history);
+                history.drain(..keep_from);
+                history.is_empty()
+            });
+            if emptied {
+                self.keys.remove(&key);
             }
         }
         self.compact_revision = revision;

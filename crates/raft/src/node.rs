@@ -616,6 +616,10 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             // A candidate that saw the leader's process gone may ask before this loop
             // looked: look now, or the leader lease refuses the vote for a whole timeout.
             self.notice_leader_gone(self.clock.now());
+            // Someone else is campaigning already: two candidates would split the vote.
+            if message.from != self.config.id {
+                self.campaign_at = None;
+            }
         }
         if self.rotation.is_some() {
             self.last_heard.insert(message.from, self.clock.now());
@@ -883,8 +887,12 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let election = raft.election_timeout();
         raft.election_elapsed = raft.election_elapsed.max(election);
         if election >= 2 {
-            // The longest timeout raft-rs accepts: the successor goes first.
-            raft.set_randomized_election_timeout(2 * election - 1);
+            // The successor goes first; should it fail, the others' timeouts stay spread
+            // over [E + 2, 2E) so that they do not all campaign on the same tick.
+            let spread = election.saturating_sub(3).max(1) as u64;
+            let draw = self.clock.unix_ns().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ raft.id;
+            let timeout = (election + 2 + (draw % spread) as usize).min(2 * election - 1);
+            raft.set_randomized_election_timeout(timeout.max(election));
         }
         if successor == raft.id {
             // Long enough for the other followers' connections to see the same refusal.

@@ -49,6 +49,16 @@ pub struct TransportStats {
     pub bad_connections: AtomicU64,
     /// Connection attempts a peer's address refused (nothing listening there).
     pub refused: AtomicU64,
+    /// Per peer: its address refused our last connection attempt and it has not connected
+    /// to us since (its process is gone). Set by the writers, cleared by a successful
+    /// connect or by the peer's hello on an inbound connection (it restarted).
+    pub gone: HashMap<u64, AtomicBool>,
+}
+
+impl TransportStats {
+    fn mark(&self, peer: u64, gone: bool) -> bool {
+        self.gone.get(&peer).is_some_and(|flag| flag.swap(gone, Ordering::Relaxed) != gone)
+    }
 }
 
 /// Peers this member currently refuses to talk to (fault injection for tests).
@@ -57,8 +67,6 @@ pub type Blocked = Arc<Mutex<HashSet<u64>>>;
 /// The sending side, owned by the Raft loop.
 pub struct TcpTransport {
     queues: HashMap<u64, mpsc::Sender<Vec<u8>>>,
-    /// Per peer: its address refused our last connection attempt.
-    gone: HashMap<u64, Arc<AtomicBool>>,
     /// Wakes the Raft loop when a peer is found gone.
     waker: Arc<OnceLock<Waker>>,
     stats: Arc<TransportStats>,
@@ -68,6 +76,7 @@ pub struct TcpTransport {
 impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let gone: Vec<u64> = self
+            .stats
             .gone
             .iter()
             .filter(|(_, g)| g.load(Ordering::Relaxed))
@@ -99,7 +108,7 @@ impl Transport for TcpTransport {
     }
 
     fn peer_gone(&self, peer: u64) -> bool {
-        self.gone.get(&peer).is_some_and(|gone| gone.load(Ordering::Relaxed))
+        self.stats.gone.get(&peer).is_some_and(|gone| gone.load(Ordering::Relaxed))
     }
 
     fn set_waker(&mut self, waker: Waker) {
@@ -114,20 +123,19 @@ pub fn connect_peers(
     peers: &[(u64, SocketAddr)],
     blocked: Blocked,
 ) -> (TcpTransport, Arc<TransportStats>) {
-    let stats = Arc::new(TransportStats::default());
+    let others: Vec<(u64, SocketAddr)> =
+        peers.iter().copied().filter(|(id, _)| *id != my_id).collect();
+    let gone = others.iter().map(|(id, _)| (*id, AtomicBool::new(false))).collect();
+    let stats = Arc::new(TransportStats { gone, ..TransportStats::default() });
     let mut queues = HashMap::new();
-    let mut gone = HashMap::new();
     let waker = Arc::new(OnceLock::new());
-    for &(peer, address) in peers.iter().filter(|(id, _)| *id != my_id) {
+    for (peer, address) in others {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
         queues.insert(peer, tx);
-        let peer_gone = Arc::new(AtomicBool::new(false));
-        gone.insert(peer, Arc::clone(&peer_gone));
-        let link =
-            Link { cluster_id, my_id, peer, address, gone: peer_gone, waker: Arc::clone(&waker) };
+        let link = Link { cluster_id, my_id, peer, address, waker: Arc::clone(&waker) };
         tokio::spawn(writer(link, rx, Arc::clone(&stats), Arc::clone(&blocked)));
     }
-    (TcpTransport { queues, gone, waker, stats: Arc::clone(&stats), blocked }, stats)
+    (TcpTransport { queues, waker, stats: Arc::clone(&stats), blocked }, stats)
 }
 
 /// One outbound connection's identity.
@@ -136,8 +144,6 @@ struct Link {
     my_id: u64,
     peer: u64,
     address: SocketAddr,
-    /// Set while the peer's address refuses connections.
-    gone: Arc<AtomicBool>,
     waker: Arc<OnceLock<Waker>>,
 }
 
@@ -153,13 +159,13 @@ async fn writer(
     loop {
         let stream = match TcpStream::connect(address).await {
             Ok(stream) => {
-                link.gone.store(false, Ordering::Relaxed);
+                stats.mark(peer, false);
                 stream
             }
             Err(error) => {
                 if error.kind() == ErrorKind::ConnectionRefused {
                     stats.refused.fetch_add(1, Ordering::Relaxed);
-                    if !link.gone.swap(true, Ordering::Relaxed) {
+                    if stats.mark(peer, true) {
                         tracing::info!(peer, %address, "peer refuses connections: its process is not running");
                         if let Some(wake) = link.waker.get() {
                             wake();
@@ -184,43 +190,68 @@ async fn writer(
         let (mut incoming, mut stream) = stream.into_split();
         let mut buffer = Vec::new();
         frame::encode(&Frame::Hello { cluster_id, from: my_id }, &mut buffer);
+        let mut sent_any = false;
+        if stream.write_all(&buffer).await.is_ok() {
+            let served =
+                serve_connection(&mut queue, &mut incoming, &mut stream, peer, &stats, &blocked);
+            match served.await {
+                Some(sent) => sent_any = sent,
+                None => return,
+            }
+        }
+        if sent_any {
+            backoff = BACKOFF_MIN;
+        } else {
+            // Closed before carrying anything (a peer that accepts and hangs up): wait
+            // before trying again rather than spin on connect, hello, close.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// Sends what is queued on one connection until it breaks or the peer is partitioned
+/// off; whether it carried any frame. `None`: the queue closed (the node stopped).
+async fn serve_connection(
+    queue: &mut mpsc::Receiver<Vec<u8>>,
+    incoming: &mut tokio::net::tcp::OwnedReadHalf,
+    stream: &mut tokio::net::tcp::OwnedWriteHalf,
+    peer: u64,
+    stats: &TransportStats,
+    blocked: &Blocked,
+) -> Option<bool> {
+    let mut sent_any = false;
+    let mut buffer = Vec::new();
+    let mut probe = [0u8; 64];
+    loop {
+        let first = tokio::select! {
+            message = queue.recv() => message?,
+            // The peer never writes here: end of stream or an error means it closed the
+            // connection (or died). Reconnect at once rather than at the next send.
+            read = incoming.read(&mut probe) => match read {
+                Ok(0) | Err(_) => return Some(sent_any),
+                Ok(_) => continue,
+            },
+        };
+        if blocked.lock().unwrap_or_else(PoisonError::into_inner).contains(&peer) {
+            // Partitioned: close the connection and drop what was queued.
+            stats.dropped_blocked.fetch_add(1, Ordering::Relaxed);
+            return Some(sent_any);
+        }
+        let mut batch = vec![first];
+        while batch.len() < MESSAGES_PER_FRAME_MAX {
+            match queue.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
+        }
+        buffer.clear();
+        frame::encode(&Frame::Messages(batch), &mut buffer);
         if stream.write_all(&buffer).await.is_err() {
-            continue;
+            return Some(sent_any);
         }
-        backoff = BACKOFF_MIN;
-        let mut probe = [0u8; 64];
-        loop {
-            let first = tokio::select! {
-                message = queue.recv() => match message {
-                    Some(message) => message,
-                    None => return,
-                },
-                // The peer never writes here: end of stream or an error means it closed the
-                // connection (or died). Reconnect at once rather than at the next send.
-                read = incoming.read(&mut probe) => match read {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => continue,
-                },
-            };
-            if blocked.lock().unwrap_or_else(PoisonError::into_inner).contains(&peer) {
-                // Partitioned: close the connection and drop what was queued.
-                stats.dropped_blocked.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-            let mut batch = vec![first];
-            while batch.len() < MESSAGES_PER_FRAME_MAX {
-                match queue.try_recv() {
-                    Ok(message) => batch.push(message),
-                    Err(_) => break,
-                }
-            }
-            buffer.clear();
-            frame::encode(&Frame::Messages(batch), &mut buffer);
-            if stream.write_all(&buffer).await.is_err() {
-                break;
-            }
-            stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-        }
+        sent_any = true;
+        stats.frames_sent.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -272,6 +303,8 @@ async fn reader(
                                 return;
                             }
                             from = Some(sender);
+                            // It connected to us: its process runs (again).
+                            stats.mark(sender, false);
                         }
                         (Frame::Messages(messages), Some(sender)) => {
                             if blocked

@@ -20,6 +20,7 @@ struct Running {
     handle: NodeHandle,
     thread: thread::JoinHandle<()>,
     blocked: worknode_raft::transport::Blocked,
+    stats: std::sync::Arc<worknode_raft::transport::TransportStats>,
 }
 
 struct Cluster {
@@ -102,6 +103,7 @@ impl Cluster {
             member.blocked.clone(),
         ));
         let blocked = member.blocked.clone();
+        let stats = member.stats.clone();
         let node = member.node;
         let data_dir = member.data_dir;
         let thread = thread::spawn(move || {
@@ -109,7 +111,7 @@ impl Cluster {
             peer_server.abort();
             drop(data_dir);
         });
-        self.members[index] = Some(Running { handle, thread, blocked });
+        self.members[index] = Some(Running { handle, thread, blocked, stats });
     }
 
     fn stop(&mut self, index: usize) {
@@ -393,5 +395,37 @@ fn leadership_follows_the_schedule_and_writes_never_fail() {
         settled.iter().filter(|t| t.leader_after != t.scheduled).take(5).collect::<Vec<_>>()
     );
     assert!(failures.is_empty(), "writes failed during handoffs: {failures:?}");
+    cluster.assert_converged();
+}
+
+/// Waits (up to 5 s) until some running member's transport says whether `peer` is gone.
+fn wait_gone(cluster: &Cluster, peer: u64, gone: bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = cluster.members.iter().flatten().filter_map(|m| m.stats.gone.get(&peer));
+        let flags: Vec<bool> =
+            seen.map(|flag| flag.load(std::sync::atomic::Ordering::Relaxed)).collect();
+        if (gone && flags.contains(&true)) || (!gone && !flags.contains(&true)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "member {peer} gone flags stay {flags:?}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_stopped_member_is_known_gone_until_it_connects_again() {
+    // The transport's evidence for fast failover: a refused connection marks the peer
+    // gone, and the peer's own hello when it returns clears the mark at once (a stale
+    // mark would make a live leader look dead).
+    let mut cluster = Cluster::new("gone", 3, 10_000);
+    let leader = cluster.wait_for_leader();
+    let down = (leader + 1) % 3;
+    let down_id = cluster.peers[down].0;
+    cluster.stop(down);
+    wait_gone(&cluster, down_id, true);
+    cluster.start(down);
+    wait_gone(&cluster, down_id, false);
+    cluster.put(down, 2, 1, "back", "1").unwrap();
     cluster.assert_converged();
 }
