@@ -22,7 +22,7 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-endpoints="127.0.0.1:42379,127.0.0.1:42479,127.0.0.1:42579"
+endpoints="127.0.0.1:12379,127.0.0.1:12479,127.0.0.1:12579"
 run_suite() { # $1 = system name
   local name=$1
   "$worknode" bench put --endpoints "$endpoints" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$name-put-1.json"
@@ -40,11 +40,11 @@ wait_ready() {
 
 echo "== etcd $(etcd --version | head -1 | awk '{print $3}'), 3 members, fsync on"
 cluster=""
-for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:4${i}380,"; done
+for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:1${i}380,"; done
 for i in 1 2 3; do
   etcd --name "e$i" --data-dir "$work/etcd$i" \
-    --listen-client-urls "http://127.0.0.1:42$((i + 2))79" --advertise-client-urls "http://127.0.0.1:42$((i + 2))79" \
-    --listen-peer-urls "http://127.0.0.1:4${i}380" --initial-advertise-peer-urls "http://127.0.0.1:4${i}380" \
+    --listen-client-urls "http://127.0.0.1:12$((i + 2))79" --advertise-client-urls "http://127.0.0.1:12$((i + 2))79" \
+    --listen-peer-urls "http://127.0.0.1:1${i}380" --initial-advertise-peer-urls "http://127.0.0.1:1${i}380" \
     --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token bench \
     --logger zap --log-level error > "$work/etcd$i.log" 2>&1 &
   pids+=($!)
@@ -66,18 +66,18 @@ pin = "off"   # three members share this host's CPUs, as the etcd members did
 [[member]]
 id = 1
 name = "n1"
-peer = "127.0.0.1:41380"
-client = "127.0.0.1:42379"
+peer = "127.0.0.1:11380"
+client = "127.0.0.1:12379"
 [[member]]
 id = 2
 name = "n2"
-peer = "127.0.0.1:42380"
-client = "127.0.0.1:42479"
+peer = "127.0.0.1:12380"
+client = "127.0.0.1:12479"
 [[member]]
 id = 3
 name = "n3"
-peer = "127.0.0.1:43380"
-client = "127.0.0.1:42579"
+peer = "127.0.0.1:13380"
+client = "127.0.0.1:12579"
 TOML
   "$worknode" serve --config "$work/n$i.toml" > "$work/worknode$i.log" 2>&1 &
   pids+=($!)

@@ -25,7 +25,7 @@ work=$(mktemp -d /tmp/rotation-bench.XXXXXX)
 pids=()
 stop_all() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 trap 'stop_all; rm -rf "$work"' EXIT
-endpoints="127.0.0.1:52379,127.0.0.1:52479,127.0.0.1:52579"
+endpoints="127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579"
 export ETCDCTL_API=3
 
 wait_ready() {
@@ -58,36 +58,36 @@ pin = "off"
 [[member]]
 id = 1
 name = "n1"
-peer = "127.0.0.1:51380"
-client = "127.0.0.1:52379"
+peer = "127.0.0.1:21380"
+client = "127.0.0.1:22379"
 [[member]]
 id = 2
 name = "n2"
-peer = "127.0.0.1:52380"
-client = "127.0.0.1:52479"
+peer = "127.0.0.1:22380"
+client = "127.0.0.1:22479"
 [[member]]
 id = 3
 name = "n3"
-peer = "127.0.0.1:53380"
-client = "127.0.0.1:52579"
+peer = "127.0.0.1:23380"
+client = "127.0.0.1:22579"
 TOML
     "$worknode" serve --config "$work/n$i-$2.toml" > "$work/w$i-$2.log" 2>&1 &
     pids+=($!)
-    echo "127.0.0.1:52$((i + 2))79" > "$work/cmd-$!"
+    echo "127.0.0.1:22$((i + 2))79" > "$work/cmd-$!"
   done
   wait_ready
 }
 start_etcd() { # $1 = data suffix
   local cluster="" i
-  for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:5${i}380,"; done
+  for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:2${i}380,"; done
   for i in 1 2 3; do
     etcd --name "e$i" --data-dir "$work/etcd$i-$1" \
-      --listen-client-urls "http://127.0.0.1:52$((i + 2))79" --advertise-client-urls "http://127.0.0.1:52$((i + 2))79" \
-      --listen-peer-urls "http://127.0.0.1:5${i}380" --initial-advertise-peer-urls "http://127.0.0.1:5${i}380" \
+      --listen-client-urls "http://127.0.0.1:22$((i + 2))79" --advertise-client-urls "http://127.0.0.1:22$((i + 2))79" \
+      --listen-peer-urls "http://127.0.0.1:2${i}380" --initial-advertise-peer-urls "http://127.0.0.1:2${i}380" \
       --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token "rot-$1" \
       --logger zap --log-level error > "$work/etcd$i-$1.log" 2>&1 &
     pids+=($!)
-    echo "127.0.0.1:52$((i + 2))79" > "$work/cmd-$!"
+    echo "127.0.0.1:22$((i + 2))79" > "$work/cmd-$!"
   done
   wait_ready
 }
