@@ -859,8 +859,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     /// timeout, which exists to tell a dead leader from a slow one: this one is known
     /// dead. It gives up the leader lease at once (so it grants the successor's vote) and
     /// the successor — the member elections favour, else the lowest-id live voter —
-    /// campaigns a moment later; the others keep the longest election timeout in case it
-    /// fails. Only liveness changes: votes and commits follow Raft as always, and a leader
+    /// campaigns a moment later; the others spread their timeouts over [E + 2, 2E) in case
+    /// it fails. Only liveness changes: votes and commits follow Raft as always, and a leader
     /// that is silent but not refusing (a partition, a dead host) is left to the timeout.
     fn notice_leader_gone(&mut self, now: Instant) {
         if let Some(at) = self.campaign_at {
