@@ -192,4 +192,8 @@ for label, name in [("worknode, rotation on (400 ms turns)", "worknode-rotation"
     print(f"| {label} | {r['ops_per_s']:.0f} | {r['ops_per_s'] / base:.3f}× | {r['errors']} | {r['failovers']} | {r['stall_ms_max']:.1f} | {across(name, r)} | {r['p99_ms']:.2f} |")
 print()
 print(f"worknode handoffs recorded: {len(handoffs)}, p50 {pct(handoffs, 0.5):.2f} ms, p99 {pct(handoffs, 0.99):.2f} ms")
+if turns:
+    slow = max(turns.values(), key=lambda t: t["handoff_ms"])
+    print(f"slowest handoff {slow['handoff_ms']:.2f} ms: TimeoutNow sent after {slow['timeout_now_ms']:.2f} ms, "
+          f"leader stepped down after {slow['stepped_down_ms']:.2f} ms, new leader seen at the end")
 PY

@@ -66,6 +66,8 @@ pub(crate) struct TurnRow {
     pub(crate) leader_before: u64,
     pub(crate) leader_after: u64,
     pub(crate) handoff_ms: f64,
+    pub(crate) timeout_now_ms: f64,
+    pub(crate) stepped_down_ms: f64,
     pub(crate) skipped: String,
 }
 
@@ -369,6 +371,8 @@ pub(crate) async fn fetch(
             leader_before: t.leader_before,
             leader_after: t.leader_after,
             handoff_ms: t.handoff_ms,
+            timeout_now_ms: t.timeout_now_ms,
+            stepped_down_ms: t.stepped_down_ms,
             skipped: t.skipped,
         })
         .collect();

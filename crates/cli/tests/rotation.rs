@@ -100,6 +100,16 @@ async fn healthy_cluster_leads_on_schedule_without_client_errors() {
     assert!(turns.len() >= 40, "too few turns: {}", turns.len());
     assert!(share >= 0.99, "{:.1}% of turns on schedule", share * 100.0);
     assert!(handoffs.len() >= turns.len() / 2, "leadership did not rotate");
+    // Every handoff explains itself: TimeoutNow sent, then the leader stepped down, then
+    // the new leader seen.
+    for turn in turns.iter().filter(|t| t.handoff_ms > 0.0) {
+        assert!(
+            0.0 < turn.timeout_now_ms
+                && turn.timeout_now_ms <= turn.stepped_down_ms
+                && turn.stepped_down_ms <= turn.handoff_ms,
+            "handoff phases out of order: {turn:?}"
+        );
+    }
     assert_eq!(failed.load(Ordering::Relaxed), 0, "planned handoffs cost clients errors");
     // Prometheus counts the same handoffs the turn logs record.
     let (mut counted, mut forwarded) = (0.0, 0.0);

@@ -959,7 +959,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
         let mut ready = self.raw.ready();
         if !ready.messages().is_empty() {
-            self.transport.send(ready.take_messages());
+            let messages = ready.take_messages();
+            self.note_timeout_now(&messages);
+            self.transport.send(messages);
         }
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
@@ -987,12 +989,26 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             self.raw.mut_store().persist(&[], Some(&hard_state), false)?;
         }
         if !light.messages().is_empty() {
-            self.transport.send(light.take_messages());
+            let messages = light.take_messages();
+            self.note_timeout_now(&messages);
+            self.transport.send(messages);
         }
         self.apply(light.take_committed_entries());
         self.raw.advance_apply();
         self.serve_reads();
         Ok(())
+    }
+
+    /// A handing-over leader's MsgTimeoutNow marks a phase of the handoff (turn log).
+    fn note_timeout_now(&mut self, messages: &[Message]) {
+        if self.raw.raft.lead_transferee.is_none() {
+            return;
+        }
+        if messages.iter().any(|m| m.get_msg_type() == MessageType::MsgTimeoutNow) {
+            if let Some(rotation) = &mut self.rotation {
+                rotation.timeout_now_sent(self.clock.now());
+            }
+        }
     }
 
     fn apply(&mut self, entries: Vec<Entry>) {

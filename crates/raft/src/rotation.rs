@@ -198,10 +198,27 @@ pub struct TurnRecord {
     pub leader_after: u64,
     /// How long the transfer took, when there was one.
     pub handoff: Option<Duration>,
+    /// Into the transfer, when the leader sent the target MsgTimeoutNow (the target had
+    /// caught up); a late one means the target lagged.
+    pub timeout_now: Option<Duration>,
+    /// Into the transfer, when the leader stepped down (the target's campaign reached it);
+    /// the rest of the handoff is the election finishing and the new leader's first append.
+    pub stepped_down: Option<Duration>,
     /// Why the turn was skipped, when it was.
     pub skipped: Option<String>,
     /// The kind of reason, a fixed word for metrics labels (`silent`, `lagging`, …).
     pub skip_kind: Option<&'static str>,
+}
+
+/// A leadership transfer in flight.
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    target: u64,
+    started: Instant,
+    /// The first slot of the turn it is for.
+    first_slot: u64,
+    timeout_now: Option<Instant>,
+    stepped_down: Option<Instant>,
 }
 
 /// A transfer not done by then has failed.
@@ -258,8 +275,8 @@ pub struct Rotation {
     schedules: BTreeMap<(u64, u64), LeaderSchedule>,
     /// First slot of the turn already decided.
     decided: Option<u64>,
-    /// Transfer in flight: target, start, and the first slot of the turn it is for.
-    transfer: Option<(u64, Instant, u64)>,
+    /// Transfer in flight.
+    transfer: Option<Transfer>,
     /// When this member last became leader (UNIX ns), while it leads.
     led_since_unix_ns: Option<u64>,
     log: Arc<Mutex<TurnLog>>,
@@ -495,21 +512,34 @@ impl Rotation {
             (false, Some(_)) => self.led_since_unix_ns = None,
             _ => {}
         }
-        let Some((target, started, _)) = self.transfer else {
+        let Some(transfer) = &mut self.transfer else {
             return;
         };
+        if leader != me {
+            transfer.stepped_down.get_or_insert(now);
+        }
         // raft-rs abandons a transfer after an election timeout; this is well past it.
-        if leader == target || now.duration_since(started) > TRANSFER_GIVE_UP {
+        if leader == transfer.target || now.duration_since(transfer.started) > TRANSFER_GIVE_UP {
             self.finish_transfer(leader, now);
+        }
+    }
+
+    /// Notes that the leader sent the transfer target MsgTimeoutNow.
+    pub fn timeout_now_sent(&mut self, now: Instant) {
+        if let Some(transfer) = &mut self.transfer {
+            transfer.timeout_now.get_or_insert(now);
         }
     }
 
     /// Closes the running transfer: a handoff if `leader` is its target, else a failure.
     fn finish_transfer(&mut self, leader: u64, now: Instant) {
-        let Some((target, started, first_slot)) = self.transfer.take() else {
+        let Some(Transfer { target, started, first_slot, timeout_now, stepped_down }) =
+            self.transfer.take()
+        else {
             return;
         };
         let took = now.duration_since(started);
+        let since_start = |at: Option<Instant>| at.map(|at| at.duration_since(started));
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         if leader == target {
             log.metrics.handoff(took);
@@ -518,6 +548,8 @@ impl Rotation {
         }
         if let Some(record) = log.records.iter_mut().rev().find(|r| r.first_slot == first_slot) {
             record.leader_after = leader;
+            record.timeout_now = since_start(timeout_now);
+            record.stepped_down = since_start(stepped_down);
             if leader == target {
                 record.handoff = Some(took);
             } else {
@@ -566,6 +598,8 @@ impl Rotation {
             leader_before: me,
             leader_after: me,
             handoff: None,
+            timeout_now: None,
+            stepped_down: None,
             skipped: None,
             skip_kind: None,
         };
@@ -585,7 +619,13 @@ impl Rotation {
         }
         record.leader_after = 0;
         self.record(record);
-        self.transfer = Some((scheduled, now, next_slot));
+        self.transfer = Some(Transfer {
+            target: scheduled,
+            started: now,
+            first_slot: next_slot,
+            timeout_now: None,
+            stepped_down: None,
+        });
         Some(scheduled)
     }
 }
