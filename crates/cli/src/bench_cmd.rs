@@ -299,8 +299,11 @@ async fn measure(
                     Err(status) => status,
                 };
                 // Like etcd's client: a member that cannot be reached is left for the next.
-                let moved = connection_failed(&status)
-                    && others.next().map(|next| client = KvClient::new(next)).is_some();
+                let next = if connection_failed(&status) { others.next() } else { None };
+                let moved = next.is_some();
+                if let Some(next) = next {
+                    client = KvClient::new(next);
+                }
                 let failover = moved && unsent(&status);
                 {
                     let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);

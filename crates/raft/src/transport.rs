@@ -75,16 +75,9 @@ pub struct TcpTransport {
 
 impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let gone: Vec<u64> = self
-            .stats
-            .gone
-            .iter()
-            .filter(|(_, g)| g.load(Ordering::Relaxed))
-            .map(|(id, _)| *id)
-            .collect();
+        // The waker (a closure) has nothing to show; the stats hold the gone flags.
         f.debug_struct("TcpTransport")
             .field("peers", &self.queues.keys().collect::<Vec<_>>())
-            .field("gone", &gone)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -155,7 +148,6 @@ async fn writer(
 ) {
     let Link { cluster_id, my_id, peer, address, .. } = link;
     let mut backoff = BACKOFF_MIN;
-    let mut carry: Vec<Vec<u8>> = Vec::new();
     loop {
         let stream = match TcpStream::connect(address).await {
             Ok(stream) => {
@@ -172,15 +164,15 @@ async fn writer(
                         }
                     }
                 }
-                // Keep only the newest messages while the peer is unreachable.
-                while carry.len() < PEER_QUEUE_MAX {
+                // Drop what queued while the peer is unreachable: it would be stale by the
+                // time it arrives, and Raft sends again what still matters.
+                loop {
                     match queue.try_recv() {
-                        Ok(message) => carry.push(message),
+                        Ok(_) => {}
                         Err(mpsc::error::TryRecvError::Empty) => break,
                         Err(mpsc::error::TryRecvError::Disconnected) => return,
                     }
                 }
-                carry.clear();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
