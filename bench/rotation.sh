@@ -4,6 +4,13 @@
 #   1. worknode with scheduled leadership (400 ms turns: 100 ms slots × 4)
 #   2. worknode with rotation off
 #   3. etcd 3.4 (Debian etcd-server) with `etcdctl move-leader` every 3 s
+# Runs 1 and 2 are two clusters started together; the load alternates between them in
+# SEGMENTS (default 6) pieces per side, in on-off-off-on order, so the machine's drift
+# (this VM's throughput moves by 15% between minutes) falls on both alike, and each
+# segment turns the endpoint list so every member takes the second client on its address
+# equally often (a client on the leader's own address skips the forwarding hop). The idle
+# cluster keeps running: the rotating one still hands over every turn while idle, which
+# costs the rotation-off side a little, not the rotation side.
 # and, separately, kill -9 of the leader under the same load (worknode with rotation, etcd).
 # Reports client-visible errors, throughput, the longest stall between completions over the
 # whole run and the longest one that overlaps a handoff, ±5 ms: worknode's transfers run
@@ -15,22 +22,27 @@
 # a request a dead member's address refused goes to the next endpoint (a "failover", not
 # an error); a request in flight at a member that dies is an error (its outcome is unknown).
 #
-# Usage: bench/rotation.sh [SECONDS per run]   (default 30)
+# Usage: bench/rotation.sh [SECONDS per run] [SEGMENTS]   (defaults 30 and 6)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
+segments=${2:-6}
+segment_s=$(awk "BEGIN { s = $seconds / $segments; print (s < 1 ? 1 : s) }")
 scripts/deps.sh >/dev/null
 if [ -n "${WORKNODE_BIN:-}" ]; then worknode=$WORKNODE_BIN; else cargo build --release -q -p worknode-cli; worknode=target/release/worknode; fi
 work=$(mktemp -d /tmp/rotation-bench.XXXXXX)
 pids=()
 stop_all() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
-trap 'stop_all; rm -rf "$work"' EXIT
+# A failed run keeps its logs and data for a look.
+trap 'status=$?; stop_all; if [ $status = 0 ]; then rm -rf "$work"; else echo "kept $work for a look" >&2; fi' EXIT
 endpoints="127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579"
+# The rotation-off cluster while both worknode clusters run.
+plain_endpoints="127.0.0.1:22389,127.0.0.1:22489,127.0.0.1:22589"
 export ETCDCTL_API=3
 
-wait_ready() {
+wait_ready() { # $1 = endpoints (default: $endpoints)
   for _ in $(seq 1 100); do
-    etcdctl --endpoints="$endpoints" --command-timeout=1s put ready 1 >/dev/null 2>&1 && return 0
+    etcdctl --endpoints="${1:-$endpoints}" --command-timeout=1s put ready 1 >/dev/null 2>&1 && return 0
     sleep 0.2
   done
   echo "cluster did not become ready" >&2; exit 1
@@ -43,7 +55,8 @@ leader_pid() { # $1 = system; the process serving the leader's client port
   done
 }
 
-start_worknode() { # $1 = on|off, $2 = data suffix
+start_worknode() { # $1 = on|off, $2 = data suffix, $3 = port digit (8, or 9 for a second cluster)
+  local p=${3:-8} c=$((${3:-8} - 1))
   for i in 1 2 3; do
     cat > "$work/n$i-$2.toml" <<TOML
 cluster = "rotation-$2"
@@ -58,24 +71,24 @@ pin = "off"
 [[member]]
 id = 1
 name = "n1"
-peer = "127.0.0.1:21380"
-client = "127.0.0.1:22379"
+peer = "127.0.0.1:213${p}0"
+client = "127.0.0.1:223${c}9"
 [[member]]
 id = 2
 name = "n2"
-peer = "127.0.0.1:22380"
-client = "127.0.0.1:22479"
+peer = "127.0.0.1:223${p}0"
+client = "127.0.0.1:224${c}9"
 [[member]]
 id = 3
 name = "n3"
-peer = "127.0.0.1:23380"
-client = "127.0.0.1:22579"
+peer = "127.0.0.1:233${p}0"
+client = "127.0.0.1:225${c}9"
 TOML
     "$worknode" serve --config "$work/n$i-$2.toml" > "$work/w$i-$2.log" 2>&1 &
     pids+=($!)
-    echo "127.0.0.1:22$((i + 2))79" > "$work/cmd-$!"
+    echo "127.0.0.1:22$((i + 2))${c}9" > "$work/cmd-$!"
   done
-  wait_ready
+  if [ "$p" = 8 ]; then wait_ready; else wait_ready "$plain_endpoints"; fi
 }
 start_etcd() { # $1 = data suffix
   local cluster="" i
@@ -91,17 +104,29 @@ start_etcd() { # $1 = data suffix
   done
   wait_ready
 }
-load() { # $1 = output name
-  "$worknode" bench put --endpoints "$endpoints" --clients 4 --connections 4 --duration "${seconds}s" --json > "$work/$1.json"
+load() { # $1 = output name, $2 = duration (default: the run), $3 = endpoints (default: $endpoints)
+  "$worknode" bench put --endpoints "${3:-$endpoints}" --clients 4 --connections 4 --duration "${2:-$seconds}s" --json > "$work/$1.json"
 }
 handoffs() { # turn logs of every member → handoff durations
   for ep in ${endpoints//,/ }; do "$worknode" status --endpoints "$ep" --json --handoffs 1024 2>/dev/null || true; done > "$work/$1-status.json"
 }
 
-echo "== worknode, rotation on (400 ms turns)"
-start_worknode on rot; load worknode-rotation; handoffs worknode-rotation; stop_all
-echo "== worknode, rotation off"
-start_worknode off plain; load worknode-plain; stop_all
+echo "== worknode, rotation on (400 ms turns) and off, alternating $segments × ${segment_s} s each"
+start_worknode on rot 8; start_worknode off plain 9
+for k in $(seq 1 "$segments"); do
+  if [ $((k % 2)) = 1 ]; then order="rotation plain"; else order="plain rotation"; fi
+  for side in $order; do
+    if [ $side = rotation ]; then eps=$endpoints; else eps=$plain_endpoints; fi
+    # 4 clients on 3 members: one member serves two. Which one turns with the segment,
+    # so the rotation-off leader is not favoured (or slighted) for the whole run.
+    IFS=, read -r a b c <<< "$eps"
+    case $((k % 3)) in 1) eps="$b,$c,$a" ;; 2) eps="$c,$a,$b" ;; esac
+    echo "$(date +%s%6N)" >> "$work/worknode-$side-segments.txt"
+    load "worknode-$side-$k" "$segment_s" "$eps"
+    echo "$(date +%s%6N)" >> "$work/worknode-$side-segments.txt"
+  done
+done
+handoffs worknode-rotation; stop_all
 echo "== etcd, move-leader every 3 s"
 start_etcd move
 ( end=$((SECONDS + seconds)); while [ $SECONDS -lt $end ]; do
@@ -137,10 +162,24 @@ for system in worknode etcd; do
   load "$system-kill"; wait "$killer" || true; stop_all
 done
 
-python3 - "$work" "$seconds" <<'PY'
+python3 - "$work" "$seconds" "$segments" <<'PY'
 import json, os, sys, datetime
-work, seconds = sys.argv[1], sys.argv[2]
-load = lambda name: json.load(open(f"{work}/{name}.json"))
+work, seconds, segments = sys.argv[1], sys.argv[2], sys.argv[3]
+def load(name):
+    if os.path.exists(f"{work}/{name}.json"):
+        return json.load(open(f"{work}/{name}.json"))
+    # Alternating segments: summed, the worst segment's p99, every segment's stalls.
+    parts = [json.load(open(f"{work}/{name}-{k}.json")) for k in range(1, 1 + int(segments))]
+    ops, duration = sum(p["ops"] for p in parts), sum(p["duration_s"] for p in parts)
+    return {"ops_per_s": ops / duration, "p99_ms": max(p["p99_ms"] for p in parts),
+            "stall_ms_max": max(p["stall_ms_max"] for p in parts),
+            "stalls": [s for p in parts for s in p["stalls"]],
+            **{key: sum(p[key] for p in parts) for key in ["errors", "failovers", "stalls_unlisted"]},
+            "segments": [p["ops_per_s"] for p in parts]}
+# The rotating cluster hands over while idle too: keep the handoffs under load.
+stamps = [int(line) for line in open(f"{work}/worknode-rotation-segments.txt")]
+loaded = list(zip(stamps[0::2], stamps[1::2]))
+under_load = lambda us: any(lo <= us <= hi for lo, hi in loaded)
 turns = {}
 for line in open(f"{work}/worknode-rotation-status.json").read().split("\n}\n"):
     line = line.strip()
@@ -151,7 +190,7 @@ for line in open(f"{work}/worknode-rotation-status.json").read().split("\n}\n"):
     except json.JSONDecodeError:
         continue
     for t in status.get("recent_turns", []):
-        if t["handoff_ms"] > 0:
+        if t["handoff_ms"] > 0 and under_load(t["boundary_unix_us"]):
             turns[t["first_slot"]] = t
 handoffs = [t["handoff_ms"] for t in turns.values()]
 MARGIN_US, LEAD_US, TURN_US = 5_000, 10_000, 400_000
@@ -190,6 +229,9 @@ print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for label, name in [("worknode, rotation on (400 ms turns)", "worknode-rotation"), ("worknode, rotation off", "worknode-plain"), ("etcd, move-leader every 3 s", "etcd-move"), ("worknode, kill -9 of the leader", "worknode-kill"), ("etcd, kill -9 of the leader", "etcd-kill")]:
     r = load(name)
     print(f"| {label} | {r['ops_per_s']:.0f} | {r['ops_per_s'] / base:.3f}× | {r['errors']} | {r['failovers']} | {r['stall_ms_max']:.1f} | {across(name, r)} | {r['p99_ms']:.2f} |")
+on, off = load("worknode-rotation")["segments"], load("worknode-plain")["segments"]
+print()
+print("throughput rotation on / off per segment pair: " + " ".join(f"{a / b:.3f}" for a, b in zip(on, off)))
 print()
 print(f"worknode handoffs recorded: {len(handoffs)}, p50 {pct(handoffs, 0.5):.2f} ms, p99 {pct(handoffs, 0.99):.2f} ms")
 if turns:

@@ -205,7 +205,21 @@ async fn connect(endpoint: &str) -> Result<Channel, CliError> {
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await
-        .map_err(|e| CliError::runtime(format!("cannot connect to {endpoint}: {e}")))
+        .map_err(|e| {
+            CliError::runtime(format!("cannot connect to {endpoint}: {}", with_causes(&e)))
+        })
+}
+
+/// An error and its causes on one line: tonic's own message is only "transport error".
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        line.push_str(": ");
+        line.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    line
 }
 
 async fn measure(

@@ -56,8 +56,11 @@ fn default_slots_per_epoch() -> u64 {
 fn default_handoff_lead_ms() -> u64 {
     10
 }
+/// The handoff lead: writes go to the incoming leader once the transfer has begun. A
+/// longer window only makes them wait there for it (measured: 20 ms cost 2–5% of
+/// throughput under a closed-loop load).
 fn default_forward_ahead_ms() -> u64 {
-    20
+    default_handoff_lead_ms()
 }
 fn default_max_lag() -> u64 {
     128
@@ -92,6 +95,7 @@ pub struct ScheduleConfig {
     #[serde(default = "default_handoff_lead_ms")]
     pub handoff_lead_ms: u64,
     /// In this last part of a turn, send new writes to the incoming leader (0: off).
+    /// Beyond `handoff_lead_ms` they wait there until the transfer starts and ends.
     #[serde(default = "default_forward_ahead_ms")]
     pub forward_ahead_ms: u64,
     /// Largest log gap a member may have and still take its turn.
