@@ -970,7 +970,16 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let committed = ready.take_committed_entries();
         self.apply(committed);
         let hard_state = ready.hs().cloned();
-        self.raw.mut_store().persist(ready.entries(), hard_state.as_ref(), true)?;
+        // Entries, a term and a vote must be on disk before the messages that rest on them
+        // go out; a commit index alone need not be (it is learned again from the leader
+        // after a restart). Syncing a commit-only change cost the leader a second
+        // fdatasync per write, on the loop's path to the next proposal.
+        let stored = self.raw.store().hard_state();
+        let sync = !ready.entries().is_empty()
+            || hard_state
+                .as_ref()
+                .is_some_and(|hs| hs.term != stored.term || hs.vote != stored.vote);
+        self.raw.mut_store().persist(ready.entries(), hard_state.as_ref(), sync)?;
         if !ready.persisted_messages().is_empty() {
             self.transport.send(ready.take_persisted_messages());
         }
@@ -985,7 +994,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         if let Some(commit) = light.commit_index() {
             let mut hard_state = self.raw.store().hard_state();
             hard_state.commit = commit;
-            // The commit index may lag on disk: it is recomputed from the log on restart.
+            // The commit index may lag on disk: a restarted member learns it again from the
+            // leader (snapshots sync it first, so it always covers the applied state).
             self.raw.mut_store().persist(&[], Some(&hard_state), false)?;
         }
         if !light.messages().is_empty() {

@@ -1,6 +1,12 @@
 //! `raft::Storage` over raft-engine, plus the writes the driver makes: entries and hard
 //! state (one fdatasync per batch), installed snapshots, and log compaction.
+//!
+//! raft-engine keeps only an index in memory: every entry and every term raft-rs asks for
+//! is a file read, decode and checksum. raft-rs asks for the newest entries all the time
+//! (a term per append and per commit, the committed entries to apply), so the newest ones
+//! stay in a bounded cache as well, as TiKV's entry cache does.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use protobuf::Message as _;
@@ -82,7 +88,6 @@ pub trait LogStore: raft::Storage + Send {
 }
 
 /// raft-engine as the log store.
-#[derive(Clone)]
 pub struct EngineStorage {
     engine: Arc<Engine>,
     dir: String,
@@ -90,6 +95,92 @@ pub struct EngineStorage {
     conf_state: ConfState,
     snapshot_meta: SnapshotMetadata,
     slot: Arc<Mutex<SnapshotSlot>>,
+    cache: EntryCache,
+}
+
+/// Most entries the cache holds.
+pub const ENTRY_CACHE_MAX_ENTRIES: usize = 4096;
+/// Most entry bytes (encoded) the cache holds.
+pub const ENTRY_CACHE_MAX_BYTES: usize = 8 << 20;
+
+/// The newest persisted entries, contiguous and ending at the log's last index. At its
+/// bounds the oldest go; a read it does not fully cover goes to raft-engine.
+#[derive(Debug, Default)]
+struct EntryCache {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl EntryCache {
+    /// Entries written at `entries[0].index` replace everything from there on.
+    fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        self.truncate_from(first.index);
+        if self.entries.back().is_some_and(|last| last.index + 1 != first.index) {
+            self.clear();
+        }
+        for entry in entries {
+            self.bytes += entry.compute_size() as usize;
+            self.entries.push_back(entry.clone());
+        }
+        while self.entries.len() > ENTRY_CACHE_MAX_ENTRIES || self.bytes > ENTRY_CACHE_MAX_BYTES {
+            self.pop_front();
+        }
+    }
+
+    fn truncate_from(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|last| last.index >= index) {
+            if let Some(entry) = self.entries.pop_back() {
+                self.bytes -= entry.compute_size() as usize;
+            }
+        }
+    }
+
+    /// Drops entries before `index` (compacted away).
+    fn compact_to(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|first| first.index < index) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(entry) = self.entries.pop_front() {
+            self.bytes -= entry.compute_size() as usize;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    fn position(&self, index: u64) -> Option<usize> {
+        let first = self.entries.front()?.index;
+        let offset = usize::try_from(index.checked_sub(first)?).ok()?;
+        (offset < self.entries.len()).then_some(offset)
+    }
+
+    fn term(&self, index: u64) -> Option<u64> {
+        self.position(index).map(|at| self.entries[at].term)
+    }
+
+    /// Entries `[low, high)` within `max_size` (at least one), if all are here.
+    fn slice(&self, low: u64, high: u64, max_size: Option<u64>) -> Option<Vec<Entry>> {
+        let start = self.position(low)?;
+        let end = if high == low { start } else { self.position(high - 1)? + 1 };
+        let mut entries: Vec<Entry> = Vec::with_capacity(end - start);
+        let mut size = 0u64;
+        for entry in self.entries.range(start..end) {
+            size += u64::from(entry.compute_size());
+            if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
+                break;
+            }
+            entries.push(entry.clone());
+        }
+        Some(entries)
+    }
 }
 
 impl std::fmt::Debug for EngineStorage {
@@ -138,6 +229,7 @@ impl EngineStorage {
             conf_state: conf_state.clone().unwrap_or_default(),
             snapshot_meta: snapshot_meta.unwrap_or_default(),
             slot,
+            cache: EntryCache::default(),
         };
         if conf_state.is_none() {
             let initial = ConfState { voters: initial_voters.to_vec(), ..ConfState::default() };
@@ -187,8 +279,12 @@ impl raft::Storage for EngineStorage {
         }
         let last = self.last_index()?;
         assert!(high <= last + 1, "entries [{low}, {high}) requested past the last index {last}");
+        let max_size = max_size.into().filter(|&max| max != raft::NO_LIMIT);
+        if let Some(entries) = self.cache.slice(low, high, max_size) {
+            return Ok(entries);
+        }
         let mut entries = Vec::with_capacity((high - low) as usize);
-        let max_size = max_size.into().map(|size| size as usize);
+        let max_size = max_size.map(|size| size as usize);
         self.engine
             .fetch_entries_to::<EntryExt>(GROUP, low, high, max_size, &mut entries)
             .map_err(storage_error)?;
@@ -204,6 +300,9 @@ impl raft::Storage for EngineStorage {
         }
         if index > self.last_index()? {
             return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if let Some(term) = self.cache.term(index) {
+            return Ok(term);
         }
         match self.engine.get_entry::<EntryExt>(GROUP, index).map_err(storage_error)? {
             Some(entry) => Ok(entry.term),
@@ -252,6 +351,7 @@ impl LogStore for EngineStorage {
             return Ok(());
         }
         self.engine.write(&mut batch, sync).map_err(|error| self.engine_error(error))?;
+        self.cache.append(entries);
         if let Some(hard_state) = hard_state {
             self.hard_state = hard_state.clone();
         }
@@ -271,6 +371,7 @@ impl LogStore for EngineStorage {
         let stored_meta = meta.clone();
         self.put(&mut batch, SNAPSHOT_META_KEY, &stored_meta)?;
         self.engine.write(&mut batch, true).map_err(|error| self.engine_error(error))?;
+        self.cache.clear();
         self.hard_state = hard_state;
         self.conf_state = meta.get_conf_state().clone();
         self.snapshot_meta = stored_meta;
@@ -289,6 +390,7 @@ impl LogStore for EngineStorage {
         let first = self.engine.first_index(GROUP).unwrap_or(self.snapshot_meta.index + 1);
         if compact_to > first {
             self.engine.compact_to(GROUP, compact_to);
+            self.cache.compact_to(compact_to);
             // Old files are reclaimed once nothing in them is live.
             let _ = self.engine.purge_expired_files();
         }
@@ -318,4 +420,70 @@ pub fn encode_message(message: &raft::eraftpb::Message) -> Vec<u8> {
 /// Decodes a Raft message from the wire.
 pub fn decode_message(bytes: &[u8]) -> Result<raft::eraftpb::Message, String> {
     raft::eraftpb::Message::parse_from_bytes(bytes).map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64, size: usize) -> Entry {
+        Entry { index, term, data: vec![7; size].into(), ..Entry::default() }
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<(u64, u64)> {
+        entries.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    #[test]
+    fn an_overwritten_suffix_is_replaced_and_a_gap_starts_over() {
+        let mut cache = EntryCache::default();
+        cache.append(&[entry(5, 1, 10), entry(6, 1, 10), entry(7, 1, 10)]);
+        // A new leader's entries replace 6 and 7.
+        cache.append(&[entry(6, 2, 10)]);
+        assert_eq!(indexes(&cache.slice(5, 7, None).unwrap()), [(5, 1), (6, 2)]);
+        assert_eq!(cache.term(7), None);
+        // Entries that do not follow on (after a snapshot) replace the cache.
+        cache.append(&[entry(20, 3, 10)]);
+        assert_eq!(cache.term(5), None);
+        assert_eq!(cache.term(20), Some(3));
+        assert_eq!(cache.bytes, entry(20, 3, 10).compute_size() as usize);
+    }
+
+    #[test]
+    fn a_read_it_does_not_cover_is_not_answered() {
+        let mut cache = EntryCache::default();
+        cache.append(&[entry(5, 1, 10), entry(6, 1, 10)]);
+        assert!(cache.slice(4, 6, None).is_none());
+        assert!(cache.slice(5, 8, None).is_none());
+        assert_eq!(cache.slice(6, 6, None).unwrap().len(), 0);
+        cache.compact_to(6);
+        assert!(cache.slice(5, 6, None).is_none());
+        assert_eq!(indexes(&cache.slice(6, 7, None).unwrap()), [(6, 1)]);
+    }
+
+    #[test]
+    fn a_size_limit_keeps_at_least_one_entry() {
+        let mut cache = EntryCache::default();
+        cache.append(&[entry(1, 1, 100), entry(2, 1, 100), entry(3, 1, 100)]);
+        let one = u64::from(entry(1, 1, 100).compute_size());
+        assert_eq!(cache.slice(1, 4, Some(1)).unwrap().len(), 1);
+        assert_eq!(cache.slice(1, 4, Some(2 * one)).unwrap().len(), 2);
+        assert_eq!(cache.slice(1, 4, Some(3 * one)).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_cache_keeps_its_bounds() {
+        let mut cache = EntryCache::default();
+        let many: Vec<Entry> =
+            (1..=ENTRY_CACHE_MAX_ENTRIES as u64 + 10).map(|i| entry(i, 1, 1)).collect();
+        cache.append(&many);
+        assert_eq!(cache.entries.len(), ENTRY_CACHE_MAX_ENTRIES);
+        assert_eq!(cache.term(10), None);
+        assert_eq!(cache.term(11), Some(1));
+        let big = ENTRY_CACHE_MAX_BYTES / 4;
+        let next = ENTRY_CACHE_MAX_ENTRIES as u64 + 11;
+        cache.append(&(next..next + 5).map(|i| entry(i, 1, big)).collect::<Vec<_>>());
+        assert!(cache.bytes <= ENTRY_CACHE_MAX_BYTES);
+        assert_eq!(cache.entries.back().map(|e| e.index), Some(next + 4));
+    }
 }
