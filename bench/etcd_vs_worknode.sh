@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # etcd (Debian etcd-server, fsync on) and worknode (fsync on), three members each on
 # loopback, measured one after the other with the same load generator (`worknode bench`):
-# 256-byte puts with 1, 16 and 64 clients, and linearizable gets with 16 clients.
+# 256-byte puts with 1 client (on the leader's address, then on a follower's), 16 and 64
+# clients (spread over the members), and linearizable gets with 16 clients.
 # Prints one table with ratios (worknode ÷ etcd for throughput, etcd ÷ worknode for p50).
 #
 # Usage: bench/etcd_vs_worknode.sh [SECONDS per run]   (default 10)
@@ -24,8 +25,13 @@ trap cleanup EXIT
 
 endpoints="127.0.0.1:12379,127.0.0.1:12479,127.0.0.1:12579"
 run_suite() { # $1 = system name
-  local name=$1
-  "$worknode" bench put --endpoints "$endpoints" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$name-put-1.json"
+  local name=$1 leader follower
+  # One client's latency depends on whether its member leads (a follower forwards the
+  # write and learns the commit a message later): measure both, for both systems.
+  leader=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" endpoint status | awk -F', ' '$5 == "true" {print $1}')
+  follower=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" endpoint status | awk -F', ' '$5 == "false" {print $1; exit}')
+  "$worknode" bench put --endpoints "$leader" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$name-put-1-leader.json"
+  "$worknode" bench put --endpoints "$follower" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$name-put-1-follower.json"
   "$worknode" bench put --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-put-16.json"
   "$worknode" bench put --endpoints "$endpoints" --clients 64 --connections 64 --duration "${seconds}s" --json > "$work/$name-put-64.json"
   "$worknode" bench get --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-get-16.json"
@@ -90,7 +96,7 @@ import json, sys, datetime
 work, seconds = sys.argv[1], sys.argv[2]
 def load(system, case):
     return json.load(open(f"{work}/{system}-{case}.json"))
-rows = [("put, 1 client", "put-1"), ("put, 16 clients", "put-16"), ("put, 64 clients", "put-64"), ("linearizable get, 16 clients", "get-16")]
+rows = [("put, 1 client at the leader", "put-1-leader"), ("put, 1 client at a follower", "put-1-follower"), ("put, 16 clients", "put-16"), ("put, 64 clients", "put-64"), ("linearizable get, 16 clients", "get-16")]
 print()
 print(f"{datetime.date.today()}, {seconds} s per run, 256-byte values, 3 members on loopback, same load generator")
 print()
