@@ -1,8 +1,11 @@
 //! Peer transport over TCP: one outbound connection per peer, reconnecting with backoff,
 //! batching everything queued into one frame per flush, with TCP_NODELAY.
 //!
-//! The Raft loop hands messages to bounded per-peer queues and never blocks: at the bound
-//! a message is dropped and counted (Raft resends). Inbound connections start with a
+//! The Raft loop never blocks on a peer: while a connection is up and nothing waits on
+//! it, the loop writes each frame straight to the socket without blocking (a hand-off to
+//! another thread costs a wake-up on the path of every append and every acknowledgement);
+//! what the socket does not take at once waits in a bounded per-peer queue for the
+//! peer's writer task. At the bound a frame is dropped and counted (Raft resends). Inbound connections start with a
 //! hello naming the cluster and sender; a malformed or oversized frame, or a hello from
 //! another cluster, closes that connection with a logged reason, and the node runs on.
 //!
@@ -11,8 +14,8 @@
 //! its host is up and nothing listens, so the peer's process is gone. The Raft loop uses
 //! that to fail over without waiting out the election timeout.
 
-use std::collections::{HashMap, HashSet};
-use std::io::ErrorKind;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{ErrorKind, Write as _};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -21,14 +24,11 @@ use std::time::Duration;
 use raft::eraftpb::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
 use crate::frame::{self, Frame, MESSAGES_PER_FRAME_MAX};
 use crate::node::{NodeHandle, Transport, Waker};
 use crate::storage::{decode_message, encode_message};
 
-/// Messages queued per peer before new ones are dropped.
-pub const PEER_QUEUE_MAX: usize = 4_096;
 /// First reconnect delay; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest reconnect delay.
@@ -39,11 +39,11 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Transport counters, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct TransportStats {
-    /// Messages dropped because a peer queue was full.
+    /// Frames dropped because a peer queue was full.
     pub dropped_full: AtomicU64,
     /// Messages dropped because the peer is partitioned off (fault injection).
     pub dropped_blocked: AtomicU64,
-    /// Frames sent.
+    /// Frames sent (whole, straight from the loop or by a writer).
     pub frames_sent: AtomicU64,
     /// Connections closed because of a bad frame or hello.
     pub bad_connections: AtomicU64,
@@ -64,9 +64,108 @@ impl TransportStats {
 /// Peers this member currently refuses to talk to (fault injection for tests).
 pub type Blocked = Arc<Mutex<HashSet<u64>>>;
 
+/// Frames (or a frame's remainder) waiting for a peer's writer task, at most this many.
+pub const PEER_QUEUE_MAX: usize = 4_096;
+
+/// What waits to be written to one peer.
+enum Pending {
+    /// A whole frame: it may go on any connection.
+    Frame(Vec<u8>),
+    /// The rest of a frame the Raft loop began on the current connection: it belongs to
+    /// that connection only.
+    Rest(Vec<u8>),
+}
+
+/// One peer's outbound side, shared by the Raft loop and the peer's writer task. While
+/// the connection is up and nothing waits, the loop writes a frame straight to the socket
+/// (non-blocking) — no hand-off to another thread on the way to the peer; whatever does
+/// not go at once waits here for the writer, which owns the connection.
+#[derive(Default)]
+struct Outbox {
+    state: Mutex<OutboxState>,
+    /// Wakes the writer: something waits, or the transport closed.
+    notify: tokio::sync::Notify,
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    /// A second handle on the connected socket, lent to the Raft loop while the writer is
+    /// idle: `None` while disconnected or while the writer writes.
+    direct: Option<std::net::TcpStream>,
+    pending: VecDeque<Pending>,
+    /// Frames the loop wrote itself, ever.
+    direct_frames: u64,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// For the writer: moves what waits into `buffer` and takes the socket back from the
+    /// loop; the number of whole frames in it. `None` when nothing waits: then the loop
+    /// may write to `direct` itself.
+    fn take_pending(&self, buffer: &mut Vec<u8>, direct: &std::net::TcpStream) -> Option<u64> {
+        let mut state = self.lock();
+        if state.pending.is_empty() {
+            if state.direct.is_none() {
+                state.direct = direct.try_clone().ok();
+            }
+            return None;
+        }
+        state.direct = None;
+        buffer.clear();
+        let mut frames = 0;
+        for pending in state.pending.drain(..) {
+            match pending {
+                Pending::Frame(bytes) => {
+                    frames += 1;
+                    buffer.extend_from_slice(&bytes);
+                }
+                Pending::Rest(bytes) => buffer.extend_from_slice(&bytes),
+            }
+        }
+        Some(frames)
+    }
+
+    /// Sends one encoded frame: straight to the socket when nothing waits before it,
+    /// otherwise (or for what the socket did not take) through the writer.
+    fn offer(&self, mut frame: Vec<u8>, stats: &TransportStats) {
+        let mut state = self.lock();
+        if state.pending.is_empty() {
+            if let Some(socket) = state.direct.as_ref() {
+                // A full socket buffer or a broken connection writes nothing: the writer
+                // takes over.
+                let written: usize = (&*socket).write(&frame).unwrap_or_default();
+                if written == frame.len() {
+                    state.direct_frames += 1;
+                    stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                state.direct = None;
+                if written > 0 {
+                    frame.drain(..written);
+                    state.pending.push_back(Pending::Rest(frame));
+                    drop(state);
+                    self.notify.notify_one();
+                    return;
+                }
+            }
+        }
+        if state.pending.len() >= PEER_QUEUE_MAX {
+            stats.dropped_full.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        state.pending.push_back(Pending::Frame(frame));
+        drop(state);
+        self.notify.notify_one();
+    }
+}
+
 /// The sending side, owned by the Raft loop.
 pub struct TcpTransport {
-    queues: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+    outboxes: HashMap<u64, Arc<Outbox>>,
     /// Wakes the Raft loop when a peer is found gone.
     waker: Arc<OnceLock<Waker>>,
     stats: Arc<TransportStats>,
@@ -77,7 +176,7 @@ impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The waker (a closure) has nothing to show; the stats hold the gone flags.
         f.debug_struct("TcpTransport")
-            .field("peers", &self.queues.keys().collect::<Vec<_>>())
+            .field("peers", &self.outboxes.keys().collect::<Vec<_>>())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -86,16 +185,32 @@ impl std::fmt::Debug for TcpTransport {
 impl Transport for TcpTransport {
     fn send(&mut self, messages: Vec<Message>) {
         let blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        // One frame per peer per call, messages in order.
+        let mut per_peer: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
         for message in messages {
             if blocked.contains(&message.to) {
                 self.stats.dropped_blocked.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let Some(queue) = self.queues.get(&message.to) else {
+            if !self.outboxes.contains_key(&message.to) {
+                continue;
+            }
+            let encoded = encode_message(&message);
+            match per_peer.iter_mut().find(|(peer, _)| *peer == message.to) {
+                Some((_, batch)) => batch.push(encoded),
+                None => per_peer.push((message.to, vec![encoded])),
+            }
+        }
+        for (peer, mut batch) in per_peer {
+            let Some(outbox) = self.outboxes.get(&peer) else {
                 continue;
             };
-            if queue.try_send(encode_message(&message)).is_err() {
-                self.stats.dropped_full.fetch_add(1, Ordering::Relaxed);
+            while !batch.is_empty() {
+                let rest = batch.split_off(batch.len().min(MESSAGES_PER_FRAME_MAX));
+                let mut bytes = Vec::new();
+                frame::encode(&Frame::Messages(batch), &mut bytes);
+                outbox.offer(bytes, &self.stats);
+                batch = rest;
             }
         }
     }
@@ -106,6 +221,16 @@ impl Transport for TcpTransport {
 
     fn set_waker(&mut self, waker: Waker) {
         let _ = self.waker.set(waker);
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        // The node stopped: its writers close their connections and end.
+        for outbox in self.outboxes.values() {
+            outbox.closed.store(true, Ordering::Relaxed);
+            outbox.notify.notify_one();
+        }
     }
 }
 
@@ -120,15 +245,15 @@ pub fn connect_peers(
         peers.iter().copied().filter(|(id, _)| *id != my_id).collect();
     let gone = others.iter().map(|(id, _)| (*id, AtomicBool::new(false))).collect();
     let stats = Arc::new(TransportStats { gone, ..TransportStats::default() });
-    let mut queues = HashMap::new();
+    let mut outboxes = HashMap::new();
     let waker = Arc::new(OnceLock::new());
     for (peer, address) in others {
-        let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-        queues.insert(peer, tx);
+        let outbox = Arc::new(Outbox::default());
+        outboxes.insert(peer, Arc::clone(&outbox));
         let link = Link { cluster_id, my_id, peer, address, waker: Arc::clone(&waker) };
-        tokio::spawn(writer(link, rx, Arc::clone(&stats), Arc::clone(&blocked)));
+        tokio::spawn(writer(link, outbox, Arc::clone(&stats), Arc::clone(&blocked)));
     }
-    (TcpTransport { queues, waker, stats: Arc::clone(&stats), blocked }, stats)
+    (TcpTransport { outboxes, waker, stats: Arc::clone(&stats), blocked }, stats)
 }
 
 /// One outbound connection's identity.
@@ -140,15 +265,10 @@ struct Link {
     waker: Arc<OnceLock<Waker>>,
 }
 
-async fn writer(
-    link: Link,
-    mut queue: mpsc::Receiver<Vec<u8>>,
-    stats: Arc<TransportStats>,
-    blocked: Blocked,
-) {
+async fn writer(link: Link, outbox: Arc<Outbox>, stats: Arc<TransportStats>, blocked: Blocked) {
     let Link { cluster_id, my_id, peer, address, .. } = link;
     let mut backoff = BACKOFF_MIN;
-    loop {
+    while !outbox.closed.load(Ordering::Relaxed) {
         let stream = match TcpStream::connect(address).await {
             Ok(stream) => {
                 stats.mark(peer, false);
@@ -166,31 +286,19 @@ async fn writer(
                 }
                 // Drop what queued while the peer is unreachable: it would be stale by the
                 // time it arrives, and Raft sends again what still matters.
-                loop {
-                    match queue.try_recv() {
-                        Ok(_) => {}
-                        Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => return,
-                    }
-                }
+                outbox.lock().pending.clear();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let (mut incoming, mut stream) = stream.into_split();
-        let mut buffer = Vec::new();
-        frame::encode(&Frame::Hello { cluster_id, from: my_id }, &mut buffer);
-        let mut sent_any = false;
-        if stream.write_all(&buffer).await.is_ok() {
-            let served =
-                serve_connection(&mut queue, &mut incoming, &mut stream, peer, &stats, &blocked);
-            match served.await {
-                Some(sent) => sent_any = sent,
-                None => return,
-            }
-        }
+        let sent_any = match Connection::open(stream, cluster_id, my_id).await {
+            Some(connection) => connection.serve(&outbox, peer, &stats, &blocked).await,
+            None => false,
+        };
+        // The loop must not write to a connection that is gone.
+        outbox.lock().direct = None;
         if sent_any {
             backoff = BACKOFF_MIN;
         } else {
@@ -202,48 +310,81 @@ async fn writer(
     }
 }
 
-/// Sends what is queued on one connection until it breaks or the peer is partitioned
-/// off; whether it carried any frame. `None`: the queue closed (the node stopped).
-async fn serve_connection(
-    queue: &mut mpsc::Receiver<Vec<u8>>,
-    incoming: &mut tokio::net::tcp::OwnedReadHalf,
-    stream: &mut tokio::net::tcp::OwnedWriteHalf,
-    peer: u64,
-    stats: &TransportStats,
-    blocked: &Blocked,
-) -> Option<bool> {
-    let mut sent_any = false;
-    let mut buffer = Vec::new();
-    let mut probe = [0u8; 64];
-    loop {
-        let first = tokio::select! {
-            message = queue.recv() => message?,
-            // The peer never writes here: end of stream or an error means it closed the
-            // connection (or died). Reconnect at once rather than at the next send.
-            read = incoming.read(&mut probe) => match read {
-                Ok(0) | Err(_) => return Some(sent_any),
-                Ok(_) => continue,
-            },
-        };
-        if blocked.lock().unwrap_or_else(PoisonError::into_inner).contains(&peer) {
-            // Partitioned: close the connection and drop what was queued.
-            stats.dropped_blocked.fetch_add(1, Ordering::Relaxed);
-            return Some(sent_any);
-        }
-        let mut batch = vec![first];
-        while batch.len() < MESSAGES_PER_FRAME_MAX {
-            match queue.try_recv() {
-                Ok(message) => batch.push(message),
-                Err(_) => break,
+/// An outbound connection past its hello, with a second handle on the socket to lend
+/// the Raft loop.
+struct Connection {
+    incoming: tokio::net::tcp::OwnedReadHalf,
+    outgoing: tokio::net::tcp::OwnedWriteHalf,
+    direct: std::net::TcpStream,
+}
+
+impl Connection {
+    async fn open(stream: TcpStream, cluster_id: u64, my_id: u64) -> Option<Self> {
+        // Both handles share one non-blocking open file: the loop's writes never block.
+        let std_stream = stream.into_std().ok()?;
+        let direct = std_stream.try_clone().ok()?;
+        let stream = TcpStream::from_std(std_stream).ok()?;
+        let (incoming, mut outgoing) = stream.into_split();
+        let mut hello = Vec::new();
+        frame::encode(&Frame::Hello { cluster_id, from: my_id }, &mut hello);
+        outgoing.write_all(&hello).await.ok()?;
+        Some(Self { incoming, outgoing, direct })
+    }
+
+    /// Carries frames until the connection breaks, the peer is partitioned off or the
+    /// transport closes; whether it carried any (written by the writer or the loop).
+    async fn serve(
+        self,
+        outbox: &Outbox,
+        peer: u64,
+        stats: &TransportStats,
+        blocked: &Blocked,
+    ) -> bool {
+        let before = outbox.lock().direct_frames;
+        let wrote = self.write_pending(outbox, peer, stats, blocked).await;
+        wrote || outbox.lock().direct_frames != before
+    }
+
+    async fn write_pending(
+        mut self,
+        outbox: &Outbox,
+        peer: u64,
+        stats: &TransportStats,
+        blocked: &Blocked,
+    ) -> bool {
+        let mut sent_any = false;
+        let mut buffer = Vec::new();
+        let mut probe = [0u8; 64];
+        // A remainder begun on an earlier connection means nothing on this one.
+        outbox.lock().pending.retain(|pending| matches!(pending, Pending::Frame(_)));
+        loop {
+            if outbox.closed.load(Ordering::Relaxed) {
+                return sent_any;
+            }
+            if let Some(frames) = outbox.take_pending(&mut buffer, &self.direct) {
+                if blocked.lock().unwrap_or_else(PoisonError::into_inner).contains(&peer) {
+                    // Partitioned: close the connection and drop what was queued.
+                    stats.dropped_blocked.fetch_add(1, Ordering::Relaxed);
+                    return sent_any;
+                }
+                if self.outgoing.write_all(&buffer).await.is_err() {
+                    return sent_any;
+                }
+                sent_any = true;
+                stats.frames_sent.fetch_add(frames, Ordering::Relaxed);
+                // More may have queued meanwhile: look again before lending the socket.
+                continue;
+            }
+            tokio::select! {
+                () = outbox.notify.notified() => {}
+                // The peer never writes here: end of stream or an error means it closed the
+                // connection (or died). Reconnect at once rather than at the next send.
+                read = self.incoming.read(&mut probe) => match read {
+                    Ok(0) | Err(_) => return sent_any,
+                    Ok(_) => {}
+                },
             }
         }
-        buffer.clear();
-        frame::encode(&Frame::Messages(batch), &mut buffer);
-        if stream.write_all(&buffer).await.is_err() {
-            return Some(sent_any);
-        }
-        sent_any = true;
-        stats.frames_sent.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,73 @@
+//! The peer transport delivers every message whole and in order when the peer reads
+//! slowly: the Raft loop's own writes fill the socket part-way through a frame, and the
+//! writer task carries on from the exact byte where the loop stopped.
+
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use raft::eraftpb::Message;
+use tokio::io::AsyncReadExt;
+use worknode_raft::frame::{decode, Frame};
+use worknode_raft::storage::decode_message;
+use worknode_raft::transport::{connect_peers, Blocked};
+use worknode_raft::Transport;
+
+const MESSAGES: u64 = 300;
+const PAYLOAD: usize = 100_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_every_message_whole_and_in_order() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = listener.local_addr().unwrap();
+    let me = "127.0.0.1:1".parse().unwrap();
+    let (mut transport, stats) = connect_peers(7, 1, &[(1, me), (2, peer)], Blocked::default());
+    let (mut socket, _) = listener.accept().await.unwrap();
+    // Let the writer send its hello and lend the socket to the sending side.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 30 MB, far more than the socket buffers hold, while nobody reads.
+    for index in 0..MESSAGES {
+        let message = Message {
+            to: 2,
+            index,
+            context: vec![index as u8; PAYLOAD].into(),
+            ..Message::default()
+        };
+        transport.send(vec![message]);
+    }
+    let mut buffer = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut next = 0u64;
+    let mut hello = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while next < MESSAGES {
+        let read = tokio::time::timeout_at(deadline, socket.read(&mut chunk))
+            .await
+            .expect("all messages within 30 s")
+            .unwrap();
+        assert!(read > 0, "the connection closed after {next} messages");
+        buffer.extend_from_slice(&chunk[..read]);
+        while let Some((frame, used)) = decode(&buffer).expect("every frame is whole") {
+            buffer.drain(..used);
+            match frame {
+                Frame::Hello { cluster_id, from } => {
+                    assert!(!hello && cluster_id == 7 && from == 1);
+                    hello = true;
+                }
+                Frame::Messages(messages) => {
+                    assert!(hello, "messages before the hello");
+                    for bytes in messages {
+                        let message = decode_message(&bytes).unwrap();
+                        assert_eq!(message.index, next, "out of order");
+                        assert!(message.context.len() == PAYLOAD);
+                        assert!(message.context.iter().all(|&b| b == next as u8));
+                        next += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(stats.dropped_full.load(Ordering::Relaxed), 0);
+    assert!(buffer.is_empty());
+}
