@@ -1,13 +1,15 @@
 //! Peer transport over TCP: one outbound connection per peer, reconnecting with backoff,
-//! batching everything queued into one frame per flush, with TCP_NODELAY.
+//! one frame per peer per send (a writer that fell behind writes all it holds at once),
+//! with TCP_NODELAY.
 //!
 //! The Raft loop never blocks on a peer: while a connection is up and nothing waits on
 //! it, the loop writes each frame straight to the socket without blocking (a hand-off to
 //! another thread costs a wake-up on the path of every append and every acknowledgement);
 //! what the socket does not take at once waits in a bounded per-peer queue for the
-//! peer's writer task. At the bound a frame is dropped and counted (Raft resends). Inbound connections start with a
-//! hello naming the cluster and sender; a malformed or oversized frame, or a hello from
-//! another cluster, closes that connection with a logged reason, and the node runs on.
+//! peer's writer task. At the bound a frame is dropped and counted (Raft resends).
+//! Inbound connections start with a hello naming the cluster and sender; a malformed or
+//! oversized frame, or a hello from another cluster, closes that connection with a logged
+//! reason, and the node runs on.
 //!
 //! Each writer also watches its connection for the peer closing it (the peer never writes
 //! on it), reconnects at once, and remembers a peer whose address refuses the connection:
