@@ -173,9 +173,11 @@ impl EntryCache {
         let mut entries: Vec<Entry> = Vec::with_capacity(end - start);
         let mut size = 0u64;
         for entry in self.entries.range(start..end) {
-            size += u64::from(entry.compute_size());
-            if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
-                break;
+            if let Some(max) = max_size {
+                size += u64::from(entry.compute_size());
+                if !entries.is_empty() && size > max {
+                    break;
+                }
             }
             entries.push(entry.clone());
         }
