@@ -107,8 +107,9 @@ pub const ENTRY_CACHE_MAX_BYTES: usize = 8 << 20;
 /// bounds the oldest go; a read it does not fully cover goes to raft-engine.
 #[derive(Debug, Default)]
 struct EntryCache {
-    entries: VecDeque<Entry>,
-    bytes: usize,
+    /// Each entry with its encoded size.
+    entries: VecDeque<(Entry, u64)>,
+    bytes: u64,
 }
 
 impl EntryCache {
@@ -118,36 +119,39 @@ impl EntryCache {
             return;
         };
         self.truncate_from(first.index);
-        if self.entries.back().is_some_and(|last| last.index + 1 != first.index) {
+        if self.entries.back().is_some_and(|(last, _)| last.index + 1 != first.index) {
             self.clear();
         }
         for entry in entries {
-            self.bytes += entry.compute_size() as usize;
-            self.entries.push_back(entry.clone());
+            let size = u64::from(entry.compute_size());
+            self.bytes += size;
+            self.entries.push_back((entry.clone(), size));
         }
-        while self.entries.len() > ENTRY_CACHE_MAX_ENTRIES || self.bytes > ENTRY_CACHE_MAX_BYTES {
+        while self.entries.len() > ENTRY_CACHE_MAX_ENTRIES
+            || self.bytes > ENTRY_CACHE_MAX_BYTES as u64
+        {
             self.pop_front();
         }
     }
 
     fn truncate_from(&mut self, index: u64) {
-        while self.entries.back().is_some_and(|last| last.index >= index) {
-            if let Some(entry) = self.entries.pop_back() {
-                self.bytes -= entry.compute_size() as usize;
+        while self.entries.back().is_some_and(|(last, _)| last.index >= index) {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
             }
         }
     }
 
     /// Drops entries before `index` (compacted away).
     fn compact_to(&mut self, index: u64) {
-        while self.entries.front().is_some_and(|first| first.index < index) {
+        while self.entries.front().is_some_and(|(first, _)| first.index < index) {
             self.pop_front();
         }
     }
 
     fn pop_front(&mut self) {
-        if let Some(entry) = self.entries.pop_front() {
-            self.bytes -= entry.compute_size() as usize;
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
         }
     }
 
@@ -157,13 +161,13 @@ impl EntryCache {
     }
 
     fn position(&self, index: u64) -> Option<usize> {
-        let first = self.entries.front()?.index;
+        let first = self.entries.front()?.0.index;
         let offset = usize::try_from(index.checked_sub(first)?).ok()?;
         (offset < self.entries.len()).then_some(offset)
     }
 
     fn term(&self, index: u64) -> Option<u64> {
-        self.position(index).map(|at| self.entries[at].term)
+        self.position(index).map(|at| self.entries[at].0.term)
     }
 
     /// Entries `[low, high)` within `max_size` (at least one), if all are here.
@@ -172,12 +176,10 @@ impl EntryCache {
         let end = if high == low { start } else { self.position(high - 1)? + 1 };
         let mut entries: Vec<Entry> = Vec::with_capacity(end - start);
         let mut size = 0u64;
-        for entry in self.entries.range(start..end) {
-            if let Some(max) = max_size {
-                size += u64::from(entry.compute_size());
-                if !entries.is_empty() && size > max {
-                    break;
-                }
+        for (entry, entry_size) in self.entries.range(start..end) {
+            size += entry_size;
+            if !entries.is_empty() && max_size.is_some_and(|max| size > max) {
+                break;
             }
             entries.push(entry.clone());
         }
@@ -448,7 +450,7 @@ mod tests {
         cache.append(&[entry(20, 3, 10)]);
         assert_eq!(cache.term(5), None);
         assert_eq!(cache.term(20), Some(3));
-        assert_eq!(cache.bytes, entry(20, 3, 10).compute_size() as usize);
+        assert_eq!(cache.bytes, u64::from(entry(20, 3, 10).compute_size()));
     }
 
     #[test]
@@ -485,7 +487,7 @@ mod tests {
         let big = ENTRY_CACHE_MAX_BYTES / 4;
         let next = ENTRY_CACHE_MAX_ENTRIES as u64 + 11;
         cache.append(&(next..next + 5).map(|i| entry(i, 1, big)).collect::<Vec<_>>());
-        assert!(cache.bytes <= ENTRY_CACHE_MAX_BYTES);
-        assert_eq!(cache.entries.back().map(|e| e.index), Some(next + 4));
+        assert!(cache.bytes <= ENTRY_CACHE_MAX_BYTES as u64);
+        assert_eq!(cache.entries.back().map(|(e, _)| e.index), Some(next + 4));
     }
 }

@@ -188,25 +188,22 @@ impl Transport for TcpTransport {
     fn send(&mut self, messages: Vec<Message>) {
         let blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner).clone();
         // One frame per peer per call, messages in order.
-        let mut per_peer: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
+        let mut per_peer: Vec<(u64, &Outbox, Vec<Vec<u8>>)> = Vec::new();
         for message in messages {
             if blocked.contains(&message.to) {
                 self.stats.dropped_blocked.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            if !self.outboxes.contains_key(&message.to) {
-                continue;
-            }
-            let encoded = encode_message(&message);
-            match per_peer.iter_mut().find(|(peer, _)| *peer == message.to) {
-                Some((_, batch)) => batch.push(encoded),
-                None => per_peer.push((message.to, vec![encoded])),
-            }
-        }
-        for (peer, mut batch) in per_peer {
-            let Some(outbox) = self.outboxes.get(&peer) else {
+            let Some(outbox) = self.outboxes.get(&message.to) else {
                 continue;
             };
+            let encoded = encode_message(&message);
+            match per_peer.iter_mut().find(|(peer, _, _)| *peer == message.to) {
+                Some((_, _, batch)) => batch.push(encoded),
+                None => per_peer.push((message.to, outbox, vec![encoded])),
+            }
+        }
+        for (_, outbox, mut batch) in per_peer {
             while !batch.is_empty() {
                 let rest = batch.split_off(batch.len().min(MESSAGES_PER_FRAME_MAX));
                 let mut bytes = Vec::new();
@@ -295,10 +292,12 @@ async fn writer(link: Link, outbox: Arc<Outbox>, stats: Arc<TransportStats>, blo
             }
         };
         let _ = stream.set_nodelay(true);
+        // Whether the connection carried a frame, from the writer or straight from the loop.
+        let direct_before = outbox.lock().direct_frames;
         let sent_any = match Connection::open(stream, cluster_id, my_id).await {
             Some(connection) => connection.serve(&outbox, peer, &stats, &blocked).await,
             None => false,
-        };
+        } || outbox.lock().direct_frames != direct_before;
         // The loop must not write to a connection that is gone.
         outbox.lock().direct = None;
         if sent_any {
@@ -333,21 +332,9 @@ impl Connection {
         Some(Self { incoming, outgoing, direct })
     }
 
-    /// Carries frames until the connection breaks, the peer is partitioned off or the
-    /// transport closes; whether it carried any (written by the writer or the loop).
+    /// Writes what waits until the connection breaks, the peer is partitioned off or the
+    /// transport closes; whether the writer wrote anything.
     async fn serve(
-        self,
-        outbox: &Outbox,
-        peer: u64,
-        stats: &TransportStats,
-        blocked: &Blocked,
-    ) -> bool {
-        let before = outbox.lock().direct_frames;
-        let wrote = self.write_pending(outbox, peer, stats, blocked).await;
-        wrote || outbox.lock().direct_frames != before
-    }
-
-    async fn write_pending(
         mut self,
         outbox: &Outbox,
         peer: u64,
