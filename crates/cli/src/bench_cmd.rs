@@ -22,6 +22,9 @@ const ERROR_KINDS_MAX: usize = 16;
 const STALL_LISTED_MIN: Duration = Duration::from_millis(2);
 /// Listed gaps kept; the report says how many more there were.
 const STALLS_LISTED_MAX: usize = 10_000;
+/// Completions kept for `--completions` (16 bytes each); the report says how many more
+/// there were.
+const COMPLETIONS_MAX: usize = 20_000_000;
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,6 +65,11 @@ pub(crate) struct BenchArgs {
     /// Print JSON instead of a line of text.
     #[arg(long)]
     json: bool,
+    /// Also write every completed request to FILE, one line each: when it completed
+    /// (UNIX µs), its latency (µs) and the client that sent it. For lining throughput up
+    /// with events such as handoffs.
+    #[arg(long, value_name = "FILE")]
+    completions: Option<std::path::PathBuf>,
 }
 
 /// The measured result.
@@ -88,6 +96,21 @@ struct Report {
     stalls: Vec<Stall>,
     /// Such gaps beyond the listed ones.
     stalls_unlisted: u64,
+    /// Completions left out of the `--completions` file (beyond its bound).
+    #[serde(skip_serializing_if = "is_zero")]
+    completions_unlisted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One completed request, for `--completions`.
+#[derive(Debug, Clone, Copy)]
+struct Completion {
+    unix_us: u64,
+    latency_us: u32,
+    client: u32,
 }
 
 /// One gap between completions.
@@ -109,6 +132,15 @@ struct Tally {
     stall_max: Duration,
     stalls: Vec<Stall>,
     stalls_unlisted: u64,
+    /// Kept only with `--completions`.
+    completions: Option<Vec<Completion>>,
+    completions_unlisted: u64,
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros() as u64)
 }
 
 impl Tally {
@@ -118,12 +150,21 @@ impl Tally {
         self.last_completion = now;
         if gap >= STALL_LISTED_MIN {
             if self.stalls.len() < STALLS_LISTED_MAX {
-                let end_unix_us = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |since| since.as_micros() as u64);
-                self.stalls.push(Stall { end_unix_us, ms: gap.as_secs_f64() * 1e3 });
+                self.stalls.push(Stall { end_unix_us: unix_us(), ms: gap.as_secs_f64() * 1e3 });
             } else {
                 self.stalls_unlisted += 1;
+            }
+        }
+    }
+
+    fn record(&mut self, client: usize, latency_us: u64) {
+        if let Some(completions) = &mut self.completions {
+            if completions.len() < COMPLETIONS_MAX {
+                let latency_us = u32::try_from(latency_us).unwrap_or(u32::MAX);
+                let client = u32::try_from(client).unwrap_or(u32::MAX);
+                completions.push(Completion { unix_us: unix_us(), latency_us, client });
+            } else {
+                self.completions_unlisted += 1;
             }
         }
     }
@@ -167,7 +208,11 @@ pub(crate) fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError
         .enable_all()
         .build()
         .map_err(|e| CliError::runtime(format!("tokio runtime: {e}")))?;
-    let report = runtime.block_on(measure(args, &endpoints, duration))?;
+    let (report, completions) = runtime.block_on(measure(args, &endpoints, duration))?;
+    if let Some(path) = &args.completions {
+        write_completions(path, &completions)
+            .map_err(|e| CliError::runtime(format!("--completions {}: {e}", path.display())))?;
+    }
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &report).map_err(CliError::output)?;
         writeln!(out)?;
@@ -194,6 +239,14 @@ pub(crate) fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError
         }
     }
     Ok(())
+}
+
+fn write_completions(path: &std::path::Path, completions: &[Completion]) -> std::io::Result<()> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for c in completions {
+        writeln!(file, "{} {} {}", c.unix_us, c.latency_us, c.client)?;
+    }
+    file.flush()
 }
 
 async fn connect(endpoint: &str) -> Result<Channel, CliError> {
@@ -226,7 +279,7 @@ async fn measure(
     args: &BenchArgs,
     endpoints: &[String],
     duration: Duration,
-) -> Result<Report, CliError> {
+) -> Result<(Report, Vec<Completion>), CliError> {
     let mut channels = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
         channels.push(connect(&endpoints[index % endpoints.len()]).await?);
@@ -257,6 +310,8 @@ async fn measure(
         stall_max: Duration::ZERO,
         stalls: Vec::new(),
         stalls_unlisted: 0,
+        completions: args.completions.as_ref().map(|_| Vec::new()),
+        completions_unlisted: 0,
     }));
     let end = start + duration;
     let mut tasks = Vec::with_capacity(args.clients);
@@ -308,6 +363,7 @@ async fn measure(
                         let micros = (now - began).as_micros().clamp(1, 60_000_000) as u64;
                         tally.latency.saturating_record(micros);
                         tally.complete(now);
+                        tally.record(index, micros);
                         continue;
                     }
                     Err(status) => status,
@@ -345,7 +401,8 @@ async fn measure(
         let _ = task.await;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
+    let completions = tally.completions.take().unwrap_or_default();
     let ms = |q: f64| {
         if tally.latency.is_empty() {
             0.0
@@ -353,7 +410,7 @@ async fn measure(
             tally.latency.value_at_quantile(q) as f64 / 1e3
         }
     };
-    Ok(Report {
+    let report = Report {
         workload: match args.workload {
             Workload::Put => "put",
             Workload::Get if args.serializable => "get (serializable)",
@@ -375,5 +432,7 @@ async fn measure(
         stall_ms_max: tally.stall_max.as_secs_f64() * 1e3,
         stalls: tally.stalls.clone(),
         stalls_unlisted: tally.stalls_unlisted,
-    })
+        completions_unlisted: tally.completions_unlisted,
+    };
+    Ok((report, completions))
 }
