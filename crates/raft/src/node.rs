@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
-use raft::{RawNode, ReadOnlyOption, StateRole};
+use raft::{ProgressState, RawNode, ReadOnlyOption, StateRole};
 use tokio::sync::oneshot;
 use worknode_kv::{
     Applied, Command, KvError, Proposal, RangeRequest, RangeResponse, RequestId, ScheduleChange,
@@ -268,6 +268,9 @@ pub struct NodeStatus {
     /// Writes held for this member's turn that went to the actual leader instead (the
     /// transfer did not happen), since start.
     pub held_fallback_total: u64,
+    /// Followers that, as this member took over, lacked entries it replicated to them at
+    /// once, and were probed back as raft-rs does (since start).
+    pub optimistic_rejected_total: u64,
 }
 
 /// The driver's side of the channels, held by servers and transports.
@@ -383,10 +386,14 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     last_heard: HashMap<u64, Instant>,
     /// Proposals forwarded ahead to this member (the incoming leader), until it leads.
     held: Vec<(Message, Instant)>,
+    /// Followers this new leader replicates to before their first answer (see
+    /// [`Node::replicate_at_once`]), until that answer comes.
+    optimistic: Vec<u64>,
     /// Whether this member's election timeout is pinned by the schedule's favour.
     biased: bool,
     forwarded_ahead_total: u64,
     held_fallback_total: u64,
+    optimistic_rejected_total: u64,
     last_leader: u64,
     leader_changes_total: u64,
     /// The (term, leader) whose process this follower found gone, once per term.
@@ -497,9 +504,11 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             fast_failovers_total: 0,
             last_heard: HashMap::new(),
             held: Vec::new(),
+            optimistic: Vec::new(),
             biased: false,
             forwarded_ahead_total: 0,
             held_fallback_total: 0,
+            optimistic_rejected_total: 0,
             last_leader: raft::INVALID_ID,
             leader_changes_total: 0,
         };
@@ -533,7 +542,10 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             }
             self.maybe_snapshot()?;
             self.handle_ready()?;
-            self.follow_leadership(now);
+            if self.follow_leadership(now) {
+                // What it proposed on taking over goes out now, not on the next input.
+                self.handle_ready()?;
+            }
             self.bias_election();
             if self.rotate(now) {
                 // The transfer's messages go out in this turn, not the next.
@@ -643,6 +655,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                     return;
                 }
             }
+        }
+        if !self.optimistic.is_empty() {
+            self.first_answer(&message);
         }
         // Messages for another member, or from a removed one, are not ours to act on.
         let _ = self.raw.step(message);
@@ -783,22 +798,25 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
 
     /// On a leader change, proposes every pending write and read again at once, so what
     /// waited through a handoff (refused while the transfer ran, or forwarded to the old
-    /// leader and lost) reaches the new leader the moment it leads.
-    fn follow_leadership(&mut self, now: Instant) {
+    /// leader and lost) reaches the new leader the moment it leads. Whether this member
+    /// has just become the leader.
+    fn follow_leadership(&mut self, now: Instant) -> bool {
         let leader = self.raw.raft.leader_id;
         if let Some(rotation) = &mut self.rotation {
             // The wall clock is read only when rotation needs it: this runs every turn.
             rotation.observe_leader(leader, self.config.id, now, self.clock.unix_ns());
         }
         if leader == self.last_leader {
-            return;
+            return false;
         }
         self.last_leader = leader;
         if leader == raft::INVALID_ID {
-            return;
+            return false;
         }
         self.leader_changes_total += 1;
-        if leader == self.config.id {
+        let leads = leader == self.config.id;
+        if leads {
+            self.replicate_at_once();
             // Writes forwarded ahead to this member: its turn has come.
             for (message, _) in std::mem::take(&mut self.held) {
                 for entry in message.entries.iter() {
@@ -814,6 +832,65 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             self.reads.iter().filter(|(_, r)| r.read_index.is_none()).map(|(id, _)| *id).collect();
         for id in unanswered {
             self.raw.read_index(id.to_be_bytes().to_vec());
+        }
+        leads
+    }
+
+    /// A new leader's first append (its empty entry) probes each follower, and raft-rs
+    /// sends nothing more to it until it answers: the writes held for this member's turn
+    /// would wait a second round trip and log sync on every follower. Right after a
+    /// handoff the followers' logs end where this one does, so they are treated as
+    /// replicating at once: the held writes follow the empty entry without waiting. The
+    /// progress state decides only what is sent when, never what commits (that rests on
+    /// the followers' answers); a follower that turns out to lack entries answers with a
+    /// rejection, and [`Node::step`] puts it back to probing with raft-rs's usual hint.
+    fn replicate_at_once(&mut self) {
+        let raft = &mut self.raw.raft;
+        let (me, last) = (raft.id, raft.raft_log.last_index());
+        self.optimistic.clear();
+        for (&id, progress) in raft.mut_prs().iter_mut() {
+            // Probing from the empty entry (next = last), the probe sent and unanswered.
+            if id != me
+                && progress.state == ProgressState::Probe
+                && progress.paused
+                && progress.next_idx == last
+            {
+                progress.state = ProgressState::Replicate;
+                progress.paused = false;
+                progress.next_idx = last + 1;
+                progress.ins.reset();
+                self.optimistic.push(id);
+            }
+        }
+    }
+
+    /// A follower's first answer to a new leader that replicated to it at once: accepted,
+    /// raft-rs's own bookkeeping takes over; rejected, it goes back to probing (in
+    /// replicating state raft-rs would restart from its match, still 0: the whole log, or
+    /// a snapshot).
+    fn first_answer(&mut self, message: &Message) {
+        if message.get_msg_type() != MessageType::MsgAppendResponse
+            || self.raw.raft.state != StateRole::Leader
+            || message.term != self.raw.raft.term
+        {
+            return;
+        }
+        let Some(at) = self.optimistic.iter().position(|&id| id == message.from) else {
+            return;
+        };
+        self.optimistic.swap_remove(at);
+        if message.reject {
+            if let Some(progress) = self.raw.raft.mut_prs().get_mut(message.from) {
+                if progress.state == ProgressState::Replicate && progress.matched == 0 {
+                    // Probing from this rejection: raft-rs takes it as the probe's answer
+                    // and moves back by the follower's hint.
+                    progress.state = ProgressState::Probe;
+                    progress.paused = false;
+                    progress.next_idx = message.index + 1;
+                    progress.ins.reset();
+                    self.optimistic_rejected_total += 1;
+                }
+            }
         }
     }
 
@@ -979,7 +1056,28 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             || hard_state
                 .as_ref()
                 .is_some_and(|hs| hs.term != stored.term || hs.vote != stored.vote);
-        self.raw.mut_store().persist(ready.entries(), hard_state.as_ref(), sync)?;
+        if ready.entries().is_empty() && ready.snapshot().is_empty() {
+            // A candidate's vote requests go out while its own term and vote are synced
+            // (Raft thesis §10.2.1): they rest on its log, which is on disk already, and
+            // it counts the answers only after this sync, so it never leads on a vote
+            // it could forget. A handoff's election waits on one sync less.
+            let (early, later): (Vec<Message>, Vec<Message>) =
+                ready.take_persisted_messages().into_iter().partition(|m| {
+                    matches!(
+                        m.get_msg_type(),
+                        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                    )
+                });
+            if !early.is_empty() {
+                self.transport.send(early);
+            }
+            self.raw.mut_store().persist(&[], hard_state.as_ref(), sync)?;
+            if !later.is_empty() {
+                self.transport.send(later);
+            }
+        } else {
+            self.raw.mut_store().persist(ready.entries(), hard_state.as_ref(), sync)?;
+        }
         if !ready.persisted_messages().is_empty() {
             self.transport.send(ready.take_persisted_messages());
         }
@@ -1207,6 +1305,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             fast_failovers_total: self.fast_failovers_total,
             forwarded_ahead_total: self.forwarded_ahead_total,
             held_fallback_total: self.held_fallback_total,
+            optimistic_rejected_total: self.optimistic_rejected_total,
         };
         *self.handle.status.write().unwrap_or_else(PoisonError::into_inner) = status;
     }

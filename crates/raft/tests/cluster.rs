@@ -429,3 +429,42 @@ fn a_stopped_member_is_known_gone_until_it_connects_again() {
     cluster.put(down, 2, 1, "back", "1").unwrap();
     cluster.assert_converged();
 }
+
+#[test]
+fn a_new_leader_brings_back_a_follower_that_lacks_entries() {
+    // A new leader replicates to every follower at once, before its first answer; one
+    // that was down meanwhile rejects, is probed back, and catches up from the log (the
+    // leader has compacted: restarting from index 1 would mean a snapshot).
+    let mut cluster = Cluster::new("takeover", 3, 50);
+    let leader = cluster.wait_for_leader();
+    for i in 0..80u64 {
+        cluster.put(leader, 5, i, &format!("key{:02}", i % 20), &i.to_string()).unwrap();
+    }
+    let down = (leader + 1) % 3;
+    let heir = (leader + 2) % 3;
+    cluster.stop(down);
+    for i in 80..100u64 {
+        cluster.put(leader, 5, i, &format!("key{:02}", i % 20), &i.to_string()).unwrap();
+    }
+    let (reply, answer) = oneshot::channel();
+    let target = cluster.peers[heir].0;
+    cluster.handle(leader).submit(ClientRequest::TransferLeader { target, reply }).unwrap();
+    answer.blocking_recv().unwrap().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.leader() != Some(heir) {
+        assert!(Instant::now() < deadline, "the transfer to member {target} did not happen");
+        thread::sleep(Duration::from_millis(5));
+    }
+    for i in 100..110u64 {
+        cluster.put(heir, 5, i, &format!("key{:02}", i % 20), &i.to_string()).unwrap();
+    }
+    cluster.start(down);
+    cluster.assert_converged();
+    assert_eq!(value_of(&cluster.get(down, "key09").unwrap()).as_deref(), Some("109"));
+    let status = cluster.handle(heir).status();
+    assert!(status.is_leader, "member {target} lost the lead: {status:?}");
+    assert!(
+        status.optimistic_rejected_total >= 1,
+        "the lagging follower was never probed back: {status:?}"
+    );
+}

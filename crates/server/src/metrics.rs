@@ -150,6 +150,12 @@ pub fn render(source: &MetricsSource) -> String {
             "Writes held for this member's turn that went to the actual leader instead.",
             status.held_fallback_total as f64,
         ),
+        (
+            "worknode_raft_optimistic_rejected_total",
+            "counter",
+            "Followers that lacked entries a new leader sent them before their first answer, probed back as raft-rs does.",
+            status.optimistic_rejected_total as f64,
+        ),
     ] {
         family(&mut text, name, kind, help);
         let _ = writeln!(text, "{name} {value}");
