@@ -5,7 +5,7 @@
 #   2. worknode with rotation off
 #   3. etcd 3.4 (Debian etcd-server) with `etcdctl move-leader` every 3 s
 # Runs 1 and 2 are two clusters started together; the load alternates between them in
-# SEGMENTS (default 6) pieces per side, in on-off-off-on order, so the machine's drift
+# SEGMENTS (default 10) pieces per side, in on-off-off-on order, so the machine's drift
 # (this VM's throughput moves by 15% between minutes) falls on both alike, and each
 # segment turns the endpoint list so every member takes the second client on its address
 # equally often (a client on the leader's own address skips the forwarding hop). The idle
@@ -22,11 +22,17 @@
 # a request a dead member's address refused goes to the next endpoint (a "failover", not
 # an error); a request in flight at a member that dies is an error (its outcome is unknown).
 #
-# Usage: bench/rotation.sh [SECONDS per run] [SEGMENTS]   (defaults 30 and 6)
+# Every request's completion is kept (`worknode bench --completions`), which gives two
+# measures that do not depend on comparing two clusters: how much throughput dips around
+# the turn boundaries (rotation on against off, same phase of the turn), and the longest
+# gap between completions in each handoff's window (p50, p99, max).
+#
+# Usage: bench/rotation.sh [SECONDS per run] [SEGMENTS]   (defaults 30 and 10)
+# KEEP_WORK=1 keeps the work directory (logs, reports, completions) after a good run too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
-segments=${2:-6}
+segments=${2:-10}
 segment_s=$(awk "BEGIN { s = $seconds / $segments; print (s < 1 ? 1 : s) }")
 scripts/deps.sh >/dev/null
 if [ -n "${WORKNODE_BIN:-}" ]; then worknode=$WORKNODE_BIN; else cargo build --release -q -p worknode-cli; worknode=target/release/worknode; fi
@@ -34,7 +40,7 @@ work=$(mktemp -d /tmp/rotation-bench.XXXXXX)
 pids=()
 stop_all() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 # A failed run keeps its logs and data for a look.
-trap 'status=$?; stop_all; if [ $status = 0 ]; then rm -rf "$work"; else echo "kept $work for a look" >&2; fi' EXIT
+trap 'status=$?; stop_all; if [ $status = 0 ] && [ -z "${KEEP_WORK:-}" ]; then rm -rf "$work"; else echo "kept $work for a look" >&2; fi' EXIT
 endpoints="127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579"
 # The rotation-off cluster while both worknode clusters run.
 plain_endpoints="127.0.0.1:22389,127.0.0.1:22489,127.0.0.1:22589"
@@ -105,7 +111,7 @@ start_etcd() { # $1 = data suffix
   wait_ready
 }
 load() { # $1 = output name, $2 = duration (default: the run), $3 = endpoints (default: $endpoints)
-  "$worknode" bench put --endpoints "${3:-$endpoints}" --clients 4 --connections 4 --duration "${2:-$seconds}s" --json > "$work/$1.json"
+  "$worknode" bench put --endpoints "${3:-$endpoints}" --clients 4 --connections 4 --duration "${2:-$seconds}s" --json --completions "$work/$1.done" > "$work/$1.json"
 }
 handoffs() { # turn logs of every member → handoff durations
   for ep in ${endpoints//,/ }; do "$worknode" status --endpoints "$ep" --json --handoffs 1024 2>/dev/null || true; done > "$work/$1-status.json"
@@ -230,8 +236,57 @@ for label, name in [("worknode, rotation on (400 ms turns)", "worknode-rotation"
     r = load(name)
     print(f"| {label} | {r['ops_per_s']:.0f} | {r['ops_per_s'] / base:.3f}× | {r['errors']} | {r['failovers']} | {r['stall_ms_max']:.1f} | {across(name, r)} | {r['p99_ms']:.2f} |")
 on, off = load("worknode-rotation")["segments"], load("worknode-plain")["segments"]
+pairs = [a / b for a, b in zip(on, off)]
+mean = sum(pairs) / len(pairs)
+se = (sum((r - mean) ** 2 for r in pairs) / max(1, len(pairs) - 1) / len(pairs)) ** 0.5
 print()
-print("throughput rotation on / off per segment pair: " + " ".join(f"{a / b:.3f}" for a, b in zip(on, off)))
+print("throughput rotation on / off per segment pair: " + " ".join(f"{r:.3f}" for r in pairs)
+      + f"; mean {mean:.3f} ± {se:.3f} (standard error)")
+
+# Every completion, per loaded segment: where in the turn rotation costs throughput, and
+# what each handoff cost the clients, against the same moments of the rotation-off run.
+def completions(name):
+    return [sorted(int(line.split()[0]) for line in open(f"{work}/{name}-{k}.done"))
+            for k in range(1, 1 + int(segments))]
+grid = next(iter(turns.values()))["boundary_unix_us"] if turns else 0
+NEAR_BEFORE, NEAR_AFTER = LEAD_US + MARGIN_US, 10_000
+def near_share(runs):
+    # Share of completions within [boundary - 15 ms, boundary + 10 ms] over the share of
+    # time those windows take: 1.0 means no dip at the boundaries.
+    near = total = 0
+    for xs in runs:
+        for us in xs:
+            phase = (us - grid + NEAR_BEFORE) % TURN_US
+            near += phase < NEAR_BEFORE + NEAR_AFTER
+            total += 1
+    return near / total / ((NEAR_BEFORE + NEAR_AFTER) / TURN_US) if total else float("nan")
+def window_stalls(runs, spans):
+    # The longest gap between completions touching each window, in loaded time only.
+    import bisect
+    found = []
+    for lo, hi in spans:
+        for xs in runs:
+            if not xs or lo < xs[0] or hi > xs[-1]:
+                continue
+            i, j = bisect.bisect_left(xs, lo), bisect.bisect_right(xs, hi)
+            around = xs[max(0, i - 1):j + 1]
+            found.append(max(b - a for a, b in zip(around, around[1:])) / 1e3)
+    return sorted(found)
+runs_on, runs_off = completions("worknode-rotation"), completions("worknode-plain")
+share_on, share_off = near_share(runs_on), near_share(runs_off)
+window_cost = (share_off - share_on) * (NEAR_BEFORE + NEAR_AFTER) / TURN_US
+print(f"throughput in the 25 ms around each turn boundary, relative to the whole turn: rotation on {share_on:.3f}, "
+      f"off {share_off:.3f}: the handoffs themselves cost {100 * window_cost:.2f}% of the throughput")
+if turns:
+    median = pct(handoffs, 0.5)
+    loaded_off = [x for xs in runs_off for x in xs[:1] + xs[-1:]]
+    first, last = (min(loaded_off) - grid) // TURN_US, (max(loaded_off) - grid) // TURN_US + 1
+    same = [transfer(grid + k * TURN_US, median) for k in range(first, last + 1)]
+    for label, found in [("rotation on, each handoff", window_stalls(runs_on, windows["worknode-rotation"])),
+                         ("rotation off, same windows", window_stalls(runs_off, same))]:
+        if found:
+            print(f"longest gap between completions, {label}: p50 {pct(found, 0.5):.2f} ms, "
+                  f"p99 {pct(found, 0.99):.2f} ms, max {found[-1]:.2f} ms ({len(found)} windows)")
 print()
 print(f"worknode handoffs recorded: {len(handoffs)}, p50 {pct(handoffs, 0.5):.2f} ms, p99 {pct(handoffs, 0.99):.2f} ms")
 if turns:
