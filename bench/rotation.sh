@@ -275,8 +275,10 @@ def window_stalls(runs, spans):
 runs_on, runs_off = completions("worknode-rotation"), completions("worknode-plain")
 share_on, share_off = near_share(runs_on), near_share(runs_off)
 window_cost = (share_off - share_on) * (NEAR_BEFORE + NEAR_AFTER) / TURN_US
+verdict = (f"the handoffs themselves cost {100 * window_cost:.2f}% of the throughput" if window_cost > 0
+           else f"no measurable cost from the handoffs themselves ({100 * window_cost:+.2f}%)")
 print(f"throughput in the 25 ms around each turn boundary, relative to the whole turn: rotation on {share_on:.3f}, "
-      f"off {share_off:.3f}: the handoffs themselves cost {100 * window_cost:.2f}% of the throughput")
+      f"off {share_off:.3f}: {verdict}")
 if turns:
     median = pct(handoffs, 0.5)
     loaded_off = [x for xs in runs_off for x in xs[:1] + xs[-1:]]
