@@ -340,6 +340,34 @@ fn a_member_far_behind_is_brought_back_by_snapshot() {
 }
 
 #[test]
+fn snapshots_thin_out_as_the_state_grows() {
+    // Every write adds a key, so each snapshot is larger than the last. One every
+    // `snapshot_entries` (50 here; 56 for member 1) would be 14 over 800 writes; waiting
+    // also for a snapshot's size of log makes them about geometric: 50, ~100, ~200, ~400.
+    let cluster = Cluster::new("snapshot-growth", 3, 50);
+    let leader = cluster.wait_for_leader();
+    let value = "v".repeat(64);
+    for i in 0..800u64 {
+        cluster.put(leader, 5, i, &format!("grow{i:04}"), &value).unwrap();
+    }
+    cluster.assert_converged();
+    for member in 0..3 {
+        let status = cluster.handle(member).status();
+        println!(
+            "member {}: {} snapshots, latest at {}",
+            status.id, status.snapshots_total, status.snapshot_index
+        );
+        assert!(
+            (2..=7).contains(&status.snapshots_total),
+            "member {} took {} snapshots over 800 growing writes (expected 2-7)",
+            status.id,
+            status.snapshots_total
+        );
+        assert!(status.snapshot_index >= 200, "member {}: {status:?}", status.id);
+    }
+}
+
+#[test]
 fn leadership_follows_the_schedule_and_writes_never_fail() {
     let rotation = worknode_raft::rotation::RotationConfig {
         base: worknode_kv::ScheduleSettings {

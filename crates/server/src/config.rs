@@ -209,7 +209,8 @@ pub struct ServerConfig {
     /// How long a client request may wait before "request timed out".
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Applied entries between snapshots.
+    /// Applied entries between snapshots, at least: a snapshot also waits until the log
+    /// since the last one is as large as that snapshot was.
     #[serde(default = "default_snapshot_entries")]
     pub snapshot_entries: u64,
     /// Allow the fault-injection RPC (partitioning peers) — for tests only.

@@ -156,6 +156,18 @@ pub fn render(source: &MetricsSource) -> String {
             "Followers that lacked entries a new leader sent them before their first answer, probed back as raft-rs does.",
             status.optimistic_rejected_total as f64,
         ),
+        (
+            "worknode_raft_snapshots_total",
+            "counter",
+            "State-machine snapshots written, taken here or received from the leader.",
+            status.snapshots_total as f64,
+        ),
+        (
+            "worknode_raft_snapshot_index",
+            "gauge",
+            "Applied index of the latest durable snapshot (0: none).",
+            status.snapshot_index as f64,
+        ),
     ] {
         family(&mut text, name, kind, help);
         let _ = writeln!(text, "{name} {value}");
