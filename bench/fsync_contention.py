@@ -35,7 +35,12 @@ def writer(directory, syncs, results):
 
 def main():
     directory = sys.argv[1] if len(sys.argv) > 1 else "/tmp"
-    syncs = int(sys.argv[2]) if len(sys.argv) > 2 else 1500
+    try:
+        syncs = int(sys.argv[2]) if len(sys.argv) > 2 else 1500
+    except ValueError:
+        sys.exit(f"fsync_contention: SYNCS must be a whole number, not {sys.argv[2]!r}")
+    if syncs < 1:
+        sys.exit(f"fsync_contention: SYNCS must be at least 1, not {syncs}")
     if not os.path.isdir(directory):
         sys.exit(f"fsync_contention: {directory}: not a directory")
     print(f"write 330 B + fdatasync, {syncs} per writer, files in {directory}")
