@@ -29,8 +29,12 @@ echo "host: $(nproc) CPUs, kernel $(uname -r); CPU $cpu, $seconds s per tool"
 echo "== cyclictest -m -p 90 -t 1 -a $cpu -i 200 -D $seconds -q -N"
 ct=$(cyclictest -m -p 90 -t 1 -a "$cpu" -i 200 -D "$seconds" -q -N | grep '^T:')
 echo "$ct"
-ct_min=$(sed -E 's/.*Min: *([0-9]+).*/\1/' <<<"$ct" | awk '{print $1 / 1000}')
-ct_avg=$(sed -E 's/.*Avg: *([0-9]+).*/\1/' <<<"$ct" | awk '{print $1 / 1000}')
+if ! [[ $ct =~ Min:\ *([0-9]+).*Avg:\ *([0-9]+) ]]; then
+  echo "jitter_vs_cyclictest: cannot read Min/Avg from cyclictest's output: ${ct:-nothing}" >&2
+  exit 2
+fi
+ct_min=$(awk -v ns="${BASH_REMATCH[1]}" 'BEGIN {print ns / 1000}')
+ct_avg=$(awk -v ns="${BASH_REMATCH[2]}" 'BEGIN {print ns / 1000}')
 
 echo "== worknode cores jitter --probe timer --cpus $cpu --interval-us 200 --priority 90 --mlock --duration ${seconds}s"
 ours=$("$worknode" cores jitter --probe timer --cpus "$cpu" --interval-us 200 --priority 90 --mlock --duration "${seconds}s" --json)
