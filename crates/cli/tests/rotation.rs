@@ -208,6 +208,27 @@ async fn writes_again(
     }
 }
 
+/// The leader, asked for at least 120 ms before the next turn boundary. A leader killed or
+/// cut off then has no planned handoff under way, so the test exercises failover: asked
+/// near a boundary, the "leader" may already have handed over and be killed as a follower.
+async fn leader_early_in_a_turn(cluster: &ProcessCluster) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut admin = AdminClient::new(cluster.channel(0).await);
+    loop {
+        let reply = admin
+            .schedule(worknode_server::adminpb::ScheduleRequest { turns: 1 })
+            .await
+            .unwrap()
+            .into_inner();
+        let leader = cluster.members.iter().position(|m| m.id == reply.leader_id);
+        if let Some(leader) = leader.filter(|_| reply.next_turn_in_ms >= 120) {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "no leader early in a turn: {reply:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_scheduled_leader_is_skipped_then_leads_again() {
     let _serial = SERIAL.lock().await;
@@ -215,11 +236,14 @@ async fn a_killed_scheduled_leader_is_skipped_then_leads_again() {
     let mut cluster = ProcessCluster::start_with("rotation-kill", 3, 100, SCHEDULE);
     cluster.leader().await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let victim = cluster.leader().await;
-    let victim_id = cluster.members[victim].id;
-    let survivor = (victim + 1) % 3;
-    let mut client = cluster.kv(survivor).await;
+    let mut clients = Vec::new();
+    for index in 0..3 {
+        clients.push(cluster.kv(index).await);
+    }
+    let victim = leader_early_in_a_turn(&cluster).await;
     cluster.kill(victim);
+    let victim_id = cluster.members[victim].id;
+    let mut client = clients.swap_remove((victim + 1) % 3);
     let killed = Instant::now();
     // The survivors see the leader's host refuse connections and fail over without
     // waiting out the election timeout.
@@ -257,14 +281,14 @@ async fn a_partitioned_scheduled_leader_is_skipped_then_leads_again() {
     let cluster = ProcessCluster::start_with("rotation-partition", 3, 20, SCHEDULE);
     cluster.leader().await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let victim = cluster.leader().await;
-    let victim_id = cluster.members[victim].id;
-    let majority: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
     let mut clients = Vec::new();
-    for &index in &majority {
+    for index in 0..3 {
         clients.push(cluster.kv(index).await);
     }
+    let victim = leader_early_in_a_turn(&cluster).await;
     cluster.isolate(victim).await;
+    let victim_id = cluster.members[victim].id;
+    clients.remove(victim);
     let cut = Instant::now();
     // A partition refuses nothing: the majority waits out the election timeout (10 ticks
     // of 20 ms; the favoured member's is 12) and elects a leader among itself.
