@@ -10,6 +10,7 @@ pub mod datadir;
 pub mod frame;
 pub mod member;
 pub mod node;
+mod raft_log;
 pub mod rotation;
 pub mod snapshot_file;
 pub mod storage;

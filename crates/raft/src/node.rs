@@ -428,10 +428,6 @@ pub enum StartError {
     Rotation(#[from] crate::rotation::RotationError),
 }
 
-fn logger() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
-
 impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     /// Builds the node from its storage and the latest snapshot (if any).
     pub fn new(
@@ -468,7 +464,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             ..raft::Config::default()
         };
         raft_config.validate()?;
-        let raw = RawNode::new(&raft_config, storage, &logger())?;
+        let raw = RawNode::new(&raft_config, storage, &crate::raft_log::logger())?;
         let mut rotation =
             config.rotation.clone().map(crate::rotation::Rotation::new).transpose()?;
         if let Some(rotation) = &mut rotation {
