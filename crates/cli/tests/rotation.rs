@@ -267,6 +267,18 @@ async fn a_killed_scheduled_leader_is_skipped_then_leads_again() {
         })
         .sum();
     assert!(fast >= 1.0, "no survivor counted a fast failover");
+    // While it was down the survivors dropped what they had for it instead of queueing
+    // it for its return.
+    let dropped: f64 = (0..3)
+        .filter(|&i| i != victim)
+        .map(|i| {
+            metric(
+                &support::scrape(cluster.members[i].metrics),
+                "worknode_peer_frames_dropped_total{reason=\"unreachable\"}",
+            )
+        })
+        .sum();
+    assert!(dropped >= 1.0, "no survivor dropped a frame for the dead member");
     assert!(
         led_again,
         "the restarted member never led its turn again: {:?}",

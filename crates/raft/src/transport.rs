@@ -15,6 +15,15 @@
 //! on it), reconnects at once, and remembers a peer whose address refuses the connection:
 //! its host is up and nothing listens, so the peer's process is gone. The Raft loop uses
 //! that to fail over without waiting out the election timeout.
+//!
+//! Nothing queues for a peer that cannot be reached: from a failed connection attempt
+//! until the next one succeeds, frames are dropped (and counted), as a network would
+//! drop them. A member that was down for seconds would otherwise receive, the moment it
+//! returns, heartbeats and vote requests from terms long gone, and answer every
+//! heartbeat; each answer makes the leader send it a probe of up to 256 KiB of entries
+//! read from disk, so a burst of them stalled the leader's loop past an election
+//! timeout. When a peer that was unreachable connects to us (it restarted), our writer
+//! reconnects to it at once instead of at the end of its backoff.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{ErrorKind, Write as _};
@@ -35,6 +44,10 @@ use crate::storage::{decode_message, encode_message};
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest reconnect delay.
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// A connection attempt that takes longer than this counts as failed: the peer is
+/// unreachable (its host is down or cut off; the kernel would retry a lost SYN for
+/// minutes while frames pile up for it).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -43,6 +56,9 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct TransportStats {
     /// Frames dropped because a peer queue was full.
     pub dropped_full: AtomicU64,
+    /// Frames dropped because the peer could not be reached (the last connection attempt
+    /// failed and no new one has succeeded).
+    pub dropped_unreachable: AtomicU64,
     /// Messages dropped because the peer is partitioned off (fault injection).
     pub dropped_blocked: AtomicU64,
     /// Frames sent (whole, straight from the loop or by a writer).
@@ -55,6 +71,8 @@ pub struct TransportStats {
     /// to us since (its process is gone). Set by the writers, cleared by a successful
     /// connect or by the peer's hello on an inbound connection (it restarted).
     pub gone: HashMap<u64, AtomicBool>,
+    /// Per peer: wakes its writer out of a reconnect backoff (the peer connected to us).
+    returned: HashMap<u64, tokio::sync::Notify>,
 }
 
 impl TransportStats {
@@ -98,6 +116,9 @@ struct OutboxState {
     pending: VecDeque<Pending>,
     /// Frames the loop wrote itself, ever.
     direct_frames: u64,
+    /// The last connection attempt failed and none has succeeded since: frames offered
+    /// now are dropped, not queued.
+    unreachable: bool,
 }
 
 impl Outbox {
@@ -154,6 +175,10 @@ impl Outbox {
                     return;
                 }
             }
+        }
+        if state.unreachable {
+            stats.dropped_unreachable.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         if state.pending.len() >= PEER_QUEUE_MAX {
             stats.dropped_full.fetch_add(1, Ordering::Relaxed);
@@ -243,7 +268,8 @@ pub fn connect_peers(
     let others: Vec<(u64, SocketAddr)> =
         peers.iter().copied().filter(|(id, _)| *id != my_id).collect();
     let gone = others.iter().map(|(id, _)| (*id, AtomicBool::new(false))).collect();
-    let stats = Arc::new(TransportStats { gone, ..TransportStats::default() });
+    let returned = others.iter().map(|(id, _)| (*id, tokio::sync::Notify::new())).collect();
+    let stats = Arc::new(TransportStats { gone, returned, ..TransportStats::default() });
     let mut outboxes = HashMap::new();
     let waker = Arc::new(OnceLock::new());
     for (peer, address) in others {
@@ -268,9 +294,12 @@ async fn writer(link: Link, outbox: Arc<Outbox>, stats: Arc<TransportStats>, blo
     let Link { cluster_id, my_id, peer, address, .. } = link;
     let mut backoff = BACKOFF_MIN;
     while !outbox.closed.load(Ordering::Relaxed) {
-        let stream = match TcpStream::connect(address).await {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await;
+        let attempt = attempt.unwrap_or_else(|_| Err(ErrorKind::TimedOut.into()));
+        let stream = match attempt {
             Ok(stream) => {
                 stats.mark(peer, false);
+                outbox.lock().unreachable = false;
                 stream
             }
             Err(error) => {
@@ -283,10 +312,21 @@ async fn writer(link: Link, outbox: Arc<Outbox>, stats: Arc<TransportStats>, blo
                         }
                     }
                 }
-                // Drop what queued while the peer is unreachable: it would be stale by the
-                // time it arrives, and Raft sends again what still matters.
-                outbox.lock().pending.clear();
-                tokio::time::sleep(backoff).await;
+                // Drop what queued, and what is offered until a connection succeeds: it
+                // would be stale by the time it arrives, and Raft sends again what matters.
+                {
+                    let mut state = outbox.lock();
+                    let dropped = state.pending.len() as u64;
+                    stats.dropped_unreachable.fetch_add(dropped, Ordering::Relaxed);
+                    state.pending.clear();
+                    state.unreachable = true;
+                }
+                if let Some(returned) = stats.returned.get(&peer) {
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = returned.notified() => {}
+                    }
+                }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
@@ -425,8 +465,12 @@ async fn reader(
                                 return;
                             }
                             from = Some(sender);
-                            // It connected to us: its process runs (again).
+                            // It connected to us: its process runs (again), and our
+                            // writer need not wait out its backoff to reach it.
                             stats.mark(sender, false);
+                            if let Some(returned) = stats.returned.get(&sender) {
+                                returned.notify_one();
+                            }
                         }
                         (Frame::Messages(messages), Some(sender)) => {
                             if blocked

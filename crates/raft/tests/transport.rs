@@ -1,6 +1,7 @@
 //! The peer transport delivers every message whole and in order when the peer reads
 //! slowly: the Raft loop's own writes fill the socket part-way through a frame, and the
-//! writer task carries on from the exact byte where the loop stopped.
+//! writer task carries on from the exact byte where the loop stopped. What is sent while
+//! a peer cannot be reached is dropped, never delivered late.
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
 
@@ -70,4 +71,59 @@ async fn a_slow_reader_gets_every_message_whole_and_in_order() {
     }
     assert_eq!(stats.dropped_full.load(Ordering::Relaxed), 0);
     assert!(buffer.is_empty());
+}
+
+/// Reads frames from `socket` until one carries a message; that message's index.
+async fn first_index_received(socket: &mut tokio::net::TcpStream) -> u64 {
+    let mut buffer = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let read = tokio::time::timeout_at(deadline, socket.read(&mut chunk))
+            .await
+            .expect("a message within 10 s")
+            .unwrap();
+        assert!(read > 0, "the connection closed before any message");
+        buffer.extend_from_slice(&chunk[..read]);
+        while let Some((frame, used)) = decode(&buffer).expect("every frame is whole") {
+            buffer.drain(..used);
+            if let Frame::Messages(messages) = frame {
+                return decode_message(&messages[0]).unwrap().index;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_sent_while_a_peer_is_down_never_arrives_late() {
+    // A port nobody listens on: connection attempts are refused, as when a member's
+    // process is gone.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let me = "127.0.0.1:1".parse().unwrap();
+    let (mut transport, stats) = connect_peers(7, 1, &[(1, me), (2, peer)], Blocked::default());
+    let message = |index| Message { to: 2, index, ..Message::default() };
+    // Past the longest reconnect backoff (500 ms), a heartbeat's worth every 10 ms.
+    let mut index = 0;
+    while index < 120 {
+        transport.send(vec![message(index)]);
+        index += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stats.gone.get(&2).unwrap().load(Ordering::Relaxed), "the refusals were not seen");
+    // The peer comes back; everything sent before this moment is stale.
+    let listener = tokio::net::TcpListener::bind(peer).await.unwrap();
+    let back_at = index;
+    let sender = tokio::spawn(async move {
+        for index in back_at..back_at + 200 {
+            transport.send(vec![message(index)]);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        transport
+    });
+    let (mut socket, _) = listener.accept().await.unwrap();
+    let first = first_index_received(&mut socket).await;
+    let _transport = sender.await.unwrap();
+    assert!(first >= back_at, "message {first}, sent while the peer was down, arrived late");
+    let dropped = stats.dropped_unreachable.load(Ordering::Relaxed);
+    assert!(dropped >= 100, "only {dropped} frames were dropped as unreachable");
 }

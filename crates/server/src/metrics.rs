@@ -4,6 +4,7 @@
 //! 404 or 400, a slow or oversized request is dropped.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use worknode_cores::telemetry::Telemetry;
 use worknode_raft::rotation::HANDOFF_BUCKETS_S;
+use worknode_raft::transport::TransportStats;
 use worknode_raft::NodeHandle;
 
 /// Largest request head read before the connection is dropped.
@@ -23,6 +25,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct MetricsSource {
     /// The Raft node.
     pub node: NodeHandle,
+    /// The peer transport's counters.
+    pub transport: Arc<TransportStats>,
     /// The process's CPU and thread samples.
     pub telemetry: Arc<Mutex<Telemetry>>,
 }
@@ -207,6 +211,61 @@ pub fn render(source: &MetricsSource) -> String {
         rotation.handoff_seconds_sum
     );
     let _ = writeln!(text, "worknode_rotation_handoff_duration_seconds_count {cumulative}");
+    render_transport(&mut text, &source.transport);
     text.push_str(&source.telemetry.lock().unwrap_or_else(PoisonError::into_inner).prometheus());
     text
+}
+
+/// The peer transport's counters: frames sent, frames dropped by reason, refused and
+/// bad connections, and which peers look gone (their address refuses connections).
+fn render_transport(text: &mut String, stats: &TransportStats) {
+    let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    family(text, "worknode_peer_frames_sent_total", "counter", "Frames written to peers.");
+    let _ = writeln!(text, "worknode_peer_frames_sent_total {}", count(&stats.frames_sent));
+    family(
+        text,
+        "worknode_peer_frames_dropped_total",
+        "counter",
+        "Frames not sent, by reason: the peer's queue was full, the peer could not be reached, or it is partitioned off (fault injection). Raft sends again what matters.",
+    );
+    for (reason, counter) in [
+        ("queue_full", &stats.dropped_full),
+        ("unreachable", &stats.dropped_unreachable),
+        ("partitioned", &stats.dropped_blocked),
+    ] {
+        let _ = writeln!(
+            text,
+            "worknode_peer_frames_dropped_total{{reason=\"{reason}\"}} {}",
+            count(counter)
+        );
+    }
+    family(
+        text,
+        "worknode_peer_connections_refused_total",
+        "counter",
+        "Connection attempts a peer's address refused (nothing listening there).",
+    );
+    let _ = writeln!(text, "worknode_peer_connections_refused_total {}", count(&stats.refused));
+    family(
+        text,
+        "worknode_peer_bad_connections_total",
+        "counter",
+        "Inbound peer connections closed for a bad frame, hello or message.",
+    );
+    let _ = writeln!(text, "worknode_peer_bad_connections_total {}", count(&stats.bad_connections));
+    family(
+        text,
+        "worknode_peer_gone",
+        "gauge",
+        "1 while a peer's address refuses connections and it has not connected to us since.",
+    );
+    let mut peers: Vec<_> = stats.gone.iter().collect();
+    peers.sort_by_key(|(peer, _)| **peer);
+    for (peer, gone) in peers {
+        let _ = writeln!(
+            text,
+            "worknode_peer_gone{{peer=\"{peer}\"}} {}",
+            u8::from(gone.load(Ordering::Relaxed))
+        );
+    }
 }

@@ -193,7 +193,11 @@ async fn run_async(
         sequence: AtomicU64::new(1),
     });
     if let Some(listener) = metrics_listener {
-        let source = MetricsSource { node: member.handle.clone(), telemetry: telemetry.clone() };
+        let source = MetricsSource {
+            node: member.handle.clone(),
+            transport: member.stats.clone(),
+            telemetry: telemetry.clone(),
+        };
         tokio::spawn(serve_metrics(listener, source));
         tracing::info!(address = ?me.metrics, "serving Prometheus metrics at /metrics");
     }
