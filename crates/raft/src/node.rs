@@ -277,6 +277,8 @@ pub struct NodeStatus {
     pub snapshots_total: u64,
     /// Applied index of the latest durable snapshot (0: none).
     pub snapshot_index: u64,
+    /// Log reads for lagging peers done off the loop, since start.
+    pub reads_off_loop_total: u64,
 }
 
 /// The driver's side of the channels, held by servers and transports.
@@ -386,6 +388,8 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     inbox: Receiver<Message>,
     /// The transport's wake-ups.
     wake: Receiver<()>,
+    /// First indexes of the log reads for lagging peers that finished off the loop.
+    fetched: Receiver<u64>,
     handle: NodeHandle,
     writes: HashMap<RequestId, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
@@ -434,7 +438,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         config: NodeConfig,
         clock: C,
         mut transport: T,
-        storage: S,
+        mut storage: S,
         snapshot: Option<Snapshot>,
         snapshot_file: SnapshotFile,
         slot: Arc<Mutex<SnapshotSlot>>,
@@ -464,6 +468,19 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             ..raft::Config::default()
         };
         raft_config.validate()?;
+        // Entries for a lagging follower are read off the loop (crate::fetch).
+        let (fetched_tx, fetched_rx) = crossbeam_channel::unbounded();
+        let cores = config.cores.clone();
+        let setup = Box::new(move || {
+            if let Err(error) = worknode_cores::make_current_background(cores.as_deref(), 10) {
+                tracing::warn!("the log reader stays where the Raft loop runs: {error}");
+            }
+        });
+        if let Err(error) = storage.fetch_off_loop(fetched_tx, setup) {
+            tracing::warn!(
+                "cannot start the log reader; lagging peers are read for on the loop: {error}"
+            );
+        }
         let raw = RawNode::new(&raft_config, storage, &crate::raft_log::logger())?;
         let mut rotation =
             config.rotation.clone().map(crate::rotation::Rotation::new).transpose()?;
@@ -503,6 +520,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             requests: request_rx,
             inbox: inbox_rx,
             wake: wake_rx,
+            fetched: fetched_rx,
             handle: handle.clone(),
             writes: HashMap::new(),
             reads: BTreeMap::new(),
@@ -587,7 +605,15 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 }
             }
             recv(self.wake) -> _ => {}
+            recv(self.fetched) -> low => {
+                if let Ok(low) = low {
+                    self.entries_fetched(low);
+                }
+            }
             default(timeout) => {}
+        }
+        while let Ok(low) = self.fetched.try_recv() {
+            self.entries_fetched(low);
         }
         // Take whatever else is queued, bounded per turn.
         for _ in 0..DRAIN_MAX {
@@ -601,6 +627,14 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 Ok(request) => self.accept(request),
                 Err(_) => break,
             }
+        }
+    }
+
+    /// A log read for a lagging peer finished off the loop: raft-rs asks for the entries
+    /// again (now answered from memory) and sends them, if it still leads in that term.
+    fn entries_fetched(&mut self, low: u64) {
+        if let Some(context) = self.raw.mut_store().fetched(low) {
+            self.raw.on_entries_fetched(context);
         }
     }
 
@@ -1333,6 +1367,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             optimistic_rejected_total: self.optimistic_rejected_total,
             snapshots_total: self.snapshots_total,
             snapshot_index: self.last_snapshot_index,
+            reads_off_loop_total: self.raw.store().reads_off_loop(),
         };
         *self.handle.status.write().unwrap_or_else(PoisonError::into_inner) = status;
     }

@@ -85,6 +85,25 @@ pub trait LogStore: raft::Storage + Send {
     fn set_conf_state(&mut self, conf_state: &ConfState) -> Result<(), StoreError>;
     /// The persisted hard state.
     fn hard_state(&self) -> HardState;
+    /// Starts reading entries for lagging peers off the loop (see [`crate::fetch`]):
+    /// `ready` receives the first index of each finished read, `setup` runs first on the
+    /// reading thread. A store that does not read off the loop ignores this.
+    fn fetch_off_loop(
+        &mut self,
+        _ready: crossbeam_channel::Sender<u64>,
+        _setup: Box<dyn FnOnce() + Send>,
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// The raft-rs context of the finished read that begins at `low`, to hand back
+    /// through `RawNode::on_entries_fetched`.
+    fn fetched(&mut self, _low: u64) -> Option<GetEntriesContext> {
+        None
+    }
+    /// Reads started off the loop, ever.
+    fn reads_off_loop(&self) -> u64 {
+        0
+    }
 }
 
 /// raft-engine as the log store.
@@ -96,6 +115,8 @@ pub struct EngineStorage {
     snapshot_meta: SnapshotMetadata,
     slot: Arc<Mutex<SnapshotSlot>>,
     cache: EntryCache,
+    /// Reads for lagging peers off the loop, once the node starts it.
+    fetcher: Option<crate::fetch::Fetcher>,
 }
 
 /// Most entries the cache holds.
@@ -234,6 +255,7 @@ impl EngineStorage {
             snapshot_meta: snapshot_meta.unwrap_or_default(),
             slot,
             cache: EntryCache::default(),
+            fetcher: None,
         };
         if conf_state.is_none() {
             let initial = ConfState { voters: initial_voters.to_vec(), ..ConfState::default() };
@@ -244,6 +266,13 @@ impl EngineStorage {
 
     fn engine_error(&self, source: raft_engine::Error) -> StoreError {
         StoreError::Engine { dir: self.dir.clone(), source }
+    }
+
+    /// Voids the reads off the loop begun before the log changed under them.
+    fn void_reads(&self) {
+        if let Some(fetcher) = &self.fetcher {
+            fetcher.invalidate();
+        }
     }
 
     /// The index of the newest snapshot recorded in the log store.
@@ -275,7 +304,7 @@ impl raft::Storage for EngineStorage {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
+        context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let first = self.first_index()?;
         if low < first {
@@ -287,8 +316,17 @@ impl raft::Storage for EngineStorage {
         if let Some(entries) = self.cache.slice(low, high, max_size) {
             return Ok(entries);
         }
-        let mut entries = Vec::with_capacity((high - low) as usize);
         let max_size = max_size.map(|size| size as usize);
+        if let Some(fetcher) = self.fetcher.as_ref().filter(|_| context.can_async()) {
+            match fetcher.get(low, high, max_size, context) {
+                crate::fetch::Lookup::Ready(entries) => return Ok(entries),
+                crate::fetch::Lookup::Pending => {
+                    return Err(raft::Error::Store(StorageError::LogTemporarilyUnavailable));
+                }
+                crate::fetch::Lookup::Inline => {}
+            }
+        }
+        let mut entries = Vec::with_capacity((high - low) as usize);
         self.engine
             .fetch_entries_to::<EntryExt>(GROUP, low, high, max_size, &mut entries)
             .map_err(storage_error)?;
@@ -354,7 +392,13 @@ impl LogStore for EngineStorage {
         if batch.is_empty() {
             return Ok(());
         }
+        let overwrites = entries.first().is_some_and(|first| {
+            self.engine.last_index(GROUP).is_some_and(|last| first.index <= last)
+        });
         self.engine.write(&mut batch, sync).map_err(|error| self.engine_error(error))?;
+        if overwrites {
+            self.void_reads();
+        }
         self.cache.append(entries);
         if let Some(hard_state) = hard_state {
             self.hard_state = hard_state.clone();
@@ -375,6 +419,7 @@ impl LogStore for EngineStorage {
         let stored_meta = meta.clone();
         self.put(&mut batch, SNAPSHOT_META_KEY, &stored_meta)?;
         self.engine.write(&mut batch, true).map_err(|error| self.engine_error(error))?;
+        self.void_reads();
         self.cache.clear();
         self.hard_state = hard_state;
         self.conf_state = meta.get_conf_state().clone();
@@ -394,6 +439,7 @@ impl LogStore for EngineStorage {
         let first = self.engine.first_index(GROUP).unwrap_or(self.snapshot_meta.index + 1);
         if compact_to > first {
             self.engine.compact_to(GROUP, compact_to);
+            self.void_reads();
             self.cache.compact_to(compact_to);
             // Old files are reclaimed once nothing in them is live.
             let _ = self.engine.purge_expired_files();
@@ -411,6 +457,23 @@ impl LogStore for EngineStorage {
         self.engine.write(&mut batch, true).map_err(|error| self.engine_error(error))?;
         self.conf_state = conf_state.clone();
         Ok(())
+    }
+
+    fn fetch_off_loop(
+        &mut self,
+        ready: crossbeam_channel::Sender<u64>,
+        setup: Box<dyn FnOnce() + Send>,
+    ) -> std::io::Result<()> {
+        self.fetcher = Some(crate::fetch::Fetcher::start(Arc::clone(&self.engine), ready, setup)?);
+        Ok(())
+    }
+
+    fn fetched(&mut self, low: u64) -> Option<GetEntriesContext> {
+        self.fetcher.as_ref()?.finished(low)
+    }
+
+    fn reads_off_loop(&self) -> u64 {
+        self.fetcher.as_ref().map_or(0, crate::fetch::Fetcher::started)
     }
 }
 

@@ -496,3 +496,48 @@ fn a_new_leader_brings_back_a_follower_that_lacks_entries() {
         "the lagging follower was never probed back: {status:?}"
     );
 }
+
+#[test]
+fn a_follower_far_behind_is_caught_up_by_reads_off_the_loop() {
+    // More entries than the entry cache holds (4,096) are written while a follower is
+    // down: the leader reads the oldest of what it sends it from the log files, on the
+    // background reader, and raft-rs sends each batch once its read is done.
+    let mut cluster = Cluster::new("fetch", 3, 1_000_000);
+    let leader = cluster.wait_for_leader();
+    let down = (leader + 1) % 3;
+    cluster.stop(down);
+    let value = "v".repeat(100);
+    for chunk in 0..6u64 {
+        // A thousand writes in flight at once: they share log syncs.
+        let answers: Vec<_> = (0..1_000u64)
+            .map(|i| {
+                let (reply, answer) = oneshot::channel();
+                let sequence = chunk * 1_000 + i;
+                let proposal = Proposal {
+                    id: RequestId { session: 6, sequence },
+                    command: Command::Put(PutRequest {
+                        key: format!("key{:03}", sequence % 100).into(),
+                        value: value.clone().into(),
+                        ..Default::default()
+                    }),
+                };
+                let deadline = Instant::now() + Duration::from_secs(30);
+                cluster
+                    .handle(leader)
+                    .submit(ClientRequest::Write { proposal, deadline, reply })
+                    .unwrap();
+                answer
+            })
+            .collect();
+        for answer in answers {
+            answer.blocking_recv().unwrap().unwrap();
+        }
+    }
+    cluster.start(down);
+    cluster.assert_converged();
+    let status = cluster.handle(leader).status();
+    assert!(status.is_leader, "the leader changed: {status:?}");
+    assert!(status.reads_off_loop_total >= 1, "no read was done off the loop: {status:?}");
+    let follower = cluster.handle(down).status();
+    assert_eq!(follower.reads_off_loop_total, 0, "a follower read for peers: {follower:?}");
+}

@@ -167,6 +167,12 @@ pub fn render(source: &MetricsSource) -> String {
             status.snapshots_total as f64,
         ),
         (
+            "worknode_raft_log_reads_off_loop_total",
+            "counter",
+            "Log reads for lagging followers done by the background reader instead of the Raft loop.",
+            status.reads_off_loop_total as f64,
+        ),
+        (
             "worknode_raft_snapshot_index",
             "gauge",
             "Applied index of the latest durable snapshot (0: none).",
