@@ -360,6 +360,8 @@ struct PendingRead {
     next_retry: Instant,
     /// Set once raft confirmed leadership at this index.
     read_index: Option<u64>,
+    /// The read-index request it waits on (see [`Node::ask_read_index`]).
+    batch: u64,
     reply: oneshot::Sender<Result<ReadReply, NodeError>>,
 }
 
@@ -394,6 +396,9 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     writes: HashMap<RequestId, PendingWrite>,
     reads: BTreeMap<u64, PendingRead>,
     next_read_id: u64,
+    /// Linearizable reads not yet covered by a read-index request.
+    unasked_reads: Vec<u64>,
+    next_read_batch: u64,
     rejected_total: u64,
     retried_total: u64,
     rotation: Option<crate::rotation::Rotation>,
@@ -525,6 +530,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             writes: HashMap::new(),
             reads: BTreeMap::new(),
             next_read_id: 1,
+            unasked_reads: Vec::new(),
+            next_read_batch: 1,
             rejected_total: 0,
             retried_total: 0,
             rotation,
@@ -559,6 +566,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 timeout = timeout.min(at.saturating_duration_since(self.clock.now()));
             }
             self.wait_for_input(timeout);
+            self.ask_read_index();
             let now = self.clock.now();
             self.notice_leader_gone(now);
             if now >= next_tick {
@@ -757,7 +765,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 }
                 let id = self.next_read_id;
                 self.next_read_id += 1;
-                self.raw.read_index(id.to_be_bytes().to_vec());
+                self.unasked_reads.push(id);
                 self.reads.insert(
                     id,
                     PendingRead {
@@ -765,6 +773,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                         deadline,
                         next_retry: now + self.config.retry_interval,
                         read_index: None,
+                        batch: 0,
                         reply,
                     },
                 );
@@ -836,9 +845,32 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             read.next_retry = now + retry_interval;
             again.push(*id);
         }
-        for id in again {
-            self.raw.read_index(id.to_be_bytes().to_vec());
+        self.unasked_reads.extend(again);
+        self.ask_read_index();
+    }
+
+    /// One read-index request for every linearizable read that arrived since the last:
+    /// the leader confirms its lead with one heartbeat round for all of them, as etcd's
+    /// read loop does, instead of one round per read. Each read waits for an index at
+    /// least the commit index when it arrived, so the batch stays linearizable.
+    fn ask_read_index(&mut self) {
+        if self.unasked_reads.is_empty() {
+            return;
         }
+        let batch = self.next_read_batch;
+        self.next_read_batch += 1;
+        for id in self.unasked_reads.drain(..) {
+            if let Some(read) = self.reads.get_mut(&id) {
+                read.batch = batch;
+            }
+        }
+        // The leader keeps one pending request per context and ignores another with the
+        // same one: the context must be unique in the cluster, not only here (member
+        // counters all start at 1, and a follower's first reads were dropped for a
+        // collision with the leader's own, then waited out two retries, 600 ms).
+        let mut context = self.config.id.to_be_bytes().to_vec();
+        context.extend_from_slice(&batch.to_be_bytes());
+        self.raw.read_index(context);
     }
 
     /// On a leader change, proposes every pending write and read again at once, so what
@@ -873,11 +905,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             let _ = self.raw.propose(Vec::new(), write.encoded.clone());
             write.next_retry = now + self.config.retry_interval;
         }
-        let unanswered: Vec<u64> =
-            self.reads.iter().filter(|(_, r)| r.read_index.is_none()).map(|(id, _)| *id).collect();
-        for id in unanswered {
-            self.raw.read_index(id.to_be_bytes().to_vec());
-        }
+        let unanswered = self.reads.iter().filter(|(_, r)| r.read_index.is_none());
+        self.unasked_reads.extend(unanswered.map(|(id, _)| *id));
+        self.ask_read_index();
         leads
     }
 
@@ -1127,10 +1157,13 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             self.transport.send(ready.take_persisted_messages());
         }
         for state in ready.take_read_states() {
-            let id =
-                u64::from_be_bytes(state.request_ctx.as_slice().try_into().unwrap_or_default());
-            if let Some(read) = self.reads.get_mut(&id) {
-                read.read_index = Some(state.index);
+            let (member, batch) = state.request_ctx.split_at(state.request_ctx.len().min(8));
+            if member != self.config.id.to_be_bytes() {
+                continue;
+            }
+            let batch = u64::from_be_bytes(batch.try_into().unwrap_or_default());
+            for read in self.reads.values_mut().filter(|r| r.batch == batch) {
+                read.read_index = read.read_index.or(Some(state.index));
             }
         }
         let mut light = self.raw.advance(ready);

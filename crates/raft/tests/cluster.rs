@@ -30,6 +30,7 @@ struct Cluster {
     members: Vec<Option<Running>>,
     snapshot_entries: u64,
     rotation: Option<worknode_raft::rotation::RotationConfig>,
+    retry_interval: Duration,
 }
 
 impl Cluster {
@@ -42,6 +43,16 @@ impl Cluster {
         size: u64,
         snapshot_entries: u64,
         rotation: Option<worknode_raft::rotation::RotationConfig>,
+    ) -> Self {
+        Self::with_options(name, size, snapshot_entries, rotation, Duration::from_millis(100))
+    }
+
+    fn with_options(
+        name: &str,
+        size: u64,
+        snapshot_entries: u64,
+        rotation: Option<worknode_raft::rotation::RotationConfig>,
+        retry_interval: Duration,
     ) -> Self {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
         let _ = std::fs::remove_dir_all(&root);
@@ -56,8 +67,15 @@ impl Cluster {
                 (id, listener.local_addr().unwrap())
             })
             .collect();
-        let mut cluster =
-            Cluster { runtime, root, peers, members: Vec::new(), snapshot_entries, rotation };
+        let mut cluster = Cluster {
+            runtime,
+            root,
+            peers,
+            members: Vec::new(),
+            snapshot_entries,
+            rotation,
+            retry_interval,
+        };
         for index in 0..size as usize {
             cluster.members.push(None);
             cluster.start(index);
@@ -70,7 +88,7 @@ impl Cluster {
         let mut node = NodeConfig::new(id, self.peers.iter().map(|(id, _)| *id).collect());
         node.tick = Duration::from_millis(10);
         node.election_ticks = 10;
-        node.retry_interval = Duration::from_millis(100);
+        node.retry_interval = self.retry_interval;
         node.snapshot_entries = self.snapshot_entries;
         node.log_keep_entries = self.snapshot_entries / 2;
         node.rotation = self.rotation.clone();
@@ -540,4 +558,38 @@ fn a_follower_far_behind_is_caught_up_by_reads_off_the_loop() {
     assert!(status.reads_off_loop_total >= 1, "no read was done off the loop: {status:?}");
     let follower = cluster.handle(down).status();
     assert_eq!(follower.reads_off_loop_total, 0, "a follower read for peers: {follower:?}");
+}
+
+#[test]
+fn first_reads_at_every_member_need_no_retry() {
+    // Every member numbers its read-index requests from 1, and the leader ignores a
+    // request whose context is already pending: without the member in the context, the
+    // first reads at two members collided and one waited for a retry. With retries a
+    // minute apart, such a read would miss its 5 s deadline.
+    let cluster = Cluster::with_options("reads", 3, 10_000, None, Duration::from_secs(60));
+    let leader = cluster.wait_for_leader();
+    cluster.put(leader, 7, 1, "k", "v").unwrap();
+    for round in 0..3 {
+        let answers: Vec<_> = (0..3)
+            .flat_map(|member| (0..4).map(move |_| member))
+            .map(|member| {
+                let (reply, answer) = oneshot::channel();
+                let request = RangeRequest { key: "k".into(), ..Default::default() };
+                cluster
+                    .handle(member)
+                    .submit(ClientRequest::Read {
+                        request,
+                        linearizable: true,
+                        deadline: Instant::now() + Duration::from_secs(5),
+                        reply,
+                    })
+                    .unwrap();
+                (member, answer)
+            })
+            .collect();
+        for (member, answer) in answers {
+            let reply = answer.blocking_recv().unwrap();
+            assert!(reply.is_ok(), "round {round}: a read at member {member} failed: {reply:?}");
+        }
+    }
 }
