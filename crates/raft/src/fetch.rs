@@ -16,6 +16,7 @@
 //! once per heartbeat answer. A log overwritten or compacted meanwhile discards every read
 //! begun before it (a new generation).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
@@ -63,8 +64,6 @@ struct Shared {
     reads: Vec<Read>,
     /// Bumped when the log is overwritten or compacted: older reads are void.
     generation: u64,
-    /// Reads started, ever.
-    started: u64,
 }
 
 struct Job {
@@ -79,6 +78,8 @@ pub(crate) struct Fetcher {
     shared: Arc<Mutex<Shared>>,
     jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    /// Reads started, ever (read for the status every loop turn: no lock).
+    started: AtomicU64,
 }
 
 impl Fetcher {
@@ -119,7 +120,7 @@ impl Fetcher {
                 }
             }
         })?;
-        Ok(Self { shared, jobs: Some(jobs), thread: Some(thread) })
+        Ok(Self { shared, jobs: Some(jobs), thread: Some(thread), started: AtomicU64::new(0) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -162,7 +163,7 @@ impl Fetcher {
         if jobs.send(Job { low, high, max_size, generation }).is_err() {
             return Lookup::Inline;
         }
-        shared.started += 1;
+        self.started.fetch_add(1, Ordering::Relaxed);
         shared.reads.push(Read { low, max_size, generation, context: Some(context), result: None });
         Lookup::Pending
     }
@@ -188,7 +189,7 @@ impl Fetcher {
 
     /// Reads started, ever.
     pub(crate) fn started(&self) -> u64 {
-        self.lock().started
+        self.started.load(Ordering::Relaxed)
     }
 }
 
@@ -226,6 +227,12 @@ mod tests {
         Arc::new(engine)
     }
 
+    /// A reader over a fresh log of entries 1..=100, and its finished-read channel.
+    fn fetcher(name: &str) -> (Fetcher, crossbeam_channel::Receiver<u64>) {
+        let (tx, ready) = crossbeam_channel::unbounded();
+        (Fetcher::start(engine(name), tx, || {}).unwrap(), ready)
+    }
+
     fn context() -> GetEntriesContext {
         GetEntriesContext::empty(true)
     }
@@ -236,8 +243,7 @@ mod tests {
 
     #[test]
     fn a_read_is_started_once_and_answers_once() {
-        let (tx, ready) = crossbeam_channel::unbounded();
-        let fetcher = Fetcher::start(engine("once"), tx, || {}).unwrap();
+        let (fetcher, ready) = fetcher("once");
         assert!(matches!(fetcher.get(10, 101, None, context()), Lookup::Pending));
         // Asked again while in flight (a burst of heartbeat answers): no second read.
         assert!(matches!(fetcher.get(10, 101, None, context()), Lookup::Pending));
@@ -258,8 +264,7 @@ mod tests {
 
     #[test]
     fn a_size_limit_is_part_of_the_request() {
-        let (tx, ready) = crossbeam_channel::unbounded();
-        let fetcher = Fetcher::start(engine("size"), tx, || {}).unwrap();
+        let (fetcher, ready) = fetcher("size");
         assert!(matches!(fetcher.get(1, 101, Some(1_000), context()), Lookup::Pending));
         wait(&ready);
         assert!(matches!(fetcher.get(1, 101, None, context()), Lookup::Pending));
@@ -271,8 +276,7 @@ mod tests {
 
     #[test]
     fn a_changed_log_voids_the_reads_begun_before() {
-        let (tx, ready) = crossbeam_channel::unbounded();
-        let fetcher = Fetcher::start(engine("void"), tx, || {}).unwrap();
+        let (fetcher, ready) = fetcher("void");
         assert!(matches!(fetcher.get(5, 101, None, context()), Lookup::Pending));
         wait(&ready);
         fetcher.invalidate();
@@ -283,8 +287,7 @@ mod tests {
 
     #[test]
     fn a_failed_read_is_left_to_the_loop() {
-        let (tx, ready) = crossbeam_channel::unbounded();
-        let fetcher = Fetcher::start(engine("fail"), tx, || {}).unwrap();
+        let (fetcher, ready) = fetcher("fail");
         // Entries the log never had: raft-engine refuses, and the loop's own read will
         // report the error as raft-rs expects it.
         assert!(matches!(fetcher.get(500, 600, None, context()), Lookup::Pending));

@@ -191,6 +191,11 @@ impl EntryCache {
         self.position(index).map(|at| self.entries[at].0.term)
     }
 
+    /// The newest entry's index (the log's last), if any is held.
+    fn last_index(&self) -> Option<u64> {
+        self.entries.back().map(|(entry, _)| entry.index)
+    }
+
     /// Entries `[low, high)` within `max_size` (at least one), if all are here.
     fn slice(&self, low: u64, high: u64, max_size: Option<u64>) -> Option<Vec<Entry>> {
         let start = self.position(low)?;
@@ -392,9 +397,13 @@ impl LogStore for EngineStorage {
         if batch.is_empty() {
             return Ok(());
         }
-        let overwrites = entries.first().is_some_and(|first| {
-            self.engine.last_index(GROUP).is_some_and(|last| first.index <= last)
-        });
+        // Only reads off the loop care whether older entries are replaced; the common
+        // append pays nothing for the question.
+        let overwrites = self.fetcher.is_some()
+            && entries.first().is_some_and(|first| {
+                let last = self.cache.last_index().or_else(|| self.engine.last_index(GROUP));
+                last.is_some_and(|last| first.index <= last)
+            });
         self.engine.write(&mut batch, sync).map_err(|error| self.engine_error(error))?;
         if overwrites {
             self.void_reads();
