@@ -397,8 +397,8 @@ impl LogStore for EngineStorage {
         if batch.is_empty() {
             return Ok(());
         }
-        // Only reads off the loop care whether older entries are replaced; the common
-        // append pays nothing for the question.
+        // Reads off the loop must not outlive entries they hold being replaced (a former
+        // leader's tail, overwritten): asked of the cache, raft-engine only when it is empty.
         let overwrites = self.fetcher.is_some()
             && entries.first().is_some_and(|first| {
                 let last = self.cache.last_index().or_else(|| self.engine.last_index(GROUP));

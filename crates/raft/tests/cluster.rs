@@ -168,6 +168,21 @@ impl Cluster {
         key: &str,
         value: &str,
     ) -> Result<WriteReply, NodeError> {
+        let answer =
+            self.submit_put(index, session, sequence, key, value, Duration::from_secs(5))?;
+        answer.blocking_recv().unwrap_or(Err(NodeError::Stopped))
+    }
+
+    /// Submits a put without waiting for it; its answer comes on the returned channel.
+    fn submit_put(
+        &self,
+        index: usize,
+        session: u64,
+        sequence: u64,
+        key: &str,
+        value: &str,
+        timeout: Duration,
+    ) -> Result<oneshot::Receiver<Result<WriteReply, NodeError>>, NodeError> {
         let (reply, answer) = oneshot::channel();
         let proposal = Proposal {
             id: RequestId { session, sequence },
@@ -177,12 +192,9 @@ impl Cluster {
                 ..Default::default()
             }),
         };
-        self.handle(index).submit(ClientRequest::Write {
-            proposal,
-            deadline: Instant::now() + Duration::from_secs(5),
-            reply,
-        })?;
-        answer.blocking_recv().unwrap_or(Err(NodeError::Stopped))
+        let deadline = Instant::now() + timeout;
+        self.handle(index).submit(ClientRequest::Write { proposal, deadline, reply })?;
+        Ok(answer)
     }
 
     fn get(&self, index: usize, key: &str) -> Result<ReadReply, NodeError> {
@@ -529,22 +541,10 @@ fn a_follower_far_behind_is_caught_up_by_reads_off_the_loop() {
         // A thousand writes in flight at once: they share log syncs.
         let answers: Vec<_> = (0..1_000u64)
             .map(|i| {
-                let (reply, answer) = oneshot::channel();
                 let sequence = chunk * 1_000 + i;
-                let proposal = Proposal {
-                    id: RequestId { session: 6, sequence },
-                    command: Command::Put(PutRequest {
-                        key: format!("key{:03}", sequence % 100).into(),
-                        value: value.clone().into(),
-                        ..Default::default()
-                    }),
-                };
-                let deadline = Instant::now() + Duration::from_secs(30);
-                cluster
-                    .handle(leader)
-                    .submit(ClientRequest::Write { proposal, deadline, reply })
-                    .unwrap();
-                answer
+                let key = format!("key{:03}", sequence % 100);
+                let timeout = Duration::from_secs(30);
+                cluster.submit_put(leader, 6, sequence, &key, &value, timeout).unwrap()
             })
             .collect();
         for answer in answers {

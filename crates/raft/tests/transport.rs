@@ -37,59 +37,66 @@ async fn a_slow_reader_gets_every_message_whole_and_in_order() {
         };
         transport.send(vec![message]);
     }
-    let mut buffer = Vec::new();
-    let mut chunk = vec![0u8; 1 << 16];
+    let mut frames = FrameReader::new(Duration::from_secs(30));
     let mut next = 0u64;
     let mut hello = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while next < MESSAGES {
-        let read = tokio::time::timeout_at(deadline, socket.read(&mut chunk))
-            .await
-            .expect("all messages within 30 s")
-            .unwrap();
-        assert!(read > 0, "the connection closed after {next} messages");
-        buffer.extend_from_slice(&chunk[..read]);
-        while let Some((frame, used)) = decode(&buffer).expect("every frame is whole") {
-            buffer.drain(..used);
-            match frame {
-                Frame::Hello { cluster_id, from } => {
-                    assert!(!hello && cluster_id == 7 && from == 1);
-                    hello = true;
-                }
-                Frame::Messages(messages) => {
-                    assert!(hello, "messages before the hello");
-                    for bytes in messages {
-                        let message = decode_message(&bytes).unwrap();
-                        assert_eq!(message.index, next, "out of order");
-                        assert!(message.context.len() == PAYLOAD);
-                        assert!(message.context.iter().all(|&b| b == next as u8));
-                        next += 1;
-                    }
+        match frames.next(&mut socket).await {
+            Frame::Hello { cluster_id, from } => {
+                assert!(!hello && cluster_id == 7 && from == 1);
+                hello = true;
+            }
+            Frame::Messages(messages) => {
+                assert!(hello, "messages before the hello");
+                for bytes in messages {
+                    let message = decode_message(&bytes).unwrap();
+                    assert_eq!(message.index, next, "out of order");
+                    assert!(message.context.len() == PAYLOAD);
+                    assert!(message.context.iter().all(|&b| b == next as u8));
+                    next += 1;
                 }
             }
         }
     }
     assert_eq!(stats.dropped_full.load(Ordering::Relaxed), 0);
-    assert!(buffer.is_empty());
+    assert!(frames.buffer.is_empty());
 }
 
-/// Reads frames from `socket` until one carries a message; that message's index.
-async fn first_index_received(socket: &mut tokio::net::TcpStream) -> u64 {
-    let mut buffer = Vec::new();
-    let mut chunk = vec![0u8; 1 << 16];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let read = tokio::time::timeout_at(deadline, socket.read(&mut chunk))
-            .await
-            .expect("a message within 10 s")
-            .unwrap();
-        assert!(read > 0, "the connection closed before any message");
-        buffer.extend_from_slice(&chunk[..read]);
-        while let Some((frame, used)) = decode(&buffer).expect("every frame is whole") {
-            buffer.drain(..used);
-            if let Frame::Messages(messages) = frame {
-                return decode_message(&messages[0]).unwrap().index;
+/// Frames as they arrive on a socket, each whole, within one deadline for all.
+struct FrameReader {
+    buffer: Vec<u8>,
+    chunk: Vec<u8>,
+    deadline: tokio::time::Instant,
+}
+
+impl FrameReader {
+    fn new(within: Duration) -> Self {
+        let deadline = tokio::time::Instant::now() + within;
+        Self { buffer: Vec::new(), chunk: vec![0u8; 1 << 16], deadline }
+    }
+
+    async fn next(&mut self, socket: &mut tokio::net::TcpStream) -> Frame {
+        loop {
+            if let Some((frame, used)) = decode(&self.buffer).expect("every frame is whole") {
+                self.buffer.drain(..used);
+                return frame;
             }
+            let read = tokio::time::timeout_at(self.deadline, socket.read(&mut self.chunk))
+                .await
+                .expect("the frames arrive in time")
+                .unwrap();
+            assert!(read > 0, "the connection closed early");
+            self.buffer.extend_from_slice(&self.chunk[..read]);
+        }
+    }
+}
+
+/// The index of the first message that arrives on `socket`.
+async fn first_index_received(socket: &mut tokio::net::TcpStream) -> u64 {
+    let mut frames = FrameReader::new(Duration::from_secs(10));
+    loop {
+        if let Frame::Messages(messages) = frames.next(socket).await {
+            return decode_message(&messages[0]).unwrap().index;
         }
     }
 }
