@@ -171,6 +171,9 @@ impl CoresConfig {
     }
 }
 
+/// More runtime threads than this is a typo, not a plan.
+const MAX_NET_THREADS: usize = 1024;
+
 fn default_tick_ms() -> u64 {
     100
 }
@@ -213,6 +216,11 @@ pub struct ServerConfig {
     /// since the last one is as large as that snapshot was.
     #[serde(default = "default_snapshot_entries")]
     pub snapshot_entries: u64,
+    /// Threads of the net worknode's runtime (client gRPC, peer connections). Default:
+    /// one per CPU the core plan gives the net worknode, or 1 when pinning is off. With
+    /// 1 the runtime runs on the worknode's own thread and every wakeup stays on it.
+    #[serde(default)]
+    pub net_threads: Option<usize>,
     /// Allow the fault-injection RPC (partitioning peers) — for tests only.
     #[serde(default)]
     pub allow_fault_injection: bool,
@@ -266,6 +274,13 @@ impl ServerConfig {
         }
         if config.tick_ms == 0 {
             return Err(fail("tick_ms: must be at least 1".into()));
+        }
+        if let Some(threads) = config.net_threads {
+            if !(1..=MAX_NET_THREADS).contains(&threads) {
+                return Err(fail(format!(
+                    "net_threads: {threads} is not between 1 and {MAX_NET_THREADS}"
+                )));
+            }
         }
         if config.heartbeat_ticks == 0 || config.election_ticks <= config.heartbeat_ticks {
             return Err(fail(format!(
@@ -404,6 +419,7 @@ client = "127.0.0.1:22379"
             (GOOD.replace("id = 2", "id = 1"), "member[1].id: 1 is also the id of \"n1\""),
             (GOOD.replace("data_dir", "datadir"), "node.toml:4: unknown field `datadir`"),
             (format!("tick_ms = 0\n{GOOD}"), "tick_ms: must be at least 1"),
+            (format!("net_threads = 0\n{GOOD}"), "net_threads: 0 is not between 1 and 1024"),
         ];
         for (text, expected) in cases {
             let error = ServerConfig::parse("node.toml", &text).unwrap_err().to_string();
