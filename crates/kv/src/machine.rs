@@ -289,6 +289,42 @@ impl Fnv {
 mod tests {
     use super::*;
 
+    #[test]
+    fn keys_and_values_encode_as_they_did_before_they_were_byte_strings() {
+        // Logs and snapshots written when keys and values went through serde as
+        // sequences of u8 (a call per byte) must still decode: postcard writes a byte
+        // string and a sequence of u8 the same way.
+        #[derive(Serialize)]
+        struct Before {
+            key: Vec<u8>,
+            create_revision: i64,
+            mod_revision: i64,
+            version: i64,
+            value: Vec<u8>,
+            lease: i64,
+        }
+        let value: Vec<u8> = (0..=255).collect();
+        let now = KeyValue {
+            key: b"key".to_vec(),
+            create_revision: 2,
+            mod_revision: 300,
+            version: 1,
+            value: value.clone(),
+            lease: 0,
+        };
+        let before = Before {
+            key: b"key".to_vec(),
+            create_revision: 2,
+            mod_revision: 300,
+            version: 1,
+            value,
+            lease: 0,
+        };
+        let old_bytes = postcard::to_allocvec(&before).unwrap();
+        assert_eq!(postcard::to_allocvec(&now).unwrap(), old_bytes);
+        assert_eq!(postcard::from_bytes::<KeyValue>(&old_bytes).unwrap(), now);
+    }
+
     fn change(epoch: u64, based_on: u64) -> Proposal {
         Proposal {
             id: RequestId { session: 1, sequence: epoch * 1_000 + based_on },

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Revision of the put that created the key (since its last delete).
     pub create_revision: i64,
@@ -17,6 +18,7 @@ pub struct KeyValue {
     /// Puts since creation, from 1.
     pub version: i64,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Lease id attached to the key, 0 for none.
     pub lease: i64,
@@ -55,8 +57,10 @@ pub enum SortTarget {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeRequest {
     /// First key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// End of the range, exclusive (see the type's docs for the special forms).
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     /// Most keys returned; 0 for no limit.
     pub limit: i64,
@@ -95,8 +99,10 @@ pub struct RangeResponse {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutRequest {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Lease to attach (0: none).
     pub lease: i64,
@@ -119,8 +125,10 @@ pub struct PutResponse {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteRangeRequest {
     /// First key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// End of the range.
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     /// Return the deleted pairs.
     pub prev_kv: bool,
@@ -158,7 +166,7 @@ pub enum CompareTarget {
     /// The mod revision.
     Mod(i64),
     /// The value.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The lease.
     Lease(i64),
 }
@@ -171,8 +179,10 @@ pub struct Compare {
     /// The field and value.
     pub target: CompareTarget,
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// With a range end, every key of the range must satisfy the compare.
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
 }
 
