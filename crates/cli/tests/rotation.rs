@@ -128,6 +128,16 @@ async fn healthy_cluster_leads_on_schedule_without_client_errors() {
             metric(&text, "worknode_rotation_handoffs_total"),
             metric(&text, "worknode_rotation_handoff_duration_seconds_count")
         );
+        // Every member synced its log; most syncs carry entries (a term or vote change
+        // syncs alone).
+        let syncs = metric(&text, "worknode_raft_log_sync_duration_seconds_count");
+        assert!(syncs > 0.0, "no log sync counted");
+        assert_eq!(
+            syncs,
+            metric(&text, "worknode_raft_log_sync_duration_seconds_bucket{le=\"+Inf\"}")
+        );
+        assert!(metric(&text, "worknode_raft_log_sync_duration_seconds_sum") > 0.0);
+        assert!(metric(&text, "worknode_raft_log_entries_appended_total") >= syncs / 2.0);
     }
     let recorded = turns.iter().filter(|t| t.handoff_ms > 0.0).count() as f64;
     assert!(

@@ -21,4 +21,4 @@ pub use node::{
     ClientRequest, Clock, Node, NodeConfig, NodeError, NodeHandle, NodeStatus, ReadReply,
     StartError, SystemClock, Transport, WriteReply,
 };
-pub use storage::{EngineStorage, LogStore, SnapshotSlot, StoreError};
+pub use storage::{EngineStorage, LogStats, LogStore, SnapshotSlot, StoreError};

@@ -61,6 +61,8 @@ pub struct OpenMember {
     pub handle: NodeHandle,
     /// Transport counters.
     pub stats: Arc<TransportStats>,
+    /// Raft log write counters.
+    pub log_stats: Arc<crate::storage::LogStats>,
     /// Fault injection: peers to cut off.
     pub blocked: Blocked,
     /// Holds the data-directory lock while the member lives.
@@ -102,6 +104,7 @@ pub fn open_member(spec: &MemberSpec) -> Result<OpenMember, OpenError> {
     let slot = Arc::new(Mutex::new(SnapshotSlot::default()));
     let voters: Vec<u64> = spec.peers.iter().map(|(id, _)| *id).collect();
     let storage = EngineStorage::open(Arc::new(engine), &voters, Arc::clone(&slot))?;
+    let log_stats = storage.stats();
     let snapshot_file = SnapshotFile::in_dir(data_dir.path());
     let snapshot = snapshot_file.load()?;
     let blocked: Blocked = Arc::default();
@@ -116,5 +119,5 @@ pub fn open_member(spec: &MemberSpec) -> Result<OpenMember, OpenError> {
         snapshot_file,
         slot,
     )?;
-    Ok(OpenMember { node, handle, stats, blocked, data_dir, recovery_note })
+    Ok(OpenMember { node, handle, stats, log_stats, blocked, data_dir, recovery_note })
 }

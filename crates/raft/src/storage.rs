@@ -7,7 +7,9 @@
 //! stay in a bounded cache as well, as TiKV's entry cache does.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -106,6 +108,40 @@ pub trait LogStore: raft::Storage + Send {
     }
 }
 
+/// Upper bounds (seconds) of the log sync duration histogram's buckets: a flush on a
+/// good SSD takes tens of microseconds, one on this VM's shared virtual disk 0.1-0.4 ms.
+pub const LOG_SYNC_BUCKETS_S: [f64; 12] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// The Raft log's write counters, shared with the metrics endpoint (atomics: the loop
+/// never waits for a scrape).
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Synced writes per bucket of [`LOG_SYNC_BUCKETS_S`] by how long the write and its
+    /// fdatasync took (not cumulative; the last counts those above the largest bound).
+    pub sync_buckets: [AtomicU64; LOG_SYNC_BUCKETS_S.len() + 1],
+    /// Sum of the synced writes' durations, nanoseconds.
+    pub sync_ns_sum: AtomicU64,
+    /// Entries appended (a follower's overwritten tail counts again).
+    pub entries_appended: AtomicU64,
+}
+
+impl LogStats {
+    fn record_sync(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = LOG_SYNC_BUCKETS_S.iter().position(|&bound| seconds <= bound);
+        self.sync_buckets[bucket.unwrap_or(LOG_SYNC_BUCKETS_S.len())]
+            .fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sync_ns_sum.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Synced writes, ever.
+    pub fn syncs(&self) -> u64 {
+        self.sync_buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// raft-engine as the log store.
 pub struct EngineStorage {
     engine: Arc<Engine>,
@@ -117,6 +153,7 @@ pub struct EngineStorage {
     cache: EntryCache,
     /// Reads for lagging peers off the loop, once the node starts it.
     fetcher: Option<crate::fetch::Fetcher>,
+    stats: Arc<LogStats>,
 }
 
 /// Most entries the cache holds.
@@ -261,6 +298,7 @@ impl EngineStorage {
             slot,
             cache: EntryCache::default(),
             fetcher: None,
+            stats: Arc::default(),
         };
         if conf_state.is_none() {
             let initial = ConfState { voters: initial_voters.to_vec(), ..ConfState::default() };
@@ -278,6 +316,11 @@ impl EngineStorage {
         if let Some(fetcher) = &self.fetcher {
             fetcher.invalidate();
         }
+    }
+
+    /// The write counters, for the metrics endpoint.
+    pub fn stats(&self) -> Arc<LogStats> {
+        Arc::clone(&self.stats)
     }
 
     /// The index of the newest snapshot recorded in the log store.
@@ -404,7 +447,12 @@ impl LogStore for EngineStorage {
                 let last = self.cache.last_index().or_else(|| self.engine.last_index(GROUP));
                 last.is_some_and(|last| first.index <= last)
             });
+        let started = Instant::now();
         self.engine.write(&mut batch, sync).map_err(|error| self.engine_error(error))?;
+        if sync {
+            self.stats.record_sync(started.elapsed());
+        }
+        self.stats.entries_appended.fetch_add(entries.len() as u64, Ordering::Relaxed);
         if overwrites {
             self.void_reads();
         }

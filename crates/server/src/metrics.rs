@@ -12,8 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use worknode_cores::telemetry::Telemetry;
 use worknode_raft::rotation::HANDOFF_BUCKETS_S;
+use worknode_raft::storage::LOG_SYNC_BUCKETS_S;
 use worknode_raft::transport::TransportStats;
-use worknode_raft::NodeHandle;
+use worknode_raft::{LogStats, NodeHandle};
 
 /// Largest request head read before the connection is dropped.
 const REQUEST_MAX_BYTES: usize = 8 * 1024;
@@ -27,6 +28,8 @@ pub struct MetricsSource {
     pub node: NodeHandle,
     /// The peer transport's counters.
     pub transport: Arc<TransportStats>,
+    /// The Raft log's write counters.
+    pub log: Arc<LogStats>,
     /// The process's CPU and thread samples.
     pub telemetry: Arc<Mutex<Telemetry>>,
 }
@@ -192,34 +195,54 @@ pub fn render(source: &MetricsSource) -> String {
         let _ =
             writeln!(text, "worknode_rotation_skipped_turns_total{{reason=\"{reason}\"}} {count}");
     }
-    family(
+    histogram(
         &mut text,
         "worknode_rotation_handoff_duration_seconds",
-        "histogram",
         "From transfer start to the target leading.",
+        &HANDOFF_BUCKETS_S,
+        &rotation.handoff_buckets,
+        rotation.handoff_seconds_sum,
     );
-    let mut cumulative = 0;
-    for (bound, count) in HANDOFF_BUCKETS_S.iter().zip(&rotation.handoff_buckets) {
-        cumulative += count;
-        let _ = writeln!(
-            text,
-            "worknode_rotation_handoff_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-        );
-    }
-    cumulative += rotation.handoff_buckets[HANDOFF_BUCKETS_S.len()];
+    let log = &source.log;
+    let sync_buckets: Vec<u64> =
+        log.sync_buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).collect();
+    histogram(
+        &mut text,
+        "worknode_raft_log_sync_duration_seconds",
+        "Raft log writes made durable (raft-engine write and fdatasync), by how long they took; one covers every entry and hard state of a Raft ready.",
+        &LOG_SYNC_BUCKETS_S,
+        &sync_buckets,
+        log.sync_ns_sum.load(Ordering::Relaxed) as f64 / 1e9,
+    );
+    family(
+        &mut text,
+        "worknode_raft_log_entries_appended_total",
+        "counter",
+        "Entries appended to the Raft log (per synced write: the group-commit batch size).",
+    );
     let _ = writeln!(
         text,
-        "worknode_rotation_handoff_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        "worknode_raft_log_entries_appended_total {}",
+        log.entries_appended.load(Ordering::Relaxed)
     );
-    let _ = writeln!(
-        text,
-        "worknode_rotation_handoff_duration_seconds_sum {}",
-        rotation.handoff_seconds_sum
-    );
-    let _ = writeln!(text, "worknode_rotation_handoff_duration_seconds_count {cumulative}");
     render_transport(&mut text, &source.transport);
     text.push_str(&source.telemetry.lock().unwrap_or_else(PoisonError::into_inner).prometheus());
     text
+}
+
+/// A Prometheus histogram from per-bucket counts (not cumulative; one more than `bounds`,
+/// the last for values above the largest bound).
+fn histogram(text: &mut String, name: &str, help: &str, bounds: &[f64], counts: &[u64], sum: f64) {
+    family(text, name, "histogram", help);
+    let mut cumulative = 0;
+    for (bound, count) in bounds.iter().zip(counts) {
+        cumulative += count;
+        let _ = writeln!(text, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    cumulative += counts.get(bounds.len()).copied().unwrap_or(0);
+    let _ = writeln!(text, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(text, "{name}_sum {sum}");
+    let _ = writeln!(text, "{name}_count {cumulative}");
 }
 
 /// The peer transport's counters: frames sent, frames dropped by reason, refused and

@@ -207,6 +207,7 @@ async fn run_async(
         let source = MetricsSource {
             node: member.handle.clone(),
             transport: member.stats.clone(),
+            log: member.log_stats.clone(),
             telemetry: telemetry.clone(),
         };
         tokio::spawn(serve_metrics(listener, source));
