@@ -135,11 +135,6 @@ impl LogStats {
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.sync_ns_sum.fetch_add(nanos, Ordering::Relaxed);
     }
-
-    /// Synced writes, ever.
-    pub fn syncs(&self) -> u64 {
-        self.sync_buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).sum()
-    }
 }
 
 /// raft-engine as the log store.

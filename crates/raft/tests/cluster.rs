@@ -149,6 +149,13 @@ impl Cluster {
         self.members.iter().position(|m| m.as_ref().is_some_and(|m| m.handle.status().is_leader))
     }
 
+    /// Stops a follower of `leader` and returns its index.
+    fn stop_a_follower(&mut self, leader: usize) -> usize {
+        let follower = (leader + 1) % self.members.len();
+        self.stop(follower);
+        follower
+    }
+
     fn wait_for_leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -354,8 +361,7 @@ fn the_minority_side_of_a_partition_never_acknowledges() {
 fn a_member_far_behind_is_brought_back_by_snapshot() {
     let mut cluster = Cluster::new("snapshot", 3, 50);
     let leader = cluster.wait_for_leader();
-    let lagging = (leader + 1) % 3;
-    cluster.stop(lagging);
+    let lagging = cluster.stop_a_follower(leader);
     let writer = (0..3).find(|&i| i != lagging).unwrap();
     for i in 0..300u64 {
         cluster.put(writer, 4, i, &format!("key{:03}", i % 40), &i.to_string()).unwrap();
@@ -478,9 +484,8 @@ fn a_stopped_member_is_known_gone_until_it_connects_again() {
     // mark would make a live leader look dead).
     let mut cluster = Cluster::new("gone", 3, 10_000);
     let leader = cluster.wait_for_leader();
-    let down = (leader + 1) % 3;
+    let down = cluster.stop_a_follower(leader);
     let down_id = cluster.peers[down].0;
-    cluster.stop(down);
     wait_gone(&cluster, down_id, true);
     cluster.start(down);
     wait_gone(&cluster, down_id, false);
@@ -534,8 +539,7 @@ fn a_follower_far_behind_is_caught_up_by_reads_off_the_loop() {
     // background reader, and raft-rs sends each batch once its read is done.
     let mut cluster = Cluster::new("fetch", 3, 1_000_000);
     let leader = cluster.wait_for_leader();
-    let down = (leader + 1) % 3;
-    cluster.stop(down);
+    let down = cluster.stop_a_follower(leader);
     let value = "v".repeat(100);
     for chunk in 0..6u64 {
         // A thousand writes in flight at once: they share log syncs.

@@ -102,10 +102,11 @@ pub fn serve(config: ServerConfig, recover_tail: bool) -> Result<(), ServeError>
     worknode.join().map_err(|_| ServeError::Panicked("net"))?
 }
 
-/// The net worknode's runtime: on its own thread when it has one (a multi-thread runtime
-/// with one worker still wakes a second thread for every task it hands over; on a loaded
-/// host that cost 15-20% of writes at 16 clients), else one worker per thread asked for,
-/// each inheriting the worknode's CPUs.
+/// The net worknode's runtime: with one thread, a current-thread runtime on the worknode's
+/// own thread (a multi-thread runtime runs its tasks on worker threads of its own and
+/// wakes another worker for each task it hands over; two workers per member cost 8-20%
+/// of writes at 16 clients on a loaded host); with more, that many workers, each
+/// inheriting the worknode's CPUs.
 fn run(
     config: ServerConfig,
     threads: usize,
