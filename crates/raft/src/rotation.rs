@@ -244,10 +244,8 @@ pub struct RotationMetrics {
 
 impl RotationMetrics {
     fn handoff(&mut self, duration: Duration) {
-        let seconds = duration.as_secs_f64();
-        let bucket = HANDOFF_BUCKETS_S.iter().position(|&bound| seconds <= bound);
-        self.handoff_buckets[bucket.unwrap_or(HANDOFF_BUCKETS_S.len())] += 1;
-        self.handoff_seconds_sum += seconds;
+        self.handoff_buckets[crate::storage::bucket(&HANDOFF_BUCKETS_S, duration)] += 1;
+        self.handoff_seconds_sum += duration.as_secs_f64();
         self.handoffs_total += 1;
     }
 

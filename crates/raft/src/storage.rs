@@ -113,6 +113,13 @@ pub trait LogStore: raft::Storage + Send {
 pub const LOG_SYNC_BUCKETS_S: [f64; 12] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
+/// The histogram bucket a duration falls in: the first whose upper bound (seconds) it
+/// does not exceed, or `bounds.len()` above them all.
+pub(crate) fn bucket(bounds: &[f64], took: Duration) -> usize {
+    let seconds = took.as_secs_f64();
+    bounds.iter().position(|&bound| seconds <= bound).unwrap_or(bounds.len())
+}
+
 /// The Raft log's write counters, shared with the metrics endpoint (atomics: the loop
 /// never waits for a scrape).
 #[derive(Debug, Default)]
@@ -128,10 +135,7 @@ pub struct LogStats {
 
 impl LogStats {
     fn record_sync(&self, took: Duration) {
-        let seconds = took.as_secs_f64();
-        let bucket = LOG_SYNC_BUCKETS_S.iter().position(|&bound| seconds <= bound);
-        self.sync_buckets[bucket.unwrap_or(LOG_SYNC_BUCKETS_S.len())]
-            .fetch_add(1, Ordering::Relaxed);
+        self.sync_buckets[bucket(&LOG_SYNC_BUCKETS_S, took)].fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.sync_ns_sum.fetch_add(nanos, Ordering::Relaxed);
     }

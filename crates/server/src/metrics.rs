@@ -218,7 +218,7 @@ pub fn render(source: &MetricsSource) -> String {
         &mut text,
         "worknode_raft_log_entries_appended_total",
         "counter",
-        "Entries appended to the Raft log (per synced write: the group-commit batch size).",
+        "Entries appended to the Raft log; divided by the synced writes, the group-commit batch size.",
     );
     let _ = writeln!(
         text,
