@@ -25,6 +25,7 @@ use raft::eraftpb::Entry;
 use raft::GetEntriesContext;
 use raft_engine::Engine;
 
+use crate::doorbell::LoopSender;
 use crate::storage::{EntryExt, GROUP};
 
 /// Most reads held at once (in flight or finished and not yet asked for again); beyond
@@ -87,7 +88,7 @@ impl Fetcher {
     /// `setup` runs first on the new thread (off the loop's core, at a lower priority).
     pub(crate) fn start(
         engine: Arc<Engine>,
-        ready: Sender<u64>,
+        ready: LoopSender<u64>,
         setup: impl FnOnce() + Send + 'static,
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Mutex::new(Shared::default()));
@@ -115,7 +116,7 @@ impl Fetcher {
                 };
                 slot.result = Some(read);
                 drop(shared);
-                if ready.send(job.low).is_err() {
+                if ready.try_send(job.low).is_err() {
                     return; // The loop is gone.
                 }
             }
@@ -230,6 +231,7 @@ mod tests {
     /// A reader over a fresh log of entries 1..=100, and its finished-read channel.
     fn fetcher(name: &str) -> (Fetcher, crossbeam_channel::Receiver<u64>) {
         let (tx, ready) = crossbeam_channel::unbounded();
+        let tx = LoopSender::new(tx, Arc::default());
         (Fetcher::start(engine(name), tx, || {}).unwrap(), ready)
     }
 

@@ -7,6 +7,7 @@
 //! [`LogStore`], so a whole cluster can run in one process.
 
 pub mod datadir;
+pub mod doorbell;
 mod fetch;
 pub mod frame;
 pub mod member;

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, TrySendError};
 use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{ProgressState, RawNode, ReadOnlyOption, StateRole};
 use tokio::sync::oneshot;
@@ -26,6 +26,7 @@ use worknode_kv::{
     StateMachine,
 };
 
+use crate::doorbell::{Doorbell, LoopSender};
 use crate::snapshot_file::SnapshotFile;
 use crate::storage::{LogStore, SnapshotSlot};
 
@@ -284,8 +285,8 @@ pub struct NodeStatus {
 /// The driver's side of the channels, held by servers and transports.
 #[derive(Clone, Debug)]
 pub struct NodeHandle {
-    requests: Sender<ClientRequest>,
-    inbox: Sender<Message>,
+    requests: LoopSender<ClientRequest>,
+    inbox: LoopSender<Message>,
     status: Arc<RwLock<NodeStatus>>,
     stop: Arc<AtomicBool>,
     dropped_inbound: Arc<AtomicU64>,
@@ -388,8 +389,8 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     snapshots_total: u64,
     requests: Receiver<ClientRequest>,
     inbox: Receiver<Message>,
-    /// The transport's wake-ups.
-    wake: Receiver<()>,
+    /// What the producers of all the queues ring (see [`crate::doorbell`]).
+    bell: Arc<Doorbell>,
     /// First indexes of the log reads for lagging peers that finished off the loop.
     fetched: Receiver<u64>,
     handle: NodeHandle,
@@ -474,7 +475,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         };
         raft_config.validate()?;
         // Entries for a lagging follower are read off the loop (crate::fetch).
+        let bell = Arc::new(Doorbell::default());
         let (fetched_tx, fetched_rx) = crossbeam_channel::unbounded();
+        let fetched_tx = LoopSender::new(fetched_tx, Arc::clone(&bell));
         let cores = config.cores.clone();
         let setup = Box::new(move || {
             if let Err(error) = worknode_cores::make_current_background(cores.as_deref(), 10) {
@@ -496,13 +499,11 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let turns = rotation.as_ref().map(crate::rotation::Rotation::log).unwrap_or_default();
         let (request_tx, request_rx) = crossbeam_channel::bounded(REQUEST_QUEUE_MAX);
         let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(PEER_INBOX_MAX);
-        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
-        transport.set_waker(Arc::new(move || {
-            let _ = wake_tx.try_send(());
-        }));
+        let transport_bell = Arc::clone(&bell);
+        transport.set_waker(Arc::new(move || transport_bell.ring()));
         let handle = NodeHandle {
-            requests: request_tx,
-            inbox: inbox_tx,
+            requests: LoopSender::new(request_tx, Arc::clone(&bell)),
+            inbox: LoopSender::new(inbox_tx, Arc::clone(&bell)),
             status: Arc::new(RwLock::new(NodeStatus { id: config.id, ..NodeStatus::default() })),
             stop: Arc::new(AtomicBool::new(false)),
             dropped_inbound: Arc::new(AtomicU64::new(0)),
@@ -524,7 +525,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             snapshots_total: 0,
             requests: request_rx,
             inbox: inbox_rx,
-            wake: wake_rx,
+            bell,
             fetched: fetched_rx,
             handle: handle.clone(),
             writes: HashMap::new(),
@@ -553,6 +554,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
 
     /// Runs until [`NodeHandle::stop`]; then answers what is left with `Stopped`.
     pub fn run(mut self) -> Result<(), crate::storage::StoreError> {
+        self.bell.answer_here();
         let mut next_tick = self.clock.now() + self.config.tick;
         while !self.handle.stop.load(Ordering::Relaxed) {
             let mut timeout =
@@ -600,42 +602,38 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         Ok(())
     }
 
+    /// Takes what the queues hold; when they are empty, sleeps until something arrives,
+    /// the transport rings, or `timeout` passes, and takes what arrived.
     fn wait_for_input(&mut self, timeout: Duration) {
-        crossbeam_channel::select! {
-            recv(self.inbox) -> message => {
-                if let Ok(message) = message {
-                    self.step(message);
-                }
-            }
-            recv(self.requests) -> request => {
-                if let Ok(request) = request {
-                    self.accept(request);
-                }
-            }
-            recv(self.wake) -> _ => {}
-            recv(self.fetched) -> low => {
-                if let Ok(low) = low {
-                    self.entries_fetched(low);
-                }
-            }
-            default(timeout) => {}
+        if !self.take_input() {
+            Doorbell::wait(timeout);
+            self.take_input();
         }
+    }
+
+    /// Takes finished log reads, then peer messages and client requests (bounded per
+    /// turn, so neither starves the other); whether there was any.
+    fn take_input(&mut self) -> bool {
+        let mut taken = false;
         while let Ok(low) = self.fetched.try_recv() {
             self.entries_fetched(low);
+            taken = true;
         }
-        // Take whatever else is queued, bounded per turn.
         for _ in 0..DRAIN_MAX {
             match self.inbox.try_recv() {
                 Ok(message) => self.step(message),
                 Err(_) => break,
             }
+            taken = true;
         }
         for _ in 0..DRAIN_MAX {
             match self.requests.try_recv() {
                 Ok(request) => self.accept(request),
                 Err(_) => break,
             }
+            taken = true;
         }
+        taken
     }
 
     /// A log read for a lagging peer finished off the loop: raft-rs asks for the entries

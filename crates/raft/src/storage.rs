@@ -92,7 +92,7 @@ pub trait LogStore: raft::Storage + Send {
     /// reading thread. A store that does not read off the loop ignores this.
     fn fetch_off_loop(
         &mut self,
-        _ready: crossbeam_channel::Sender<u64>,
+        _ready: crate::doorbell::LoopSender<u64>,
         _setup: Box<dyn FnOnce() + Send>,
     ) -> std::io::Result<()> {
         Ok(())
@@ -517,7 +517,7 @@ impl LogStore for EngineStorage {
 
     fn fetch_off_loop(
         &mut self,
-        ready: crossbeam_channel::Sender<u64>,
+        ready: crate::doorbell::LoopSender<u64>,
         setup: Box<dyn FnOnce() + Send>,
     ) -> std::io::Result<()> {
         self.fetcher = Some(crate::fetch::Fetcher::start(Arc::clone(&self.engine), ready, setup)?);
