@@ -2,13 +2,25 @@
 # etcd (Debian etcd-server, fsync on) and worknode (fsync on), three members each on
 # loopback, measured one after the other with the same load generator (`worknode bench`):
 # 256-byte puts with 1 client (on the leader's address, then on a follower's), 16 and 64
-# clients (spread over the members), and linearizable gets with 16 clients.
+# clients (spread over the members), linearizable gets with 16 clients, and serializable
+# gets with one client (a request that needs neither Raft nor the disk).
 # Prints one table with ratios (worknode ÷ etcd for throughput, etcd ÷ worknode for p50).
 #
-# Usage: bench/etcd_vs_worknode.sh [SECONDS per run]   (default 10)
+# With --tmpfs both systems keep their data in /dev/shm, where fsync and fdatasync return
+# at once: the same runs without the disk, which shows what the software costs and what
+# the disk adds (both still write and "sync" every entry; only the device is gone).
+#
+# Usage: bench/etcd_vs_worknode.sh [SECONDS per run] [--tmpfs]   (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${1:-10}
+seconds=10 storage=disk
+for arg in "$@"; do
+  case $arg in
+    --tmpfs) storage=tmpfs ;;
+    *[!0-9]* | "") echo "bench/etcd_vs_worknode.sh: $arg: expected SECONDS or --tmpfs" >&2; exit 2 ;;
+    *) seconds=$arg ;;
+  esac
+done
 if ! command -v etcd >/dev/null; then
   apt-get update -qq && apt-get install -y -qq etcd-server etcd-client >/dev/null
 fi
@@ -19,8 +31,9 @@ else
   worknode=target/release/worknode
 fi
 work=$(mktemp -d /tmp/etcd-vs-worknode.XXXXXX)
+if [ "$storage" = tmpfs ]; then data=$(mktemp -d /dev/shm/etcd-vs-worknode.XXXXXX); else data=$work; fi
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work" "$data"; }
 trap cleanup EXIT
 
 endpoints="127.0.0.1:12379,127.0.0.1:12479,127.0.0.1:12579"
@@ -35,6 +48,8 @@ run_suite() { # $1 = system name
   "$worknode" bench put --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-put-16.json"
   "$worknode" bench put --endpoints "$endpoints" --clients 64 --connections 64 --duration "${seconds}s" --json > "$work/$name-put-64.json"
   "$worknode" bench get --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-get-16.json"
+  # No Raft round and no disk: the load generator's and the gRPC stack's share of a request.
+  "$worknode" bench get --serializable --endpoints "$leader" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$name-get-1-serializable.json"
 }
 wait_ready() {
   for _ in $(seq 1 100); do
@@ -44,11 +59,11 @@ wait_ready() {
   echo "cluster did not become ready" >&2; exit 1
 }
 
-echo "== etcd $(etcd --version | head -1 | awk '{print $3}'), 3 members, fsync on"
+echo "== etcd $(etcd --version | head -1 | awk '{print $3}'), 3 members, fsync on, data on $storage"
 cluster=""
 for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:1${i}380,"; done
 for i in 1 2 3; do
-  etcd --name "e$i" --data-dir "$work/etcd$i" \
+  etcd --name "e$i" --data-dir "$data/etcd$i" \
     --listen-client-urls "http://127.0.0.1:12$((i + 2))79" --advertise-client-urls "http://127.0.0.1:12$((i + 2))79" \
     --listen-peer-urls "http://127.0.0.1:1${i}380" --initial-advertise-peer-urls "http://127.0.0.1:1${i}380" \
     --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token bench \
@@ -61,12 +76,12 @@ for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 wait 2>/dev/null || true
 pids=()
 
-echo "== worknode, 3 members, fsync on (raft-engine sync writes)"
+echo "== worknode, 3 members, fsync on (raft-engine sync writes), data on $storage"
 for i in 1 2 3; do
   cat > "$work/n$i.toml" <<TOML
 cluster = "bench"
 member_id = $i
-data_dir = "$work/worknode$i"
+data_dir = "$data/worknode$i"
 [cores]
 pin = "off"   # three members share this host's CPUs, as the etcd members did
 [[member]]
@@ -91,14 +106,15 @@ done
 wait_ready
 run_suite worknode
 
-python3 - "$work" "$seconds" <<'PY'
+python3 - "$work" "$seconds" "$storage" <<'PY'
 import json, sys, datetime
-work, seconds = sys.argv[1], sys.argv[2]
+work, seconds, storage = sys.argv[1], sys.argv[2], sys.argv[3]
 def load(system, case):
     return json.load(open(f"{work}/{system}-{case}.json"))
-rows = [("put, 1 client at the leader", "put-1-leader"), ("put, 1 client at a follower", "put-1-follower"), ("put, 16 clients", "put-16"), ("put, 64 clients", "put-64"), ("linearizable get, 16 clients", "get-16")]
+rows = [("put, 1 client at the leader", "put-1-leader"), ("put, 1 client at a follower", "put-1-follower"), ("put, 16 clients", "put-16"), ("put, 64 clients", "put-64"), ("linearizable get, 16 clients", "get-16"), ("serializable get, 1 client (no Raft, no disk)", "get-1-serializable")]
 print()
-print(f"{datetime.date.today()}, {seconds} s per run, 256-byte values, 3 members on loopback, same load generator")
+where = "on tmpfs (no disk: fsync returns at once)" if storage == "tmpfs" else "on disk, fsync on"
+print(f"{datetime.date.today()}, {seconds} s per run, 256-byte values, 3 members on loopback, data {where}, same load generator")
 print()
 print("| workload | etcd ops/s | worknode ops/s | throughput × | etcd p50 ms | worknode p50 ms | p50 ÷ | etcd p99 ms | worknode p99 ms | errors (etcd / worknode) |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
