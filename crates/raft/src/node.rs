@@ -421,6 +421,8 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     gone_leader: Option<(u64, u64)>,
     /// When this member campaigns because its leader's process is gone.
     campaign_at: Option<Instant>,
+    /// Until when the successor asks again while its pre-votes go unanswered.
+    failover_until: Option<Instant>,
     fast_failovers_total: u64,
 }
 
@@ -538,6 +540,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             rotation,
             gone_leader: None,
             campaign_at: None,
+            failover_until: None,
             fast_failovers_total: 0,
             last_heard: HashMap::new(),
             held: Vec::new(),
@@ -1004,6 +1007,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         self.gone_leader == Some((raft.term, raft.leader_id))
     }
 
+    /// How often a failing-over successor asks for votes until it leads.
+    const FAILOVER_RETRY: Duration = Duration::from_millis(5);
+
     /// Fast failover. A follower whose leader's process is gone (its host refused our
     /// connection: the process crashed or was killed) need not wait out the election
     /// timeout, which exists to tell a dead leader from a slow one: this one is known
@@ -1016,8 +1022,22 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         if let Some(at) = self.campaign_at {
             if now >= at {
                 self.campaign_at = None;
-                if self.failing_over() && self.raw.raft.state == StateRole::Follower {
+                let within = self.failover_until.is_some_and(|until| now < until);
+                let state = self.raw.raft.state;
+                // Asked again while the pre-vote goes unanswered: a follower whose own
+                // connection has not yet been refused still holds the leader lease and
+                // ignores the pre-vote without a word, and raft-rs would ask again only
+                // at its election timeout (a kill -9 stalled writes 150-370 ms that way).
+                // A pre-vote changes no term, so asking again disturbs nobody.
+                if (self.failing_over() && state == StateRole::Follower)
+                    || (within && state == StateRole::PreCandidate)
+                {
                     let _ = self.raw.campaign();
+                    if within {
+                        self.campaign_at = Some(now + Self::FAILOVER_RETRY);
+                    }
+                } else {
+                    self.failover_until = None;
                 }
             }
         }
@@ -1045,8 +1065,10 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             raft.set_randomized_election_timeout(timeout.max(election));
         }
         if successor == raft.id {
-            // Long enough for the other followers' connections to see the same refusal.
-            self.campaign_at = Some(now + self.config.tick.min(Duration::from_millis(5)));
+            // Usually long enough for the other followers' connections to see the same
+            // refusal; if not, it asks again every FAILOVER_RETRY for an election timeout.
+            self.campaign_at = Some(now + Self::FAILOVER_RETRY.min(self.config.tick));
+            self.failover_until = Some(now + self.config.tick * election as u32);
         }
         tracing::info!(
             leader,

@@ -417,7 +417,9 @@ impl Connection {
     }
 }
 
-/// Accepts peer connections and delivers their messages to the node.
+/// Accepts peer connections and delivers their messages to the node. The connections
+/// belong to this task: when it ends (aborted, or its runtime shut down) they close with
+/// it, and peers see this member go as they would see its process die.
 pub async fn serve_peers(
     listener: TcpListener,
     cluster_id: u64,
@@ -425,19 +427,26 @@ pub async fn serve_peers(
     stats: Arc<TransportStats>,
     blocked: Blocked,
 ) {
+    let mut readers = tokio::task::JoinSet::new();
     loop {
-        let Ok((stream, remote)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(reader(
-            stream,
-            remote,
-            cluster_id,
-            node.clone(),
-            Arc::clone(&stats),
-            Arc::clone(&blocked),
-        ));
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, remote)) = accepted else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                readers.spawn(reader(
+                    stream,
+                    remote,
+                    cluster_id,
+                    node.clone(),
+                    Arc::clone(&stats),
+                    Arc::clone(&blocked),
+                ));
+            }
+            // Reap connections that ended, so the set holds only live ones.
+            Some(_) = readers.join_next(), if !readers.is_empty() => {}
+        }
     }
 }
 
