@@ -98,6 +98,29 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// Bytes of a hello frame's payload (cluster id, sender id).
+pub const HELLO_PAYLOAD_BYTES: usize = 16;
+
+/// Checks that `buffer` begins like a hello frame, before its payload has arrived: a
+/// connection's first frame is refused by its header alone, so a stranger cannot make
+/// this member buffer a large payload. `Ok(false)` if the header is not complete yet.
+pub fn begins_with_hello(buffer: &[u8]) -> Result<bool, FrameError> {
+    if buffer.len() < HEADER_BYTES {
+        return Ok(false);
+    }
+    if buffer[0] != VERSION {
+        return Err(FrameError::Version(buffer[0]));
+    }
+    if buffer[1] != KIND_HELLO {
+        return Err(FrameError::Malformed("a connection must start with a hello"));
+    }
+    let length = read_u32(buffer, 2).unwrap_or(0) as usize;
+    if length != HELLO_PAYLOAD_BYTES {
+        return Err(FrameError::Malformed("hello must be 16 bytes"));
+    }
+    Ok(true)
+}
+
 /// Decodes one frame from the front of `buffer`: `Ok(None)` if more bytes are needed,
 /// else the frame and how many bytes it used.
 pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
@@ -126,7 +149,7 @@ pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
     }
     let frame = match kind {
         KIND_HELLO => {
-            if payload.len() != 16 {
+            if payload.len() != HELLO_PAYLOAD_BYTES {
                 return Err(FrameError::Malformed("hello must be 16 bytes"));
             }
             let word =

@@ -17,6 +17,7 @@ pub mod rotation;
 pub mod snapshot_file;
 pub mod storage;
 pub mod transport;
+pub mod validate;
 
 pub use node::{
     ClientRequest, Clock, Node, NodeConfig, NodeError, NodeHandle, NodeStatus, ReadReply,

@@ -29,6 +29,7 @@ use worknode_kv::{
 use crate::doorbell::{Doorbell, LoopSender};
 use crate::snapshot_file::SnapshotFile;
 use crate::storage::{LogStore, SnapshotSlot};
+use crate::validate::{check_against_log, LogView, Rejection, Rejections};
 
 /// A snapshot of a clone of the state machine, encoded, written and synced by a thread of
 /// its own, so the loop waits neither on the encoder nor on the disk.
@@ -292,9 +293,15 @@ pub struct NodeHandle {
     dropped_inbound: Arc<AtomicU64>,
     turns: Arc<Mutex<crate::rotation::TurnLog>>,
     schedule: Arc<Mutex<Vec<ScheduleChange>>>,
+    rejections: Arc<Rejections>,
 }
 
 impl NodeHandle {
+    /// Peer messages rejected before raft-rs saw them, by the readers and the loop.
+    pub fn rejections(&self) -> &Arc<Rejections> {
+        &self.rejections
+    }
+
     /// The replicated schedule changes as applied here, oldest first.
     pub fn schedule_changes(&self) -> Vec<ScheduleChange> {
         self.schedule.lock().unwrap_or_else(PoisonError::into_inner).clone()
@@ -511,6 +518,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             dropped_inbound: Arc::new(AtomicU64::new(0)),
             turns,
             schedule,
+            rejections: Arc::default(),
         };
         let node = Self {
             config,
@@ -675,6 +683,10 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     }
 
     fn step(&mut self, message: Message) {
+        if let Err(rejection) = self.check_against_log(&message) {
+            self.handle.rejections.record(&rejection, &format_args!("member {}", message.from));
+            return;
+        }
         if matches!(
             message.get_msg_type(),
             MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
@@ -715,6 +727,21 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
         // Messages for another member, or from a removed one, are not ours to act on.
         let _ = self.raw.step(message);
+    }
+
+    /// What raft-rs would treat as fatal, checked against the log first
+    /// ([`crate::validate`]).
+    fn check_against_log(&self, message: &Message) -> Result<(), Rejection> {
+        let raft_log = &self.raw.raft.raft_log;
+        let term_at = |index: u64| raft_log.term(index).ok();
+        let view = LogView {
+            term: self.raw.raft.term,
+            leader: self.raw.raft.leader_id,
+            last_index: raft_log.last_index(),
+            committed: raft_log.committed,
+            term_at: &term_at,
+        };
+        check_against_log(message, &view)
     }
 
     fn term(&self) -> u64 {

@@ -127,9 +127,11 @@ impl Cluster {
         listener.set_nonblocking(true).unwrap();
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let handle = member.handle.clone();
+        let voters: Vec<u64> = self.peers.iter().map(|(id, _)| *id).collect();
         let peer_server = self.runtime.spawn(serve_peers(
             listener,
             CLUSTER,
+            worknode_raft::validate::PeerRules::new(id, &voters),
             handle.clone(),
             member.stats.clone(),
             member.blocked.clone(),

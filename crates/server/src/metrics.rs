@@ -226,6 +226,7 @@ pub fn render(source: &MetricsSource) -> String {
         log.entries_appended.load(Ordering::Relaxed)
     );
     render_transport(&mut text, &source.transport);
+    render_rejections(&mut text, &source.node.rejections().counts());
     text.push_str(&source.telemetry.lock().unwrap_or_else(PoisonError::into_inner).prometheus());
     text
 }
@@ -243,6 +244,20 @@ fn histogram(text: &mut String, name: &str, help: &str, bounds: &[f64], counts: 
     let _ = writeln!(text, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
     let _ = writeln!(text, "{name}_sum {sum}");
     let _ = writeln!(text, "{name}_count {cumulative}");
+}
+
+/// Peer messages rejected before raft-rs saw them, by reason.
+fn render_rejections(text: &mut String, counts: &[u64]) {
+    family(
+        text,
+        "worknode_peer_messages_rejected_total",
+        "counter",
+        "Peer messages dropped before raft-rs saw them, by reason (forged sender, not a member, out-of-range term or index, configuration change, ...).",
+    );
+    for (reason, count) in worknode_raft::validate::REASONS.iter().zip(counts) {
+        let _ =
+            writeln!(text, "worknode_peer_messages_rejected_total{{reason=\"{reason}\"}} {count}");
+    }
 }
 
 /// The peer transport's counters: frames sent, frames dropped by reason, refused and
@@ -282,6 +297,21 @@ fn render_transport(text: &mut String, stats: &TransportStats) {
         "Inbound peer connections closed for a bad frame, hello or message.",
     );
     let _ = writeln!(text, "worknode_peer_bad_connections_total {}", count(&stats.bad_connections));
+    family(
+        text,
+        "worknode_peer_inbound_closed_total",
+        "counter",
+        "Inbound peer connections closed before their hello: none came within a second, or newer connections needed the room.",
+    );
+    for (reason, counter) in
+        [("hello_timeout", &stats.hello_timeouts), ("shed", &stats.shed_awaiting_hello)]
+    {
+        let _ = writeln!(
+            text,
+            "worknode_peer_inbound_closed_total{{reason=\"{reason}\"}} {}",
+            count(counter)
+        );
+    }
     family(
         text,
         "worknode_peer_gone",

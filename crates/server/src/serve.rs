@@ -159,9 +159,11 @@ async fn run_async(
     if let Some(note) = &member.recovery_note {
         tracing::warn!("{note}");
     }
+    let voters: Vec<u64> = config.members.iter().map(|m| m.id).collect();
     tokio::spawn(serve_peers(
         peer_listener,
         cluster_id,
+        worknode_raft::validate::PeerRules::new(me.id, &voters),
         member.handle.clone(),
         member.stats.clone(),
         member.blocked.clone(),

@@ -144,6 +144,48 @@ impl ProcessCluster {
         self.children[index].is_some()
     }
 
+    /// Whether member `index`'s process is still alive (it has not exited by itself).
+    pub(crate) fn is_alive(&mut self, index: usize) -> bool {
+        self.children[index].as_mut().is_some_and(|child| child.try_wait().unwrap().is_none())
+    }
+
+    /// Waits up to `within` for member `index` to exit by itself: its status, or `None`.
+    pub(crate) fn wait_exit(
+        &mut self,
+        index: usize,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let child = self.children[index].as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.children[index] = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The process id of member `index`.
+    pub(crate) fn pid(&self, index: usize) -> u32 {
+        self.children[index].as_ref().unwrap().id()
+    }
+
+    /// What member `index` has logged (warnings and errors) in every run so far.
+    pub(crate) fn log(&self, index: usize) -> String {
+        let id = self.members[index].id;
+        std::fs::read_to_string(self.root.join(format!("n{id}.log"))).unwrap_or_default()
+    }
+
+    /// The cluster id every member's hello carries.
+    pub(crate) fn cluster_id(&self) -> u64 {
+        let path = self.root.join(format!("n{}.toml", self.members[0].id));
+        worknode_server::config::ServerConfig::load(&path).unwrap().cluster_id()
+    }
+
     pub(crate) fn endpoints(&self) -> String {
         self.members.iter().map(|m| m.client.to_string()).collect::<Vec<_>>().join(",")
     }
