@@ -166,3 +166,44 @@ fn rss_kib(pid: u32) -> u64 {
     let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+/// CPU time a process has used (user + system), in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_open_files_limit_a_member_backs_off_says_so_and_recovers() {
+    let mut cluster = ProcessCluster::start("attack-nofile", 3, 20);
+    cluster.leader().await;
+    put_and_read(&cluster, 0, "before").await;
+    let pid = cluster.pid(0);
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = open + 16;
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:{limit}")])
+        .status()
+        .unwrap();
+    assert!(status.success(), "prlimit");
+    // Client connections until the member cannot accept another, and some to spare.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(TcpStream::connect(cluster.members[0].client).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - before;
+    // 100 ticks a second: spinning on accept would use about 200.
+    assert!(used < 60, "the member used {used} ticks in 2 s at the limit");
+    assert!(cluster.is_alive(0));
+    put_and_read(&cluster, 1, "at-the-limit").await;
+    let log = cluster.log(0);
+    assert!(log.contains("client listener") && log.contains("cannot accept"), "{log}");
+    drop(held);
+    put_and_read(&cluster, 0, "after").await;
+    cluster.assert_converged().await;
+}

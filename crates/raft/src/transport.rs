@@ -437,7 +437,7 @@ pub const CONNECTIONS_PER_PEER_MAX: usize = 4;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after `accept` fails for lack of descriptors or memory: the condition lasts, and
 /// retrying at once would spin a core.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Shortest time between two log lines about failing accepts.
 const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -517,7 +517,7 @@ pub async fn serve_peers(
                 let (stream, remote) = match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
-                        accept_failures.note(&error, listener.local_addr().ok());
+                        accept_failures.note("peer", &error, listener.local_addr().ok());
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
@@ -560,15 +560,17 @@ fn admit(
     }
 }
 
-/// Failing accepts, logged at most once a second with how many failed meanwhile.
-#[derive(Default)]
-struct AcceptFailures {
+/// Failing accepts on a listener, logged at most once a second with how many failed
+/// meanwhile (the caller pauses [`ACCEPT_BACKOFF`] after each).
+#[derive(Debug, Default)]
+pub struct AcceptFailures {
     last_logged: Option<std::time::Instant>,
     unlogged: u64,
 }
 
 impl AcceptFailures {
-    fn note(&mut self, error: &std::io::Error, address: Option<SocketAddr>) {
+    /// Notes a failed accept on the `what` listener at `address`.
+    pub fn note(&mut self, what: &str, error: &std::io::Error, address: Option<SocketAddr>) {
         let now = std::time::Instant::now();
         if self.last_logged.is_some_and(|last| now.duration_since(last) < ACCEPT_LOG_INTERVAL) {
             self.unlogged += 1;
@@ -578,7 +580,7 @@ impl AcceptFailures {
         self.last_logged = Some(now);
         tracing::error!(
             unlogged,
-            "peer listener {address:?} cannot accept ({error}); retrying every {} ms (at the open-files limit, raise it: LimitNOFILE= / ulimit -n)",
+            "{what} listener {address:?} cannot accept ({error}); retrying every {} ms (at the open-files limit, raise it: LimitNOFILE= / ulimit -n)",
             ACCEPT_BACKOFF.as_millis()
         );
     }

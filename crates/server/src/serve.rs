@@ -7,7 +7,7 @@
 //! cleanly: the API stops accepting, the Raft loop finishes its turn, the log is synced.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -18,7 +18,7 @@ use worknode_cores::{
     WorknodeClass, WorknodeSpec,
 };
 use worknode_raft::member::{open_member, MemberSpec};
-use worknode_raft::transport::serve_peers;
+use worknode_raft::transport::{serve_peers, AcceptFailures, ACCEPT_BACKOFF};
 
 use crate::admin::AdminService;
 use crate::config::{Pinning, ServerConfig};
@@ -245,15 +245,32 @@ async fn run_async(
 }
 
 /// Accepted client connections with TCP_NODELAY: responses must not wait for Nagle's
-/// algorithm and the client's delayed ACK (a 40 ms stall per small response).
+/// algorithm and the client's delayed ACK (a 40 ms stall per small response). A failed
+/// accept (at the open-files limit) pauses the listener and is logged once a second: the
+/// server would otherwise retry at once and spin a core.
 fn incoming_nodelay(
     listener: TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|stream| {
-            let _ = stream.set_nodelay(true);
-        })
+    let address = listener.local_addr().ok();
+    let failures = Arc::new(Mutex::new(AcceptFailures::default()));
+    TcpListenerStream::new(listener).then(move |accepted| {
+        let failures = Arc::clone(&failures);
+        async move {
+            match &accepted {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                }
+                Err(error) => {
+                    failures
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .note("client", error, address);
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+            accepted
+        }
     })
 }
 
