@@ -52,11 +52,14 @@ pub enum OpenError {
     },
 }
 
+/// The Raft loop of a member on the real clock, transport and log.
+pub type MemberNode = Node<SystemClock, TcpTransport, EngineStorage>;
+
 /// A member ready to run: the node (run it on the Raft worknode's thread) and its parts.
 #[allow(missing_debug_implementations, reason = "holds the node, which has no useful Debug")]
 pub struct OpenMember {
     /// The Raft loop; call `run` on its thread.
-    pub node: Node<SystemClock, TcpTransport, EngineStorage>,
+    pub node: MemberNode,
     /// Its handle for servers and the peer listener.
     pub handle: NodeHandle,
     /// Transport counters.

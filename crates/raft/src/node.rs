@@ -230,6 +230,9 @@ pub enum ClientRequest {
         /// Where the answer goes.
         reply: oneshot::Sender<(u64, u64)>,
     },
+    /// Fault injection: the loop panics, as a bug in it would (see fail-stop in the
+    /// server, which must end the process).
+    InjectPanic,
     /// Hand leadership to another member.
     TransferLeader {
         /// The member.
@@ -347,6 +350,11 @@ impl NodeHandle {
     /// Asks the loop to stop after its current turn.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`NodeHandle::stop`] was asked: a loop that ends without it failed.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 
     /// Peer messages dropped at the inbox bound.
@@ -809,6 +817,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             ClientRequest::Digest { reply } => {
                 let _ = reply.send((self.machine.applied_index(), self.machine.digest()));
             }
+            ClientRequest::InjectPanic => panic!("fault injection: the Raft loop panics"),
             ClientRequest::TransferLeader { target, reply } => {
                 let result = if self.raw.raft.state != StateRole::Leader {
                     Err(NodeError::NoLeader)
@@ -1308,9 +1317,12 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                     let _ = job.thread.join();
                 }
                 // Durable first: a restart must find this state even if the log was cleaned.
+                // raft-rs has taken the snapshot as this member's state: not keeping it
+                // would leave the state machine behind the log, so the member stops.
                 if let Err(error) = self.snapshot_file.save(snapshot) {
-                    tracing_error(&format!("saving the received snapshot failed: {error}"));
-                    return Ok(());
+                    return Err(crate::storage::StoreError::ReceivedSnapshot(format!(
+                        "saving it failed: {error}"
+                    )));
                 }
                 self.raw.mut_store().install_snapshot(snapshot)?;
                 self.machine = machine;
@@ -1320,7 +1332,11 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 self.snapshots_total += 1;
                 self.schedule_changed();
             }
-            Err(error) => tracing_error(&format!("a received snapshot does not decode: {error}")),
+            Err(error) => {
+                return Err(crate::storage::StoreError::ReceivedSnapshot(format!(
+                    "it does not decode: {error}"
+                )))
+            }
         }
         Ok(())
     }

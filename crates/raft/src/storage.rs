@@ -56,6 +56,9 @@ pub enum StoreError {
         /// Why.
         message: String,
     },
+    /// A snapshot from the leader that raft-rs accepted cannot be kept.
+    #[error("a snapshot received from the leader cannot be installed: {0}")]
+    ReceivedSnapshot(String),
 }
 
 /// The latest state-machine snapshot, shared between the driver (which makes them) and

@@ -314,6 +314,32 @@ impl adminpb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn inject_fault(
+        &self,
+        request: Request<adminpb::InjectFaultRequest>,
+    ) -> Result<Response<adminpb::InjectFaultResponse>, Status> {
+        if !self.allow_fault_injection {
+            return Err(Status::new(
+                Code::PermissionDenied,
+                "fault injection is off (allow_fault_injection = false)",
+            ));
+        }
+        match request.into_inner().fault.as_str() {
+            "raft-panic" => self
+                .shared
+                .node
+                .submit(ClientRequest::InjectPanic)
+                .map_err(|error| Status::new(Code::Unavailable, error.to_string()))?,
+            other => {
+                return Err(Status::new(
+                    Code::InvalidArgument,
+                    format!("unknown fault {other:?} (known: raft-panic)"),
+                ))
+            }
+        }
+        Ok(Response::new(adminpb::InjectFaultResponse {}))
+    }
+
     async fn partition(
         &self,
         request: Request<adminpb::PartitionRequest>,

@@ -171,11 +171,12 @@ async fn run_async(
     let raft = WorknodeSpec::new("raft", WorknodeClass::Critical);
     let raft_grant = authority.as_ref().and_then(|a| a.grant("raft").ok());
     let node = member.node;
+    let handle = member.handle.clone();
     let raft_thread = spawn_worknode(
         &raft,
         raft_grant,
         &PinOptions { best_effort: true, ..PinOptions::default() },
-        move || node.run(),
+        move || fail_stop_unless_stopping(&handle, node),
     )?;
     let mut telemetry = Telemetry::new(AlertThresholds::default());
     let report = raft_thread.report();
@@ -242,6 +243,38 @@ async fn run_async(
     result?;
     raft_result?;
     Ok(())
+}
+
+/// Exit status of a member whose Raft loop ended without being asked to (EX_SOFTWARE).
+pub const FAIL_STOP_EXIT_CODE: i32 = 70;
+
+/// Runs the Raft loop; if it ends without [`worknode_raft::NodeHandle::stop`] — a panic, a
+/// disk error, ENOSPC, a corrupt log — the member cannot go on: the process logs why and
+/// exits with [`FAIL_STOP_EXIT_CODE`] at once, so its supervisor (systemd, Kubernetes)
+/// restarts it. Lingering would answer every client "server stopped" while its metrics
+/// still said it led.
+fn fail_stop_unless_stopping(
+    handle: &worknode_raft::NodeHandle,
+    node: worknode_raft::member::MemberNode,
+) -> Result<(), ServeError> {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.run()));
+    let reason = match outcome {
+        Ok(Ok(())) if handle.stopping() => return Ok(()),
+        Ok(Ok(())) => "it returned without being asked to stop".to_owned(),
+        Ok(Err(error)) => error.to_string(),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            format!("panicked: {message}")
+        }
+    };
+    tracing::error!(
+        "the Raft loop ended ({reason}); this member cannot go on and exits with status {FAIL_STOP_EXIT_CODE} for its supervisor to restart it"
+    );
+    std::process::exit(FAIL_STOP_EXIT_CODE);
 }
 
 /// Accepted client connections with TCP_NODELAY: responses must not wait for Nagle's
