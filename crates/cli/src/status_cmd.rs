@@ -47,6 +47,9 @@ pub(crate) struct MemberRow {
     pub(crate) raft_cpus: Option<String>,
     pub(crate) raft_pinned: bool,
     pub(crate) error: Option<String>,
+    /// What the member reports wrong with the cluster (etcd's status `errors`): peers
+    /// whose settings disagree with its own.
+    pub(crate) warnings: Vec<String>,
 }
 
 /// What `status` and `top` show: every member, the schedule, recent turns.
@@ -335,6 +338,7 @@ pub(crate) async fn fetch(
                             raft_cpus: raft.map(|w| w.cpus.clone()),
                             raft_pinned: raft.is_some_and(|w| w.pinned),
                             error: None,
+                            warnings: status.errors.clone(),
                         };
                         (row, load)
                     }
@@ -429,6 +433,11 @@ pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliErro
             }
         }
     }
+    for m in &members {
+        for warning in &m.warnings {
+            let _ = writeln!(text, "warning from member {}: {warning}", m.member_id.unwrap_or(0));
+        }
+    }
     let _ = writeln!(text);
     upcoming_table(&schedule, &mut text);
     if !recent.is_empty() {
@@ -470,6 +479,7 @@ impl MemberRow {
             raft_cpus: None,
             raft_pinned: false,
             error: Some(error.to_owned()),
+            warnings: Vec::new(),
         }
     }
 

@@ -23,7 +23,7 @@ use worknode_server::pb::{PutRequest, RangeRequest};
 async fn send_as(peer: SocketAddr, cluster_id: u64, from: u64, messages: &[Message]) -> bool {
     let mut stream = TcpStream::connect(peer).await.unwrap();
     let mut bytes = Vec::new();
-    encode(&Frame::Hello { cluster_id, from }, &mut bytes);
+    encode(&Frame::Hello { cluster_id, from, agreement: None }, &mut bytes);
     if !messages.is_empty() {
         encode(&Frame::Messages(messages.iter().map(encode_message).collect()), &mut bytes);
     }
@@ -205,5 +205,44 @@ async fn at_the_open_files_limit_a_member_backs_off_says_so_and_recovers() {
     assert!(log.contains("client listener") && log.contains("cannot accept"), "{log}");
     drop(held);
     put_and_read(&cluster, 0, "after").await;
+    cluster.assert_converged().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_configured_with_another_schedule_is_refused_and_shown_until_it_agrees() {
+    let mut cluster = ProcessCluster::start("attack-disagree", 3, 20);
+    cluster.leader().await;
+    let config = cluster.root.join("n3.toml");
+    let agreed = std::fs::read_to_string(&config).unwrap();
+    assert!(cluster.terminate(2).success());
+    let skewed = agreed.replace("[cores]", "[schedule]\nslot_ms = 250\n\n[cores]");
+    std::fs::write(&config, skewed).unwrap();
+    cluster.spawn(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let expected = "member 3 disagrees: the [schedule] settings or stakes differ from ours";
+    loop {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_worknode"))
+            .args(["status", "--endpoints", &cluster.members[0].client.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&status.stdout).into_owned();
+        if text.contains(&format!("warning from member 1: {expected}")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worknode status shows no disagreement:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = cluster.log(0);
+    assert!(
+        log.contains("member 3 is configured differently: the [schedule] settings or stakes differ from ours"),
+        "{log}"
+    );
+    assert_eq!(log.matches("member 3 is configured differently").count(), 1, "logged once");
+    put_and_read(&cluster, 0, "two-agree").await;
+
+    assert!(cluster.terminate(2).success());
+    std::fs::write(&config, agreed).unwrap();
+    cluster.spawn(2);
+    put_and_read(&cluster, 2, "three-agree").await;
     cluster.assert_converged().await;
 }

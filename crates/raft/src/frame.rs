@@ -4,7 +4,8 @@
 //! version u8 | kind u8 | payload length u32 BE | crc32 of payload u32 BE | payload
 //! ```
 //!
-//! A `Hello` frame opens every connection (cluster id and sender id); `Messages` frames
+//! A `Hello` frame opens every connection (cluster id, sender id, and the digests of the
+//! settings members must agree on); `Messages` frames
 //! carry a batch of Raft messages, each length-prefixed. Anything malformed, oversized or
 //! from another cluster is an error that closes the connection; the node keeps running.
 
@@ -20,6 +21,30 @@ pub const MESSAGES_PER_FRAME_MAX: usize = 4_096;
 const KIND_HELLO: u8 = 1;
 const KIND_MESSAGES: u8 = 2;
 
+/// Digests of the settings every member of a cluster must share, carried in the hello so
+/// members that disagree refuse each other instead of running with different schedules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Agreement {
+    /// The member list: ids, names, addresses.
+    pub members: u64,
+    /// The bootstrap `[schedule]` with every member's stake.
+    pub schedule: u64,
+}
+
+impl Agreement {
+    /// The fields where `self` and `theirs` differ, for a one-line error.
+    pub fn differences(&self, theirs: &Agreement) -> Vec<&'static str> {
+        let mut fields = Vec::new();
+        if self.members != theirs.members {
+            fields.push("the [[member]] list");
+        }
+        if self.schedule != theirs.schedule {
+            fields.push("the [schedule] settings or stakes");
+        }
+        fields
+    }
+}
+
 /// A decoded frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -29,6 +54,8 @@ pub enum Frame {
         cluster_id: u64,
         /// The sender's member id.
         from: u64,
+        /// The sender's settings (`None` from a member that predates the check).
+        agreement: Option<Agreement>,
     },
     /// Encoded Raft messages.
     Messages(Vec<Vec<u8>>),
@@ -72,10 +99,14 @@ fn header(kind: u8, payload: &[u8]) -> [u8; HEADER_BYTES] {
 /// Encodes a frame, appending to `out`.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
     let (kind, payload) = match frame {
-        Frame::Hello { cluster_id, from } => {
-            let mut payload = Vec::with_capacity(16);
+        Frame::Hello { cluster_id, from, agreement } => {
+            let mut payload = Vec::with_capacity(HELLO_PAYLOAD_BYTES);
             payload.extend_from_slice(&cluster_id.to_be_bytes());
             payload.extend_from_slice(&from.to_be_bytes());
+            if let Some(agreement) = agreement {
+                payload.extend_from_slice(&agreement.members.to_be_bytes());
+                payload.extend_from_slice(&agreement.schedule.to_be_bytes());
+            }
             (KIND_HELLO, payload)
         }
         Frame::Messages(messages) => {
@@ -98,8 +129,11 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Bytes of a hello frame's payload (cluster id, sender id).
-pub const HELLO_PAYLOAD_BYTES: usize = 16;
+/// Bytes of a hello frame's payload without the agreement (cluster id, sender id), as
+/// members before the agreement check send it.
+pub const HELLO_PAYLOAD_BYTES_PLAIN: usize = 16;
+/// Bytes of a hello frame's payload: cluster id, sender id, agreement digests.
+pub const HELLO_PAYLOAD_BYTES: usize = 32;
 
 /// Checks that `buffer` begins like a hello frame, before its payload has arrived: a
 /// connection's first frame is refused by its header alone, so a stranger cannot make
@@ -115,8 +149,8 @@ pub fn begins_with_hello(buffer: &[u8]) -> Result<bool, FrameError> {
         return Err(FrameError::Malformed("a connection must start with a hello"));
     }
     let length = read_u32(buffer, 2).unwrap_or(0) as usize;
-    if length != HELLO_PAYLOAD_BYTES {
-        return Err(FrameError::Malformed("hello must be 16 bytes"));
+    if length != HELLO_PAYLOAD_BYTES && length != HELLO_PAYLOAD_BYTES_PLAIN {
+        return Err(FrameError::Malformed("hello must be 16 or 32 bytes"));
     }
     Ok(true)
 }
@@ -149,12 +183,14 @@ pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
     }
     let frame = match kind {
         KIND_HELLO => {
-            if payload.len() != HELLO_PAYLOAD_BYTES {
-                return Err(FrameError::Malformed("hello must be 16 bytes"));
+            if payload.len() != HELLO_PAYLOAD_BYTES && payload.len() != HELLO_PAYLOAD_BYTES_PLAIN {
+                return Err(FrameError::Malformed("hello must be 16 or 32 bytes"));
             }
             let word =
                 |at: usize| u64::from_be_bytes(payload[at..at + 8].try_into().unwrap_or([0; 8]));
-            Frame::Hello { cluster_id: word(0), from: word(8) }
+            let agreement = (payload.len() == HELLO_PAYLOAD_BYTES)
+                .then(|| Agreement { members: word(16), schedule: word(24) });
+            Frame::Hello { cluster_id: word(0), from: word(8), agreement }
         }
         _ => {
             let count = read_u32(payload, 0)

@@ -25,6 +25,8 @@ pub struct MemberSpec {
     pub recover_tail: bool,
     /// The node's tuning; `node.id` is this member.
     pub node: NodeConfig,
+    /// Digests of the settings every member must share (sent in each hello).
+    pub agreement: crate::frame::Agreement,
 }
 
 /// Why a member could not start.
@@ -111,8 +113,13 @@ pub fn open_member(spec: &MemberSpec) -> Result<OpenMember, OpenError> {
     let snapshot_file = SnapshotFile::in_dir(data_dir.path());
     let snapshot = snapshot_file.load()?;
     let blocked: Blocked = Arc::default();
-    let (transport, stats) =
-        transport::connect_peers(spec.cluster_id, spec.node.id, &spec.peers, Arc::clone(&blocked));
+    let (transport, stats) = transport::connect_peers(
+        spec.cluster_id,
+        spec.node.id,
+        spec.agreement,
+        &spec.peers,
+        Arc::clone(&blocked),
+    );
     let (node, handle) = Node::new(
         spec.node.clone(),
         SystemClock,

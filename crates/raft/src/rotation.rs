@@ -294,9 +294,27 @@ pub enum RotationError {
     Settings(String),
 }
 
+/// Shortest turn a proposer or a bootstrap config may set: a handoff takes a few
+/// milliseconds, and shorter turns would spend the cluster's time changing leaders.
+pub const TURN_MS_MIN: u64 = 20;
+
+/// Turns of at least [`TURN_MS_MIN`] (replicated changes are judged when proposed, so a
+/// change already in the log is read the same way on every member whatever this says).
+fn check_turn(settings: &ScheduleSettings) -> Result<(), RotationError> {
+    let turn_ms = settings.slot_ms.saturating_mul(settings.slots_per_turn);
+    if turn_ms < TURN_MS_MIN {
+        return Err(RotationError::Settings(format!(
+            "slot_ms: {} ms slots of {} per turn make {turn_ms} ms turns; at least {TURN_MS_MIN} ms",
+            settings.slot_ms, settings.slots_per_turn
+        )));
+    }
+    Ok(())
+}
+
 impl Rotation {
     /// Validates the bootstrap settings by computing epoch 0's schedule.
     pub fn new(config: RotationConfig) -> Result<Self, RotationError> {
+        check_turn(&config.base)?;
         let base = Segment::new(0, 0, config.genesis_unix_ns, &config.base)?;
         base.check()?;
         Ok(Self {
@@ -312,6 +330,7 @@ impl Rotation {
 
     /// Checks settings a proposer is about to replicate.
     pub fn validate(settings: &ScheduleSettings) -> Result<(), RotationError> {
+        check_turn(settings)?;
         Segment::new(0, 0, 0, settings)?.check()
     }
 

@@ -39,7 +39,7 @@ use raft::eraftpb::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::frame::{self, Frame, MESSAGES_PER_FRAME_MAX};
+use crate::frame::{self, Agreement, Frame, MESSAGES_PER_FRAME_MAX};
 use crate::node::{NodeHandle, Transport, Waker};
 use crate::storage::{decode_message, encode_message};
 use crate::validate::PeerRules;
@@ -271,6 +271,7 @@ impl Drop for TcpTransport {
 pub fn connect_peers(
     cluster_id: u64,
     my_id: u64,
+    agreement: Agreement,
     peers: &[(u64, SocketAddr)],
     blocked: Blocked,
 ) -> (TcpTransport, Arc<TransportStats>) {
@@ -284,7 +285,7 @@ pub fn connect_peers(
     for (peer, address) in others {
         let outbox = Arc::new(Outbox::default());
         outboxes.insert(peer, Arc::clone(&outbox));
-        let link = Link { cluster_id, my_id, peer, address, waker: Arc::clone(&waker) };
+        let link = Link { cluster_id, my_id, agreement, peer, address, waker: Arc::clone(&waker) };
         tokio::spawn(writer(link, outbox, Arc::clone(&stats), Arc::clone(&blocked)));
     }
     (TcpTransport { outboxes, waker, stats: Arc::clone(&stats), blocked }, stats)
@@ -294,13 +295,14 @@ pub fn connect_peers(
 struct Link {
     cluster_id: u64,
     my_id: u64,
+    agreement: Agreement,
     peer: u64,
     address: SocketAddr,
     waker: Arc<OnceLock<Waker>>,
 }
 
 async fn writer(link: Link, outbox: Arc<Outbox>, stats: Arc<TransportStats>, blocked: Blocked) {
-    let Link { cluster_id, my_id, peer, address, .. } = link;
+    let Link { cluster_id, my_id, agreement, peer, address, .. } = link;
     let mut backoff = BACKOFF_MIN;
     while !outbox.closed.load(Ordering::Relaxed) {
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await;
@@ -343,7 +345,7 @@ async fn writer(link: Link, outbox: Arc<Outbox>, stats: Arc<TransportStats>, blo
         let _ = stream.set_nodelay(true);
         // Whether the connection carried a frame, from the writer or straight from the loop.
         let direct_before = outbox.lock().direct_frames;
-        let sent_any = match Connection::open(stream, cluster_id, my_id).await {
+        let sent_any = match Connection::open(stream, cluster_id, my_id, agreement).await {
             Some(connection) => connection.serve(&outbox, peer, &stats, &blocked).await,
             None => false,
         } || outbox.lock().direct_frames != direct_before;
@@ -369,14 +371,20 @@ struct Connection {
 }
 
 impl Connection {
-    async fn open(stream: TcpStream, cluster_id: u64, my_id: u64) -> Option<Self> {
+    async fn open(
+        stream: TcpStream,
+        cluster_id: u64,
+        my_id: u64,
+        agreement: Agreement,
+    ) -> Option<Self> {
         // Both handles share one non-blocking open file: the loop's writes never block.
         let std_stream = stream.into_std().ok()?;
         let direct = std_stream.try_clone().ok()?;
         let stream = TcpStream::from_std(std_stream).ok()?;
         let (incoming, mut outgoing) = stream.into_split();
         let mut hello = Vec::new();
-        frame::encode(&Frame::Hello { cluster_id, from: my_id }, &mut hello);
+        let hello_frame = Frame::Hello { cluster_id, from: my_id, agreement: Some(agreement) };
+        frame::encode(&hello_frame, &mut hello);
         outgoing.write_all(&hello).await.ok()?;
         Some(Self { incoming, outgoing, direct })
     }
@@ -620,7 +628,7 @@ async fn read_hello(
             }
         }
     };
-    let Frame::Hello { cluster_id: theirs, from } = hello else {
+    let Frame::Hello { cluster_id: theirs, from, agreement } = hello else {
         unreachable!("begins_with_hello admits only a hello");
     };
     if theirs != inbound.cluster_id {
@@ -642,8 +650,32 @@ async fn read_hello(
         );
         return None;
     }
+    if let Some(theirs) = agreement {
+        if !agree(inbound, from, remote, &theirs) {
+            return None;
+        }
+    }
     buffer.drain(..used);
     Some((from, buffer))
+}
+
+/// Whether a peer's settings digests match ours; a mismatch is recorded (shown by
+/// `worknode status`) and logged once per change, not at every reconnect.
+fn agree(inbound: &Inbound, from: u64, remote: SocketAddr, theirs: &Agreement) -> bool {
+    let differences = inbound.rules.agreement().differences(theirs);
+    let rejections = inbound.node.rejections();
+    if differences.is_empty() {
+        if rejections.set_disagreement(from, None) {
+            tracing::info!(%remote, "member {from}'s settings agree with ours again");
+        }
+        return true;
+    }
+    let difference = format!("{} differ from ours", differences.join(" and "));
+    inbound.stats.bad_connections.fetch_add(1, Ordering::Relaxed);
+    if rejections.set_disagreement(from, Some(difference.clone())) {
+        tracing::error!(%remote, "member {from} is configured differently: {difference}; refusing its connections until the configs agree");
+    }
+    false
 }
 
 async fn reader(mut stream: TcpStream, remote: SocketAddr, mut ticket: Ticket) {

@@ -18,11 +18,14 @@
 //! A rejected message is dropped and counted by [`Rejection::reason`]; the connection
 //! that carried it closes (a correct peer never sends one), and the member runs on.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{EntryType, Message, MessageType};
+
+use crate::frame::Agreement;
 
 /// Highest term or index a peer may name: far beyond any real log (2^62 entries), and
 /// far enough below `u64::MAX` that raft-rs's `+ 1` and `+ 2` never wrap.
@@ -146,6 +149,8 @@ pub struct Rejections {
     counts: [AtomicU64; REASONS.len()],
     /// When the last rejection was logged, and how many went unlogged since.
     log: Mutex<(Option<Instant>, u64)>,
+    /// Peers whose hello showed settings that differ from ours, and how.
+    disagreements: Mutex<BTreeMap<u64, String>>,
 }
 
 /// Shortest time between two logged rejections.
@@ -180,14 +185,35 @@ impl Rejections {
     pub fn total(&self) -> u64 {
         self.counts().iter().sum()
     }
+
+    /// Records whether `peer`'s settings differ from ours (`None`: they agree); whether
+    /// that changed what was recorded, so the caller logs each change once.
+    pub fn set_disagreement(&self, peer: u64, difference: Option<String>) -> bool {
+        let mut disagreements = self.disagreements.lock().unwrap_or_else(PoisonError::into_inner);
+        match difference {
+            Some(text) => disagreements.insert(peer, text.clone()).as_ref() != Some(&text),
+            None => disagreements.remove(&peer).is_some(),
+        }
+    }
+
+    /// One line per peer whose settings differ from ours.
+    pub fn disagreements(&self) -> Vec<String> {
+        let disagreements = self.disagreements.lock().unwrap_or_else(PoisonError::into_inner);
+        disagreements
+            .iter()
+            .map(|(peer, difference)| format!("member {peer} disagrees: {difference}"))
+            .collect()
+    }
 }
 
-/// What a connection's messages are checked against: this member and the voters.
+/// What a connection's messages are checked against: this member, the voters, and the
+/// settings every member must share.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerRules {
     me: u64,
     /// Ascending.
     voters: Vec<u64>,
+    agreement: Agreement,
 }
 
 impl PeerRules {
@@ -197,7 +223,17 @@ impl PeerRules {
         voters.sort_unstable();
         voters.dedup();
         assert!(voters.binary_search(&me).is_ok(), "member {me} is not among the voters");
-        Self { me, voters }
+        Self { me, voters, agreement: Agreement::default() }
+    }
+
+    /// The same rules, expecting peers' hellos to carry `agreement`.
+    pub fn with_agreement(self, agreement: Agreement) -> Self {
+        Self { agreement, ..self }
+    }
+
+    /// The settings digests peers must share with this member.
+    pub fn agreement(&self) -> Agreement {
+        self.agreement
     }
 
     /// This member.

@@ -112,6 +112,7 @@ impl Cluster {
             data_dir: self.root.join(format!("member-{id}")),
             recover_tail: false,
             node,
+            agreement: worknode_raft::frame::Agreement::default(),
         };
         let _guard = self.runtime.enter();
         let member = open_member(&spec).unwrap();

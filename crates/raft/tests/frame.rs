@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
 
 use proptest::prelude::*;
-use worknode_raft::frame::{decode, encode, Frame, FrameError, HEADER_BYTES, PAYLOAD_BYTES_MAX};
+use worknode_raft::frame::{
+    decode, encode, Agreement, Frame, FrameError, HEADER_BYTES, PAYLOAD_BYTES_MAX,
+};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
@@ -17,8 +19,13 @@ proptest! {
     }
 
     #[test]
-    fn encoded_frames_round_trip(messages in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..20), cluster in any::<u64>(), from in any::<u64>()) {
-        for frame in [Frame::Messages(messages.clone()), Frame::Hello { cluster_id: cluster, from }] {
+    fn encoded_frames_round_trip(messages in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..20), cluster in any::<u64>(), from in any::<u64>(), digests in any::<(u64, u64)>()) {
+        let agreement = Agreement { members: digests.0, schedule: digests.1 };
+        for frame in [
+            Frame::Messages(messages.clone()),
+            Frame::Hello { cluster_id: cluster, from, agreement: Some(agreement) },
+            Frame::Hello { cluster_id: cluster, from, agreement: None },
+        ] {
             let mut bytes = Vec::new();
             encode(&frame, &mut bytes);
             prop_assert_eq!(decode(&bytes).unwrap(), Some((frame.clone(), bytes.len())));

@@ -173,6 +173,19 @@ impl CoresConfig {
 
 /// More runtime threads than this is a typo, not a plan.
 const MAX_NET_THREADS: usize = 1024;
+/// Longest tick: ten seconds (etcd's heartbeat is 100 ms).
+const TICK_MS_MAX: u64 = 10_000;
+/// Longest election timeout (`tick_ms × election_ticks`): a minute. Beyond it a leader's
+/// failure goes unnoticed for longer than any client waits.
+const ELECTION_TIMEOUT_MS_MAX: u64 = 60_000;
+/// Longest request timeout: ten minutes.
+const REQUEST_TIMEOUT_MS_MAX: u64 = 600_000;
+/// Most applied entries between snapshots.
+const SNAPSHOT_ENTRIES_MAX: u64 = 1_000_000_000;
+/// Latest genesis: the end of year 9999, in ms since the UNIX epoch.
+const GENESIS_UNIX_MS_MAX: u64 = 253_402_300_799_999;
+/// Longest handoff lead or forward-ahead window.
+const WINDOW_MS_MAX: u64 = 60_000;
 
 fn default_tick_ms() -> u64 {
     100
@@ -272,21 +285,17 @@ impl ServerConfig {
         if config.cluster.is_empty() {
             return Err(fail("cluster: must not be empty".into()));
         }
-        if config.tick_ms == 0 {
-            return Err(fail("tick_ms: must be at least 1".into()));
-        }
+        config.check_bounds(text).map_err(|(line, message)| ConfigError {
+            file: file.to_owned(),
+            line,
+            message,
+        })?;
         if let Some(threads) = config.net_threads {
             if !(1..=MAX_NET_THREADS).contains(&threads) {
                 return Err(fail(format!(
                     "net_threads: {threads} is not between 1 and {MAX_NET_THREADS}"
                 )));
             }
-        }
-        if config.heartbeat_ticks == 0 || config.election_ticks <= config.heartbeat_ticks {
-            return Err(fail(format!(
-                "election_ticks ({}) must be greater than heartbeat_ticks ({}), which must be at least 1",
-                config.election_ticks, config.heartbeat_ticks
-            )));
         }
         if config.members.is_empty() {
             return Err(fail("member: list at least one [[member]]".into()));
@@ -321,6 +330,61 @@ impl ServerConfig {
         Ok(config)
     }
 
+    /// Every numeric setting within its bounds (no panic later, no cluster that can never
+    /// elect): the line and the message naming the field.
+    fn check_bounds(&self, text: &str) -> Result<(), (Option<usize>, String)> {
+        let schedule = &self.schedule;
+        let ranges: [(Option<&str>, &str, u64, u64, u64); 12] = [
+            (None, "tick_ms", self.tick_ms, 1, TICK_MS_MAX),
+            (None, "heartbeat_ticks", self.heartbeat_ticks as u64, 1, u64::from(u32::MAX)),
+            (None, "election_ticks", self.election_ticks as u64, 2, u64::from(u32::MAX)),
+            (None, "request_timeout_ms", self.request_timeout_ms, 1, REQUEST_TIMEOUT_MS_MAX),
+            (None, "snapshot_entries", self.snapshot_entries, 2, SNAPSHOT_ENTRIES_MAX),
+            (Some("schedule"), "slot_ms", schedule.slot_ms, 1, 86_400_000),
+            (Some("schedule"), "slots_per_turn", schedule.slots_per_turn, 1, u64::from(u32::MAX)),
+            (Some("schedule"), "slots_per_epoch", schedule.slots_per_epoch, 1, u64::from(u32::MAX)),
+            (Some("schedule"), "genesis_unix_ms", schedule.genesis_unix_ms, 0, GENESIS_UNIX_MS_MAX),
+            (Some("schedule"), "handoff_lead_ms", schedule.handoff_lead_ms, 0, WINDOW_MS_MAX),
+            (Some("schedule"), "forward_ahead_ms", schedule.forward_ahead_ms, 0, WINDOW_MS_MAX),
+            (
+                Some("schedule"),
+                "max_lag_entries",
+                schedule.max_lag_entries,
+                0,
+                SNAPSHOT_ENTRIES_MAX,
+            ),
+        ];
+        for (table, field, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                let name = table.map_or(field.to_owned(), |table| format!("{table}.{field}"));
+                return Err((
+                    line_of(text, table, field),
+                    format!("{name}: {value} is not between {min} and {max}"),
+                ));
+            }
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return Err((
+                line_of(text, None, "election_ticks"),
+                format!(
+                    "election_ticks ({}) must be greater than heartbeat_ticks ({})",
+                    self.election_ticks, self.heartbeat_ticks
+                ),
+            ));
+        }
+        let election_timeout_ms = self.tick_ms * self.election_ticks as u64;
+        if election_timeout_ms > ELECTION_TIMEOUT_MS_MAX {
+            return Err((
+                line_of(text, None, "election_ticks"),
+                format!(
+                    "election_ticks: {} ticks of {} ms make a {election_timeout_ms} ms election timeout; at most {ELECTION_TIMEOUT_MS_MAX} ms",
+                    self.election_ticks, self.tick_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// This member's entry.
     pub fn me(&self) -> &MemberConfig {
         self.members
@@ -331,9 +395,38 @@ impl ServerConfig {
 
     /// The cluster id: FNV-1a of the cluster name (stable everywhere).
     pub fn cluster_id(&self) -> u64 {
-        self.cluster.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+        fnv1a(self.cluster.as_bytes())
+    }
+
+    /// Digests of what every member's config must say alike: the member list (ids,
+    /// names, addresses, in id order) and the bootstrap schedule with each member's stake.
+    /// Members compare them in their hellos and refuse peers that differ.
+    pub fn agreement(&self) -> worknode_raft::frame::Agreement {
+        let mut members: Vec<&MemberConfig> = self.members.iter().collect();
+        members.sort_by_key(|m| m.id);
+        let list: String = members
+            .iter()
+            .map(|m| format!("{}|{}|{}|{}|{:?};", m.id, m.name, m.peer, m.client, m.metrics))
+            .collect();
+        let s = &self.schedule;
+        let stakes: String = members.iter().map(|m| format!("{}={};", m.id, m.stake)).collect();
+        let schedule = format!(
+            "{:?}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{stakes}",
+            s.rotation,
+            s.algorithm,
+            s.slot_ms,
+            s.slots_per_turn,
+            s.slots_per_epoch,
+            s.genesis_unix_ms,
+            s.seed,
+            s.handoff_lead_ms,
+            s.forward_ahead_ms,
+            s.max_lag_entries,
+        );
+        worknode_raft::frame::Agreement {
+            members: fnv1a(list.as_bytes()),
+            schedule: fnv1a(schedule.as_bytes()),
+        }
     }
 
     /// The Raft node's tuning.
@@ -379,6 +472,31 @@ impl ServerConfig {
     }
 }
 
+/// FNV-1a, 64-bit: stable across platforms and releases.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The line where `key` is set, inside `[table]` when given (1-based).
+fn line_of(text: &str, table: Option<&str>, key: &str) -> Option<usize> {
+    let mut current: Option<&str> = None;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = Some(header.trim_end_matches(']').trim_matches(['[', ']']).trim());
+            continue;
+        }
+        let sets_key =
+            line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='));
+        if sets_key && current == table {
+            return Some(number + 1);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,13 +530,51 @@ client = "127.0.0.1:22379"
     }
 
     #[test]
+    fn members_agree_on_the_member_list_and_schedule_but_not_on_local_settings() {
+        let two = ServerConfig::parse("a", GOOD).unwrap().agreement();
+        let one = ServerConfig::parse("b", &GOOD.replace("member_id = 2", "member_id = 1"));
+        let local = format!("tick_ms = 50\nrequest_timeout_ms = 900\n{GOOD}");
+        assert_eq!(one.unwrap().agreement(), two);
+        assert_eq!(ServerConfig::parse("c", &local).unwrap().agreement(), two);
+        let staked = GOOD.replace("name = \"n2\"", "name = \"n2\"\nstake = 3");
+        let staked = ServerConfig::parse("d", &staked).unwrap().agreement();
+        assert_eq!(two.differences(&staked), ["the [schedule] settings or stakes"]);
+        let moved = GOOD.replace("127.0.0.1:22379", "127.0.0.1:22378");
+        let moved = ServerConfig::parse("e", &moved).unwrap().agreement();
+        assert_eq!(two.differences(&moved), ["the [[member]] list"]);
+        let slots = format!("{GOOD}\n[schedule]\nslot_ms = 200\n");
+        let slots = ServerConfig::parse("f", &slots).unwrap().agreement();
+        assert_eq!(two.differences(&slots), ["the [schedule] settings or stakes"]);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (GOOD.replace("member_id = 2", "member_id = 9"), "member_id: 9 is not one of"),
             (GOOD.replace("127.0.0.1:22380", "nowhere"), "node.toml:15: invalid socket address"),
             (GOOD.replace("id = 2", "id = 1"), "member[1].id: 1 is also the id of \"n1\""),
             (GOOD.replace("data_dir", "datadir"), "node.toml:4: unknown field `datadir`"),
-            (format!("tick_ms = 0\n{GOOD}"), "tick_ms: must be at least 1"),
+            (format!("tick_ms = 0\n{GOOD}"), "node.toml:1: tick_ms: 0 is not between 1 and 10000"),
+            (
+                format!("election_ticks = 4294967297\n{GOOD}"),
+                "node.toml:1: election_ticks: 4294967297 is not between 2 and 4294967295",
+            ),
+            (
+                format!("tick_ms = 1000\nelection_ticks = 100\n{GOOD}"),
+                "node.toml:2: election_ticks: 100 ticks of 1000 ms make a 100000 ms election timeout",
+            ),
+            (
+                format!("heartbeat_ticks = 10\n{GOOD}"),
+                "election_ticks (10) must be greater than heartbeat_ticks (10)",
+            ),
+            (
+                format!("{GOOD}\n[schedule]\nslot_ms = 0\n"),
+                "node.toml:19: schedule.slot_ms: 0 is not between 1 and 86400000",
+            ),
+            (
+                format!("{GOOD}\n[schedule]\ngenesis_unix_ms = 18446744073709551615\n"),
+                "schedule.genesis_unix_ms: 18446744073709551615 is not between 0 and",
+            ),
             (format!("net_threads = 0\n{GOOD}"), "net_threads: 0 is not between 1 and 1024"),
         ];
         for (text, expected) in cases {

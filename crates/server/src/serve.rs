@@ -154,6 +154,7 @@ async fn run_async(
         data_dir: config.data_dir.clone(),
         recover_tail,
         node: worknode_raft::NodeConfig { cores: authority.clone(), ..config.node_config() },
+        agreement: config.agreement(),
     };
     let member = open_member(&spec)?;
     if let Some(note) = &member.recovery_note {
@@ -163,7 +164,7 @@ async fn run_async(
     tokio::spawn(serve_peers(
         peer_listener,
         cluster_id,
-        worknode_raft::validate::PeerRules::new(me.id, &voters),
+        worknode_raft::validate::PeerRules::new(me.id, &voters).with_agreement(config.agreement()),
         member.handle.clone(),
         member.stats.clone(),
         member.blocked.clone(),

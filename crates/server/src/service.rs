@@ -212,7 +212,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_index: status.commit_index,
             raft_term: status.term,
             raft_applied_index: status.applied_index,
-            errors: Vec::new(),
+            errors: self.0.node.rejections().disagreements(),
             db_size_in_use: 0,
             is_learner: false,
         }))
