@@ -12,9 +12,15 @@ pub(crate) struct ServeArgs {
     /// The member's configuration (TOML).
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
-    /// Accept a log whose tail was torn by a crash: truncate it and say what was dropped.
+    /// Accept a damaged log tail even where it may hold acknowledged writes (a torn tail
+    /// from a crash needs no flag: it is cut at start by itself). Prefer --rejoin.
     #[arg(long)]
     recover_tail: bool,
+    /// Rebuild this member from the cluster: remove its log and snapshot (keeping its term
+    /// and vote when the old log still reads) and catch up by snapshot. Safe for a member
+    /// the others still count as a voter (membership is fixed, so any listed member).
+    #[arg(long, conflicts_with = "recover_tail")]
+    rejoin: bool,
     /// Stop (as on SIGTERM) when this supervising process exits; `worknode demo` starts
     /// its members with its own pid here so none outlives it.
     #[arg(long, value_name = "PID")]
@@ -37,6 +43,10 @@ pub(crate) fn run(args: &ServeArgs) -> Result<(), CliError> {
         .with_ansi(ansi)
         .with_target(false)
         .try_init();
-    worknode_server::serve::serve(config, args.recover_tail)
+    let start = worknode_server::serve::StartOptions {
+        recover_tail: args.recover_tail,
+        rejoin: args.rejoin,
+    };
+    worknode_server::serve::serve(config, start)
         .map_err(|error| CliError::runtime(error.to_string()))
 }

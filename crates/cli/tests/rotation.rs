@@ -260,7 +260,7 @@ async fn a_killed_scheduled_leader_is_skipped_then_leads_again() {
     let recovery = writes_again(&mut client, killed, "after the leader died").await;
     // The dead member's turn comes every third turn; wait for one to be skipped.
     let skipped = skipped_turns(&cluster, victim_id, "", "the dead member's").await;
-    cluster.respawn_after_crash(victim);
+    cluster.spawn(victim);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = turns(&cluster).await;
     let led_again =

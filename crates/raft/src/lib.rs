@@ -10,6 +10,7 @@ pub mod datadir;
 pub mod doorbell;
 mod fetch;
 pub mod frame;
+pub mod log_tail;
 pub mod member;
 pub mod node;
 mod raft_log;

@@ -269,6 +269,9 @@ pub struct NodeStatus {
     pub leader_changes_total: u64,
     /// Failovers started early because the leader's process was found gone.
     pub fast_failovers_total: u64,
+    /// Snapshots this member asked the leader for because its log lacked entries the
+    /// leader counted (after `--rejoin`, or a lost tail), since start.
+    pub snapshot_requests_total: u64,
     /// Writes sent to (or, here, kept for) the incoming leader in the last part of a
     /// turn, since start.
     pub forwarded_ahead_total: u64,
@@ -439,6 +442,10 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     /// Until when the successor asks again while its pre-votes go unanswered.
     failover_until: Option<Instant>,
     fast_failovers_total: u64,
+    /// When this member last asked the leader for a snapshot (see
+    /// [`Node::ask_for_snapshot`]).
+    snapshot_asked_at: Option<Instant>,
+    snapshot_requests_total: u64,
 }
 
 /// Why a node could not start.
@@ -558,6 +565,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             campaign_at: None,
             failover_until: None,
             fast_failovers_total: 0,
+            snapshot_asked_at: None,
+            snapshot_requests_total: 0,
             last_heard: HashMap::new(),
             held: Vec::new(),
             optimistic: Vec::new(),
@@ -690,10 +699,21 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         self.config.tick.max(Duration::from_millis(10))
     }
 
-    fn step(&mut self, message: Message) {
-        if let Err(rejection) = self.check_against_log(&message) {
-            self.handle.rejections.record(&rejection, &format_args!("member {}", message.from));
-            return;
+    fn step(&mut self, mut message: Message) {
+        match self.check_against_log(&message) {
+            Ok(()) => {}
+            Err(Rejection::CommitPastLog { commit, last }) => {
+                // The leader counts entries this member no longer has (it rejoined with
+                // an empty log, or lost its tail): the heartbeat still says who leads,
+                // but commits only what is here, and the leader is asked for a snapshot.
+                message.commit = last;
+                self.ask_for_snapshot(message.from, commit);
+            }
+            Err(rejection) => {
+                let source = format_args!("member {}", message.from);
+                self.handle.rejections.record(&rejection, &source);
+                return;
+            }
         }
         if matches!(
             message.get_msg_type(),
@@ -735,6 +755,37 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
         // Messages for another member, or from a removed one, are not ours to act on.
         let _ = self.raw.step(message);
+    }
+
+    /// Asks `leader`, which believes this member holds entries up to `commit`, for a
+    /// snapshot: raft-rs's own request needs a log whose last term is the current one,
+    /// which an emptied log lacks, and the leader ignores plain rejections below what it
+    /// believes matched. At most once per election timeout.
+    fn ask_for_snapshot(&mut self, leader: u64, commit: u64) {
+        let now = self.clock.now();
+        if self.snapshot_asked_at.is_some_and(|at| now < at + self.config.election_timeout()) {
+            return;
+        }
+        self.snapshot_asked_at = Some(now);
+        self.snapshot_requests_total += 1;
+        let raft_log = &self.raw.raft.raft_log;
+        let last = raft_log.last_index();
+        tracing::info!(
+            "the leader (member {leader}) counts entries up to {commit} here, but this member's log ends at {last}: asking it for a snapshot"
+        );
+        let mut request = Message::default();
+        request.set_msg_type(MessageType::MsgAppendResponse);
+        request.from = self.config.id;
+        request.to = leader;
+        request.term = self.raw.raft.term;
+        // At least what the leader believes matched, or it takes this for a stale answer.
+        request.index = commit;
+        request.reject = true;
+        request.reject_hint = last;
+        request.log_term = raft_log.term(last).unwrap_or(0);
+        request.commit = raft_log.committed;
+        request.request_snapshot = commit;
+        self.transport.send(vec![request]);
     }
 
     /// What raft-rs would treat as fatal, checked against the log first
@@ -1459,6 +1510,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             retried_total: self.retried_total,
             leader_changes_total: self.leader_changes_total,
             fast_failovers_total: self.fast_failovers_total,
+            snapshot_requests_total: self.snapshot_requests_total,
             forwarded_ahead_total: self.forwarded_ahead_total,
             held_fallback_total: self.held_fallback_total,
             optimistic_rejected_total: self.optimistic_rejected_total,

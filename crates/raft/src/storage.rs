@@ -330,6 +330,11 @@ impl EngineStorage {
         self.snapshot_meta.index
     }
 
+    /// The term, vote and commit index as last persisted.
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
     fn put<M: protobuf::Message>(
         &self,
         batch: &mut LogBatch,

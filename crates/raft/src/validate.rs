@@ -374,13 +374,18 @@ pub fn check_against_log(message: &Message, log: &LogView<'_>) -> Result<(), Rej
     {
         return Err(Rejection::TimeoutNowNotFromLeader { from: message.from, term: message.term });
     }
+    // raft-rs steps a heartbeat of a later term too (following its sender first), and
+    // commits what it says either way.
+    if message.get_msg_type() == MessageType::MsgHeartbeat
+        && message.term >= log.term
+        && message.commit > log.last_index
+    {
+        return Err(Rejection::CommitPastLog { commit: message.commit, last: log.last_index });
+    }
     if message.term != log.term {
         return Ok(());
     }
     match message.get_msg_type() {
-        MessageType::MsgHeartbeat if message.commit > log.last_index => {
-            Err(Rejection::CommitPastLog { commit: message.commit, last: log.last_index })
-        }
         MessageType::MsgAppend => {
             for entry in message.get_entries().iter().take_while(|e| e.index <= log.committed) {
                 match (log.term_at)(entry.index) {
@@ -535,8 +540,11 @@ mod tests {
             check_against_log(&heartbeat, &view(&terms)),
             Err(Rejection::CommitPastLog { commit: 21, last: 20 })
         );
-        // Another term: raft-rs answers it without touching the log.
+        // A later term: raft-rs follows the sender and then commits all the same.
         heartbeat.term = 6;
+        assert!(check_against_log(&heartbeat, &view(&terms)).is_err());
+        // An earlier one: raft-rs answers it without touching the log.
+        heartbeat.term = 4;
         assert_eq!(check_against_log(&heartbeat, &view(&terms)), Ok(()));
     }
 

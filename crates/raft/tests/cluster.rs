@@ -111,6 +111,7 @@ impl Cluster {
             peers: self.peers.clone(),
             data_dir: self.root.join(format!("member-{id}")),
             recover_tail: false,
+            rejoin: false,
             node,
             agreement: worknode_raft::frame::Agreement::default(),
         };

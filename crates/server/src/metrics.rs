@@ -140,6 +140,12 @@ pub fn render(source: &MetricsSource) -> String {
             status.fast_failovers_total as f64,
         ),
         (
+            "worknode_raft_snapshot_requests_total",
+            "counter",
+            "Snapshots this member asked the leader for because its log lacked entries the leader counted here (after --rejoin, or a lost log tail).",
+            status.snapshot_requests_total as f64,
+        ),
+        (
             "worknode_rotation_handoffs_total",
             "counter",
             "Planned handoffs this member completed as the outgoing leader.",

@@ -69,8 +69,17 @@ pub enum ServeError {
     Sampler(std::io::Error),
 }
 
+/// How a member's storage is opened at start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// Accept a damaged log tail even where it may hold acknowledged writes.
+    pub recover_tail: bool,
+    /// Wipe the log and snapshot (keeping term and vote) and catch up from the cluster.
+    pub rejoin: bool,
+}
+
 /// Runs the member until SIGTERM/SIGINT.
-pub fn serve(config: ServerConfig, recover_tail: bool) -> Result<(), ServeError> {
+pub fn serve(config: ServerConfig, start: StartOptions) -> Result<(), ServeError> {
     let authority = match config.cores.pin {
         Pinning::Off => None,
         Pinning::Auto => {
@@ -94,7 +103,7 @@ pub fn serve(config: ServerConfig, recover_tail: bool) -> Result<(), ServeError>
         .unwrap_or_else(|| net_grant.as_ref().map_or(1, |grant| grant.cpus().len().max(1)));
     let authority_for_raft = authority.clone();
     let worknode = spawn_worknode(&net, net_grant, &options, move || {
-        run(config, threads, recover_tail, authority_for_raft)
+        run(config, threads, start, authority_for_raft)
     })?;
     for warning in &worknode.report().warnings {
         tracing::warn!("{warning}");
@@ -110,7 +119,7 @@ pub fn serve(config: ServerConfig, recover_tail: bool) -> Result<(), ServeError>
 fn run(
     config: ServerConfig,
     threads: usize,
-    recover_tail: bool,
+    start: StartOptions,
     authority: Option<Arc<CoreAuthority>>,
 ) -> Result<(), ServeError> {
     tracing::debug!(threads, "net runtime");
@@ -124,7 +133,7 @@ fn run(
             .build()
     }
     .map_err(ServeError::Runtime)?;
-    runtime.block_on(run_async(config, recover_tail, authority))
+    runtime.block_on(run_async(config, start, authority))
 }
 
 async fn bind(
@@ -136,7 +145,7 @@ async fn bind(
 
 async fn run_async(
     config: ServerConfig,
-    recover_tail: bool,
+    start: StartOptions,
     authority: Option<Arc<CoreAuthority>>,
 ) -> Result<(), ServeError> {
     let me = config.me().clone();
@@ -152,7 +161,8 @@ async fn run_async(
         cluster_id,
         peers: config.members.iter().map(|m| (m.id, m.peer)).collect(),
         data_dir: config.data_dir.clone(),
-        recover_tail,
+        recover_tail: start.recover_tail,
+        rejoin: start.rejoin,
         node: worknode_raft::NodeConfig { cores: authority.clone(), ..config.node_config() },
         agreement: config.agreement(),
     };

@@ -159,8 +159,8 @@ impl LocalCluster {
         self.members.iter().map(|m| m.client.to_string()).collect::<Vec<_>>().join(",")
     }
 
-    /// Starts member `index`; `recover_tail` after a crash (the log may end in a torn batch).
-    pub(crate) fn spawn(&mut self, index: usize, recover_tail: bool) -> Result<(), CliError> {
+    /// Starts member `index` (after a crash too: a torn log tail is cut at start).
+    pub(crate) fn spawn(&mut self, index: usize) -> Result<(), CliError> {
         let detached = self.detached;
         let member = &mut self.members[index];
         let log =
@@ -179,9 +179,6 @@ impl LocalCluster {
             .stdout(log)
             .stderr(log_err)
             .process_group(0);
-        if recover_tail {
-            command.arg("--recover-tail");
-        }
         if !detached {
             command.arg("--supervisor").arg(std::process::id().to_string());
         }

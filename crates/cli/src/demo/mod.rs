@@ -340,7 +340,7 @@ async fn demo(
     )?;
     out.flush()?;
     for index in 0..3 {
-        cluster.spawn(index, false)?;
+        cluster.spawn(index)?;
     }
     if args.keep_running {
         let pids: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
@@ -465,16 +465,14 @@ async fn demo(
         }
         if let (Some((index, killed)), false) = (victim, restarted) {
             if elapsed >= killed + restart_after && !finished {
-                cluster.spawn(index, true)?;
+                cluster.spawn(index)?;
                 restarted = true;
                 let what = format!("{} restarted", cluster.members[index].name);
                 event_line(
                     out,
                     progress,
                     elapsed,
-                    &format!(
-                        "{what} (with --recover-tail): it catches up and leads its turns again"
-                    ),
+                    &format!("{what}: it catches up and leads its turns again"),
                 )?;
                 faults.push(Fault { at_s: elapsed.as_secs_f64(), what });
             }

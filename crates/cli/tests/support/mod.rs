@@ -93,13 +93,8 @@ impl ProcessCluster {
         self.spawn_with(index, &[]);
     }
 
-    /// Restarts a member killed by SIGKILL: its log may end in a torn (never synced,
-    /// never acknowledged) write, which the operator accepts with --recover-tail.
-    pub(crate) fn respawn_after_crash(&mut self, index: usize) {
-        self.spawn_with(index, &["--recover-tail"]);
-    }
-
-    fn spawn_with(&mut self, index: usize, extra: &[&str]) {
+    /// Starts (or restarts) member `index` with extra `serve` arguments.
+    pub(crate) fn spawn_with(&mut self, index: usize, extra: &[&str]) {
         let id = self.members[index].id;
         let log = std::fs::OpenOptions::new()
             .create(true)
