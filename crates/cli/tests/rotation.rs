@@ -138,6 +138,14 @@ async fn healthy_cluster_leads_on_schedule_without_client_errors() {
         );
         assert!(metric(&text, "worknode_raft_log_sync_duration_seconds_sum") > 0.0);
         assert!(metric(&text, "worknode_raft_log_entries_appended_total") >= syncs / 2.0);
+        // Members only ever send what their peers accept (writes passed on ahead included).
+        let rejected: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("worknode_peer_messages_rejected_total{") && !l.ends_with(" 0")
+            })
+            .collect();
+        assert!(rejected.is_empty(), "peer messages rejected in a healthy cluster: {rejected:?}");
     }
     let recorded = turns.iter().filter(|t| t.handoff_ms > 0.0).count() as f64;
     assert!(
@@ -428,4 +436,47 @@ async fn a_stake_change_holds_from_the_next_epoch_on_every_member() {
     );
     assert_eq!(cluster.leader().await, 1, "member 2 (index 1) leads");
     cluster.assert_converged().await;
+}
+
+/// One client writing to member `index` one request at a time for `run`: the longest any
+/// single request waited, and how many completed.
+async fn longest_wait(cluster: &ProcessCluster, index: usize, run: Duration) -> (Duration, u64) {
+    let mut client = cluster.kv(index).await;
+    let started = Instant::now();
+    let (mut longest, mut done) = (Duration::ZERO, 0u64);
+    while started.elapsed() < run {
+        let put = PutRequest { key: format!("solo-{done}").into_bytes(), ..Default::default() };
+        let sent = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), client.put(put)).await.unwrap().unwrap();
+        longest = longest.max(sent.elapsed());
+        done += 1;
+    }
+    (longest, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_is_down_costs_no_stall_at_its_turns() {
+    let _serial = SERIAL.lock().await;
+    // Default timing (100 ms ticks and slots, 400 ms turns): a write forwarded to a dead
+    // incoming leader waited out a grace of a tick and the next tick after it.
+    let mut cluster = ProcessCluster::start_with(
+        "rotation-member-down",
+        3,
+        100,
+        "[schedule]\nrotation = \"on\"\n",
+    );
+    cluster.leader().await;
+    let (all_up, _) = longest_wait(&cluster, 0, Duration::from_secs(4)).await;
+    cluster.kill(2);
+    // The survivors find its port closed within a reconnect backoff.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (one_down, done) = longest_wait(&cluster, 0, Duration::from_secs(4)).await;
+    let metrics = support::scrape(cluster.members[0].metrics);
+    let skipped = metric(&metrics, "worknode_rotation_forward_unreachable_total");
+    assert!(skipped >= 1.0, "no write skipped the unreachable incoming leader:\n{metrics}");
+    println!("longest single write: {all_up:?} all up, {one_down:?} one down ({done} writes)");
+    assert!(
+        one_down < (all_up * 2).max(Duration::from_millis(90)),
+        "one member down: a write waited {one_down:?} (all up: {all_up:?})"
+    );
 }

@@ -103,6 +103,12 @@ pub trait Transport: Send {
         false
     }
 
+    /// Whether messages to `peer` can be delivered now: `false` while the last attempt to
+    /// reach it failed (refused, or no answer in time). `true` when unknown.
+    fn peer_reachable(&self, _peer: u64) -> bool {
+        true
+    }
+
     /// Takes the function that wakes the Raft loop, for news from the transport's own
     /// threads (a peer found gone). Transports without such news ignore it.
     fn set_waker(&mut self, _waker: Waker) {}
@@ -272,6 +278,9 @@ pub struct NodeStatus {
     /// Snapshots this member asked the leader for because its log lacked entries the
     /// leader counted (after `--rejoin`, or a lost tail), since start.
     pub snapshot_requests_total: u64,
+    /// Writes in the last part of a turn proposed to the leader because the incoming
+    /// leader could not be reached, since start.
+    pub forward_unreachable_total: u64,
     /// Writes sent to (or, here, kept for) the incoming leader in the last part of a
     /// turn, since start.
     pub forwarded_ahead_total: u64,
@@ -446,6 +455,10 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     /// [`Node::ask_for_snapshot`]).
     snapshot_asked_at: Option<Instant>,
     snapshot_requests_total: u64,
+    /// The earliest time a write forwarded ahead must be retried or a held write released.
+    due_at: Option<Instant>,
+    /// Writes proposed to the leader because the incoming one could not be reached.
+    forward_unreachable_total: u64,
 }
 
 /// Why a node could not start.
@@ -567,6 +580,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             fast_failovers_total: 0,
             snapshot_asked_at: None,
             snapshot_requests_total: 0,
+            due_at: None,
+            forward_unreachable_total: 0,
             last_heard: HashMap::new(),
             held: Vec::new(),
             optimistic: Vec::new(),
@@ -595,15 +610,28 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             if let Some(at) = self.campaign_at {
                 timeout = timeout.min(at.saturating_duration_since(self.clock.now()));
             }
+            if let Some(at) = self.due_at {
+                timeout = timeout.min(at.saturating_duration_since(self.clock.now()));
+            }
             self.wait_for_input(timeout);
             self.ask_read_index();
             let now = self.clock.now();
             self.notice_leader_gone(now);
-            if now >= next_tick {
+            let due = self.due_at.is_some_and(|at| now >= at);
+            let ticked = now >= next_tick;
+            if ticked {
                 self.raw.tick();
                 next_tick += self.config.tick;
                 if next_tick < now {
                     next_tick = now + self.config.tick;
+                }
+            }
+            if ticked || due {
+                // On every tick, and the moment a write forwarded ahead or held for a turn
+                // falls due (the boundary passed without the handoff it waited for): a tick
+                // later would add up to a tick to those writes.
+                if due {
+                    self.due_at = None;
                 }
                 self.expire_and_retry(now);
             }
@@ -692,6 +720,18 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         self.rotation.as_mut()?.incoming(unix_ns)
     }
 
+    /// [`Node::forward_ahead`], unless the incoming leader cannot be reached now (its
+    /// process is gone or our last attempt to connect failed): a write sent there would be
+    /// lost and wait out its retry, so it goes to the member that leads instead.
+    fn forward_ahead_to_reachable(&mut self) -> Option<(u64, Duration)> {
+        let (target, until_boundary) = self.forward_ahead()?;
+        if target != self.config.id && !self.transport.peer_reachable(target) {
+            self.forward_unreachable_total += 1;
+            return None;
+        }
+        Some((target, until_boundary))
+    }
+
     /// How long past the boundary a write forwarded ahead waits for the incoming leader
     /// before going to the actual one: the transfer completes by the boundary, so a tick
     /// (at least 10 ms) later it has failed or was skipped (the target may be down).
@@ -737,13 +777,16 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             && self.held.len() < HELD_MAX
         {
             if let Some((target, until_boundary)) = self.forward_ahead() {
+                // Passed on as this member's own: peers accept a message only from the
+                // member whose connection carries it (crate::validate).
+                message.from = self.config.id;
                 if target == self.config.id {
                     let release = self.clock.now() + until_boundary + self.forward_grace();
+                    self.due_at = Some(self.due_at.map_or(release, |due| due.min(release)));
                     self.held.push((message, release));
                     return;
                 }
                 if self.raw.raft.state == StateRole::Leader {
-                    let mut message = message;
                     message.to = target;
                     self.transport.send(vec![message]);
                     return;
@@ -818,7 +861,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 }
                 let encoded = proposal.encode();
                 // A dropped proposal stays pending and is retried; only the deadline ends it.
-                let next_retry = match self.forward_ahead() {
+                let next_retry = match self.forward_ahead_to_reachable() {
                     // Gulf Stream: the incoming leader proposes it the moment it leads (its
                     // own writes wait here, the others' in `held`); if the transfer fails,
                     // the retry after the boundary sends it to the actual leader.
@@ -831,7 +874,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                             )]);
                         }
                         self.forwarded_ahead_total += 1;
-                        now + until_boundary + self.forward_grace()
+                        let retry = now + until_boundary + self.forward_grace();
+                        self.due_at = Some(self.due_at.map_or(retry, |due| due.min(retry)));
+                        retry
                     }
                     None => {
                         let _ = self.raw.propose(Vec::new(), encoded.clone());
@@ -1511,6 +1556,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             leader_changes_total: self.leader_changes_total,
             fast_failovers_total: self.fast_failovers_total,
             snapshot_requests_total: self.snapshot_requests_total,
+            forward_unreachable_total: self.forward_unreachable_total,
             forwarded_ahead_total: self.forwarded_ahead_total,
             held_fallback_total: self.held_fallback_total,
             optimistic_rejected_total: self.optimistic_rejected_total,

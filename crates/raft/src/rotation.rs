@@ -314,8 +314,8 @@ fn check_turn(settings: &ScheduleSettings) -> Result<(), RotationError> {
 impl Rotation {
     /// Validates the bootstrap settings by computing epoch 0's schedule.
     pub fn new(config: RotationConfig) -> Result<Self, RotationError> {
-        check_turn(&config.base)?;
         let base = Segment::new(0, 0, config.genesis_unix_ns, &config.base)?;
+        check_turn(&config.base)?;
         base.check()?;
         Ok(Self {
             config,
@@ -330,8 +330,9 @@ impl Rotation {
 
     /// Checks settings a proposer is about to replicate.
     pub fn validate(settings: &ScheduleSettings) -> Result<(), RotationError> {
+        let segment = Segment::new(0, 0, 0, settings)?;
         check_turn(settings)?;
-        Segment::new(0, 0, 0, settings)?.check()
+        segment.check()
     }
 
     /// Takes the replicated changes (all of them, oldest first). A change that does not

@@ -252,6 +252,11 @@ impl Transport for TcpTransport {
         self.stats.gone.get(&peer).is_some_and(|gone| gone.load(Ordering::Relaxed))
     }
 
+    fn peer_reachable(&self, peer: u64) -> bool {
+        !self.peer_gone(peer)
+            && self.outboxes.get(&peer).is_some_and(|outbox| !outbox.lock().unreachable)
+    }
+
     fn set_waker(&mut self, waker: Waker) {
         let _ = self.waker.set(waker);
     }

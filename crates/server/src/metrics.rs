@@ -140,6 +140,12 @@ pub fn render(source: &MetricsSource) -> String {
             status.fast_failovers_total as f64,
         ),
         (
+            "worknode_rotation_forward_unreachable_total",
+            "counter",
+            "Writes in the last part of a turn proposed to the leader instead of the incoming leader, which could not be reached.",
+            status.forward_unreachable_total as f64,
+        ),
+        (
             "worknode_raft_snapshot_requests_total",
             "counter",
             "Snapshots this member asked the leader for because its log lacked entries the leader counted here (after --rejoin, or a lost log tail).",
