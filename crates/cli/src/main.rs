@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench_cmd;
+mod certs_cmd;
 mod cluster_top_cmd;
 mod cores_cmd;
 mod demo;
@@ -65,6 +66,9 @@ enum Command {
     /// CPU isolation: show the topology, audit the host, plan worknode placement.
     #[command(subcommand)]
     Cores(cores_cmd::CoresCommand),
+    /// TLS: make a CA and member, peer and client certificates (`certs init`).
+    #[command(subcommand)]
+    Certs(certs_cmd::CertsCommand),
 }
 
 /// A failure reported to the user as one line.
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
         Command::Top(args) => cluster_top_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve_cmd::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Certs(command) => certs_cmd::run(command, &mut out).map(|()| ExitCode::SUCCESS),
         Command::Cores(command) => cores_cmd::run(command, &mut out).map(|outcome| match outcome {
             cores_cmd::CoresOutcome::Done => ExitCode::SUCCESS,
             cores_cmd::CoresOutcome::CriticalFailures(_) => ExitCode::from(EXIT_CRITICAL),

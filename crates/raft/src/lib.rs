@@ -17,6 +17,7 @@ mod raft_log;
 pub mod rotation;
 pub mod snapshot_file;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 pub mod validate;
 

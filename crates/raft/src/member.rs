@@ -34,6 +34,8 @@ pub struct MemberSpec {
     pub node: NodeConfig,
     /// Digests of the settings every member must share (sent in each hello).
     pub agreement: crate::frame::Agreement,
+    /// Peer TLS (`[peer_tls]`): connections mutually authenticated by member.
+    pub peer_tls: Option<crate::tls::PeerTls>,
 }
 
 /// Why a member could not start.
@@ -128,13 +130,13 @@ pub fn open_member(spec: &MemberSpec) -> Result<OpenMember, OpenError> {
     let snapshot = snapshot_file.load()?;
     check_start(&mut storage, snapshot.as_ref(), &snapshot_file, &log_dir)?;
     let blocked: Blocked = Arc::default();
-    let (transport, stats) = transport::connect_peers(
-        spec.cluster_id,
-        spec.node.id,
-        spec.agreement,
-        &spec.peers,
-        Arc::clone(&blocked),
-    );
+    let identity = transport::PeerIdentity {
+        cluster_id: spec.cluster_id,
+        my_id: spec.node.id,
+        agreement: spec.agreement,
+        tls: spec.peer_tls.clone(),
+    };
+    let (transport, stats) = transport::connect_peers(identity, &spec.peers, Arc::clone(&blocked));
     let (node, handle) = Node::new(
         spec.node.clone(),
         SystemClock,

@@ -42,7 +42,9 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::frame::{self, Agreement, Frame, MESSAGES_PER_FRAME_MAX};
 use crate::node::{NodeHandle, Transport, Waker};
 use crate::storage::{decode_message, encode_message};
+use crate::tls::PeerTls;
 use crate::validate::PeerRules;
+use rustls::pki_types::CertificateDer;
 
 /// First reconnect delay; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -138,11 +140,15 @@ impl Outbox {
     /// For the writer: moves what waits into `buffer` and takes the socket back from the
     /// loop; the number of whole frames in it. `None` when nothing waits: then the loop
     /// may write to `direct` itself.
-    fn take_pending(&self, buffer: &mut Vec<u8>, direct: &std::net::TcpStream) -> Option<u64> {
+    fn take_pending(
+        &self,
+        buffer: &mut Vec<u8>,
+        direct: Option<&std::net::TcpStream>,
+    ) -> Option<u64> {
         let mut state = self.lock();
         if state.pending.is_empty() {
             if state.direct.is_none() {
-                state.direct = direct.try_clone().ok();
+                state.direct = direct.and_then(|direct| direct.try_clone().ok());
             }
             return None;
         }
@@ -272,14 +278,26 @@ impl Drop for TcpTransport {
     }
 }
 
+/// Who this member is on its outbound connections.
+#[derive(Clone, Debug)]
+pub struct PeerIdentity {
+    /// The cluster.
+    pub cluster_id: u64,
+    /// This member.
+    pub my_id: u64,
+    /// The settings digests its hello carries.
+    pub agreement: Agreement,
+    /// Peer TLS, when configured: connections are mutually authenticated.
+    pub tls: Option<PeerTls>,
+}
+
 /// Starts one writer task per peer on the current tokio runtime.
 pub fn connect_peers(
-    cluster_id: u64,
-    my_id: u64,
-    agreement: Agreement,
+    identity: PeerIdentity,
     peers: &[(u64, SocketAddr)],
     blocked: Blocked,
 ) -> (TcpTransport, Arc<TransportStats>) {
+    let my_id = identity.my_id;
     let others: Vec<(u64, SocketAddr)> =
         peers.iter().copied().filter(|(id, _)| *id != my_id).collect();
     let gone = others.iter().map(|(id, _)| (*id, AtomicBool::new(false))).collect();
@@ -290,7 +308,7 @@ pub fn connect_peers(
     for (peer, address) in others {
         let outbox = Arc::new(Outbox::default());
         outboxes.insert(peer, Arc::clone(&outbox));
-        let link = Link { cluster_id, my_id, agreement, peer, address, waker: Arc::clone(&waker) };
+        let link = Link { identity: identity.clone(), peer, address, waker: Arc::clone(&waker) };
         tokio::spawn(writer(link, outbox, Arc::clone(&stats), Arc::clone(&blocked)));
     }
     (TcpTransport { outboxes, waker, stats: Arc::clone(&stats), blocked }, stats)
@@ -298,16 +316,14 @@ pub fn connect_peers(
 
 /// One outbound connection's identity.
 struct Link {
-    cluster_id: u64,
-    my_id: u64,
-    agreement: Agreement,
+    identity: PeerIdentity,
     peer: u64,
     address: SocketAddr,
     waker: Arc<OnceLock<Waker>>,
 }
 
 async fn writer(link: Link, outbox: Arc<Outbox>, stats: Arc<TransportStats>, blocked: Blocked) {
-    let Link { cluster_id, my_id, agreement, peer, address, .. } = link;
+    let (peer, address) = (link.peer, link.address);
     let mut backoff = BACKOFF_MIN;
     while !outbox.closed.load(Ordering::Relaxed) {
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await;
@@ -350,7 +366,7 @@ async fn writer(link: Link, outbox: Arc<Outbox>, stats: Arc<TransportStats>, blo
         let _ = stream.set_nodelay(true);
         // Whether the connection carried a frame, from the writer or straight from the loop.
         let direct_before = outbox.lock().direct_frames;
-        let sent_any = match Connection::open(stream, cluster_id, my_id, agreement).await {
+        let sent_any = match Connection::open(stream, &link.identity, peer).await {
             Some(connection) => connection.serve(&outbox, peer, &stats, &blocked).await,
             None => false,
         } || outbox.lock().direct_frames != direct_before;
@@ -367,30 +383,54 @@ async fn writer(link: Link, outbox: Arc<Outbox>, stats: Arc<TransportStats>, blo
     }
 }
 
-/// An outbound connection past its hello, with a second handle on the socket to lend
-/// the Raft loop.
+/// Either kind of peer stream.
+trait PeerStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PeerStream for T {}
+
+/// An outbound connection past its hello; over plain TCP, with a second handle on the
+/// socket to lend the Raft loop (a TLS connection's bytes must pass through its session,
+/// so the writer writes them all).
 struct Connection {
-    incoming: tokio::net::tcp::OwnedReadHalf,
-    outgoing: tokio::net::tcp::OwnedWriteHalf,
-    direct: std::net::TcpStream,
+    incoming: tokio::io::ReadHalf<Box<dyn PeerStream>>,
+    outgoing: tokio::io::WriteHalf<Box<dyn PeerStream>>,
+    direct: Option<std::net::TcpStream>,
 }
 
 impl Connection {
-    async fn open(
-        stream: TcpStream,
-        cluster_id: u64,
-        my_id: u64,
-        agreement: Agreement,
-    ) -> Option<Self> {
-        // Both handles share one non-blocking open file: the loop's writes never block.
-        let std_stream = stream.into_std().ok()?;
-        let direct = std_stream.try_clone().ok()?;
-        let stream = TcpStream::from_std(std_stream).ok()?;
-        let (incoming, mut outgoing) = stream.into_split();
+    async fn open(stream: TcpStream, identity: &PeerIdentity, peer: u64) -> Option<Self> {
+        let (stream, direct): (Box<dyn PeerStream>, _) = match &identity.tls {
+            None => {
+                // Both handles share one non-blocking open file: the loop's writes never
+                // block.
+                let std_stream = stream.into_std().ok()?;
+                let direct = std_stream.try_clone().ok()?;
+                (Box::new(TcpStream::from_std(std_stream).ok()?), Some(direct))
+            }
+            Some(tls) => {
+                // The name dialed is the peer's member name: verifying it proves whom
+                // this connection reached.
+                let name = rustls::pki_types::ServerName::try_from(tls.name_of(peer)).ok()?;
+                let handshake = tls.connector.connect(name, stream);
+                match tokio::time::timeout(HELLO_TIMEOUT, handshake).await {
+                    Ok(Ok(stream)) => (Box::new(stream), None),
+                    Ok(Err(error)) => {
+                        tracing::warn!(peer, "peer TLS handshake failed: {error}");
+                        return None;
+                    }
+                    Err(_) => return None,
+                }
+            }
+        };
+        let (incoming, mut outgoing) = tokio::io::split(stream);
         let mut hello = Vec::new();
-        let hello_frame = Frame::Hello { cluster_id, from: my_id, agreement: Some(agreement) };
+        let hello_frame = Frame::Hello {
+            cluster_id: identity.cluster_id,
+            from: identity.my_id,
+            agreement: Some(identity.agreement),
+        };
         frame::encode(&hello_frame, &mut hello);
         outgoing.write_all(&hello).await.ok()?;
+        outgoing.flush().await.ok()?;
         Some(Self { incoming, outgoing, direct })
     }
 
@@ -412,13 +452,15 @@ impl Connection {
             if outbox.closed.load(Ordering::Relaxed) {
                 return sent_any;
             }
-            if let Some(frames) = outbox.take_pending(&mut buffer, &self.direct) {
+            if let Some(frames) = outbox.take_pending(&mut buffer, self.direct.as_ref()) {
                 if blocked.lock().unwrap_or_else(PoisonError::into_inner).contains(&peer) {
                     // Partitioned: close the connection and drop what was queued.
                     stats.dropped_blocked.fetch_add(1, Ordering::Relaxed);
                     return sent_any;
                 }
-                if self.outgoing.write_all(&buffer).await.is_err() {
+                if self.outgoing.write_all(&buffer).await.is_err()
+                    || self.outgoing.flush().await.is_err()
+                {
                     return sent_any;
                 }
                 sent_any = true;
@@ -458,6 +500,9 @@ const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 struct Inbound {
     cluster_id: u64,
     rules: PeerRules,
+    /// Peer TLS: connections are TLS, and the client certificate must name the member the
+    /// hello claims.
+    tls: Option<PeerTls>,
     node: NodeHandle,
     stats: Arc<TransportStats>,
     blocked: Blocked,
@@ -516,12 +561,13 @@ pub async fn serve_peers(
     listener: TcpListener,
     cluster_id: u64,
     rules: PeerRules,
+    tls: Option<PeerTls>,
     node: NodeHandle,
     stats: Arc<TransportStats>,
     blocked: Blocked,
 ) {
-    let inbound =
-        Arc::new(Inbound { cluster_id, rules, node, stats, blocked, admission: Mutex::default() });
+    let admission = Mutex::default();
+    let inbound = Arc::new(Inbound { cluster_id, rules, tls, node, stats, blocked, admission });
     let mut readers = tokio::task::JoinSet::new();
     let mut accept_failures = AcceptFailures::default();
     loop {
@@ -608,13 +654,13 @@ fn refuse(stats: &TransportStats, remote: SocketAddr, reason: &dyn std::fmt::Dis
 /// Reads the connection's hello within [`HELLO_TIMEOUT`]: the sender, and any bytes that
 /// followed the hello. `None` once the connection was refused.
 async fn read_hello(
-    stream: &mut TcpStream,
+    stream: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
     remote: SocketAddr,
     inbound: &Inbound,
+    deadline: tokio::time::Instant,
 ) -> Option<(u64, Vec<u8>)> {
     let mut buffer = Vec::with_capacity(frame::HEADER_BYTES + frame::HELLO_PAYLOAD_BYTES);
     let mut chunk = [0u8; 256];
-    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     let (hello, used) = loop {
         match frame::begins_with_hello(&buffer).and_then(|_| frame::decode(&buffer)) {
             Ok(Some(decoded)) => break decoded,
@@ -683,11 +729,55 @@ fn agree(inbound: &Inbound, from: u64, remote: SocketAddr, theirs: &Agreement) -
     false
 }
 
-async fn reader(mut stream: TcpStream, remote: SocketAddr, mut ticket: Ticket) {
+/// A peer connection's stream for reading: plain, or TLS with the client's certificate.
+type Incoming = (Box<dyn tokio::io::AsyncRead + Send + Unpin>, Option<CertificateDer<'static>>);
+
+/// Completes the TLS handshake when peer TLS is on (by `deadline`, which the hello shares).
+async fn handshake(
+    stream: TcpStream,
+    remote: SocketAddr,
+    inbound: &Inbound,
+    deadline: tokio::time::Instant,
+) -> Option<Incoming> {
+    let Some(tls) = &inbound.tls else {
+        return Some((Box::new(stream), None));
+    };
+    match tokio::time::timeout_at(deadline, tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first().cloned());
+            Some((Box::new(stream), cert))
+        }
+        Ok(Err(error)) => {
+            refuse(&inbound.stats, remote, &format_args!("TLS handshake failed ({error})"));
+            None
+        }
+        Err(_) => {
+            inbound.stats.hello_timeouts.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+async fn reader(stream: TcpStream, remote: SocketAddr, mut ticket: Ticket) {
     let inbound = Arc::clone(&ticket.inbound);
-    let Some((sender, mut buffer)) = read_hello(&mut stream, remote, &inbound).await else {
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let Some((mut stream, cert)) = handshake(stream, remote, &inbound, deadline).await else {
         return;
     };
+    let Some((sender, mut buffer)) = read_hello(&mut *stream, remote, &inbound, deadline).await
+    else {
+        return;
+    };
+    if let Some(tls) = &inbound.tls {
+        let name = tls.name_of(sender);
+        if !cert.as_ref().is_some_and(|cert| crate::tls::certificate_names(cert, &name)) {
+            let reason = format_args!(
+                "its hello claims member {sender}, but its certificate does not name {name}"
+            );
+            refuse(&inbound.stats, remote, &reason);
+            return;
+        }
+    }
     if !ticket.admit(sender) {
         let limit = CONNECTIONS_PER_PEER_MAX;
         refuse(

@@ -114,6 +114,7 @@ impl Cluster {
             rejoin: false,
             node,
             agreement: worknode_raft::frame::Agreement::default(),
+            peer_tls: None,
         };
         let _guard = self.runtime.enter();
         let member = open_member(&spec).unwrap();
@@ -134,6 +135,7 @@ impl Cluster {
             listener,
             CLUSTER,
             worknode_raft::validate::PeerRules::new(id, &voters),
+            None,
             handle.clone(),
             member.stats.clone(),
             member.blocked.clone(),

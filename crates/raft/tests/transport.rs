@@ -12,7 +12,12 @@ use raft::eraftpb::Message;
 use tokio::io::AsyncReadExt;
 use worknode_raft::frame::{decode, Agreement, Frame};
 use worknode_raft::storage::decode_message;
-use worknode_raft::transport::{connect_peers, Blocked};
+use worknode_raft::transport::{connect_peers, Blocked, PeerIdentity};
+
+/// Member 1 of cluster 7, without TLS.
+fn identity() -> PeerIdentity {
+    PeerIdentity { cluster_id: 7, my_id: 1, agreement: Agreement::default(), tls: None }
+}
 use worknode_raft::Transport;
 
 const MESSAGES: u64 = 300;
@@ -24,7 +29,7 @@ async fn a_slow_reader_gets_every_message_whole_and_in_order() {
     let peer = listener.local_addr().unwrap();
     let me = "127.0.0.1:1".parse().unwrap();
     let (mut transport, stats) =
-        connect_peers(7, 1, Agreement::default(), &[(1, me), (2, peer)], Blocked::default());
+        connect_peers(identity(), &[(1, me), (2, peer)], Blocked::default());
     let (mut socket, _) = listener.accept().await.unwrap();
     // Let the writer send its hello and lend the socket to the sending side.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -109,7 +114,7 @@ async fn what_is_sent_while_a_peer_is_down_never_arrives_late() {
     let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let me = "127.0.0.1:1".parse().unwrap();
     let (mut transport, stats) =
-        connect_peers(7, 1, Agreement::default(), &[(1, me), (2, peer)], Blocked::default());
+        connect_peers(identity(), &[(1, me), (2, peer)], Blocked::default());
     let message = |index| Message { to: 2, index, ..Message::default() };
     // Past the longest reconnect backoff (500 ms), a heartbeat's worth every 10 ms.
     let mut index = 0;

@@ -11,6 +11,7 @@ use worknode_raft::transport::Blocked;
 use worknode_raft::ClientRequest;
 
 use crate::adminpb;
+use crate::authority::Caller;
 use crate::service::Shared;
 
 /// `worknode.Admin`.
@@ -20,8 +21,10 @@ pub struct AdminService {
     pub shared: Arc<Shared>,
     /// The transport's partition set.
     pub blocked: Blocked,
-    /// Whether `Partition` may be used.
+    /// Whether `Partition` and `InjectFault` may be used.
     pub allow_fault_injection: bool,
+    /// Who may call the mutating methods.
+    pub admin: crate::authority::AdminConfig,
     /// Scheduled leadership settings, when rotation is on.
     pub rotation: Option<worknode_raft::rotation::RotationConfig>,
     /// This process's CPU and thread samples.
@@ -193,6 +196,7 @@ impl adminpb::admin_server::Admin for AdminService {
         &self,
         request: Request<adminpb::SetScheduleRequest>,
     ) -> Result<Response<adminpb::SetScheduleResponse>, Status> {
+        self.admin.authorize("SetSchedule", &Caller::of(&request))?;
         let request = request.into_inner();
         // Another change committed between reading the settings and applying ours makes
         // ours a conflict: read again and retry, a few times.
@@ -318,6 +322,7 @@ impl adminpb::admin_server::Admin for AdminService {
         &self,
         request: Request<adminpb::InjectFaultRequest>,
     ) -> Result<Response<adminpb::InjectFaultResponse>, Status> {
+        self.admin.authorize("InjectFault", &Caller::of(&request))?;
         if !self.allow_fault_injection {
             return Err(Status::new(
                 Code::PermissionDenied,
@@ -344,6 +349,7 @@ impl adminpb::admin_server::Admin for AdminService {
         &self,
         request: Request<adminpb::PartitionRequest>,
     ) -> Result<Response<adminpb::PartitionResponse>, Status> {
+        self.admin.authorize("Partition", &Caller::of(&request))?;
         if !self.allow_fault_injection {
             return Err(Status::new(
                 Code::PermissionDenied,

@@ -124,6 +124,34 @@ impl Default for ScheduleConfig {
     }
 }
 
+/// A `[tls]` or `[peer_tls]` table, with etcd's meanings.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This side's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// CA certificates the other side's certificate must chain to (PEM).
+    #[serde(default)]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate that chains to `trusted_ca_file` (peers always do).
+    #[serde(default)]
+    pub client_cert_auth: bool,
+}
+
+impl TlsConfig {
+    /// The files, as the TLS layer takes them.
+    pub fn files(&self) -> worknode_raft::tls::TlsFiles {
+        worknode_raft::tls::TlsFiles {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+        }
+    }
+}
+
 /// Whether worknodes are pinned.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -237,6 +265,20 @@ pub struct ServerConfig {
     /// Allow the fault-injection RPC (partitioning peers) — for tests only.
     #[serde(default)]
     pub allow_fault_injection: bool,
+    /// TLS on the client listener (etcd's `--cert-file`, `--key-file`,
+    /// `--trusted-ca-file`, `--client-cert-auth`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// TLS between members, mutually authenticated by member (etcd's `--peer-*`).
+    #[serde(default)]
+    pub peer_tls: Option<TlsConfig>,
+    /// Run without peer TLS although a peer address is not loopback (warned at every
+    /// start): anyone who reaches the peer port can then speak as a member.
+    #[serde(default)]
+    pub allow_insecure_peers: bool,
+    /// Who may call `worknode.Admin`'s mutating methods.
+    #[serde(default)]
+    pub admin: crate::authority::AdminConfig,
     /// Worknode pinning.
     #[serde(default)]
     pub cores: CoresConfig,
@@ -321,6 +363,7 @@ impl ServerConfig {
             }
         }
         config.rotation_config().map_err(&fail)?;
+        config.check_tls().map_err(&fail)?;
         if !config.members.iter().any(|m| m.id == config.member_id) {
             return Err(fail(format!(
                 "member_id: {} is not one of the [[member]] ids",
@@ -385,6 +428,38 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// TLS tables that can work, and peer TLS wherever a peer address leaves this host
+    /// (unless `allow_insecure_peers`).
+    fn check_tls(&self) -> Result<(), String> {
+        for (table, tls) in [("tls", &self.tls), ("peer_tls", &self.peer_tls)] {
+            let Some(tls) = tls else { continue };
+            if tls.client_cert_auth && tls.trusted_ca_file.is_none() {
+                return Err(format!(
+                    "{table}.client_cert_auth: needs {table}.trusted_ca_file to check client certificates against"
+                ));
+            }
+        }
+        if let Some(peer_tls) = &self.peer_tls {
+            if peer_tls.trusted_ca_file.is_none() {
+                return Err("peer_tls.trusted_ca_file: members authenticate each other, so a trusted CA is required".into());
+            }
+        }
+        if self.peer_tls.is_none() && !self.allow_insecure_peers {
+            if let Some(member) = self.members.iter().find(|m| !m.peer.ip().is_loopback()) {
+                return Err(format!(
+                    "member {:?}'s peer address {} is not loopback: set [peer_tls] (worknode certs init makes certificates), or allow_insecure_peers = true to let anyone who reaches the peer port speak as a member",
+                    member.name, member.peer
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether peers talk without TLS across the network (allowed, and warned about).
+    pub fn insecure_peers(&self) -> bool {
+        self.peer_tls.is_none() && self.members.iter().any(|m| !m.peer.ip().is_loopback())
+    }
+
     /// This member's entry.
     pub fn me(&self) -> &MemberConfig {
         self.members
@@ -395,7 +470,7 @@ impl ServerConfig {
 
     /// The cluster id: FNV-1a of the cluster name (stable everywhere).
     pub fn cluster_id(&self) -> u64 {
-        fnv1a(self.cluster.as_bytes())
+        cluster_id_of(&self.cluster)
     }
 
     /// Digests of what every member's config must say alike: the member list (ids,
@@ -470,6 +545,11 @@ impl ServerConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
+}
+
+/// The id of the cluster named `name` (what every member's hello and header carry).
+pub fn cluster_id_of(name: &str) -> u64 {
+    fnv1a(name.as_bytes())
 }
 
 /// FNV-1a, 64-bit: stable across platforms and releases.
@@ -548,6 +628,18 @@ client = "127.0.0.1:22379"
     }
 
     #[test]
+    fn peers_beyond_this_host_need_peer_tls_or_an_explicit_opt_out() {
+        let remote = GOOD.replace("127.0.0.1:22380", "10.0.0.2:22380");
+        assert!(ServerConfig::parse("a", &remote).is_err());
+        let opted_out = format!("allow_insecure_peers = true\n{remote}");
+        assert!(ServerConfig::parse("b", &opted_out).unwrap().insecure_peers());
+        let tls = format!(
+            "{remote}\n[peer_tls]\ncert_file = \"p.pem\"\nkey_file = \"k.pem\"\ntrusted_ca_file = \"ca.pem\"\n"
+        );
+        assert!(!ServerConfig::parse("c", &tls).unwrap().insecure_peers());
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (GOOD.replace("member_id = 2", "member_id = 9"), "member_id: 9 is not one of"),
@@ -570,6 +662,18 @@ client = "127.0.0.1:22379"
             (
                 format!("{GOOD}\n[schedule]\nslot_ms = 0\n"),
                 "node.toml:19: schedule.slot_ms: 0 is not between 1 and 86400000",
+            ),
+            (
+                GOOD.replace("127.0.0.1:22380", "10.0.0.2:22380"),
+                "member \"n2\"'s peer address 10.0.0.2:22380 is not loopback: set [peer_tls]",
+            ),
+            (
+                format!("{GOOD}\n[peer_tls]\ncert_file = \"a\"\nkey_file = \"b\"\n"),
+                "peer_tls.trusted_ca_file: members authenticate each other",
+            ),
+            (
+                format!("{GOOD}\n[tls]\ncert_file = \"a\"\nkey_file = \"b\"\nclient_cert_auth = true\n"),
+                "tls.client_cert_auth: needs tls.trusted_ca_file",
             ),
             (
                 format!("{GOOD}\n[schedule]\ngenesis_unix_ms = 18446744073709551615\n"),

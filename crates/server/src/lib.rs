@@ -40,8 +40,10 @@ pub mod adminpb {
 }
 
 pub mod admin;
+pub mod authority;
 pub mod config;
 pub mod convert;
 pub mod metrics;
 pub mod serve;
 pub mod service;
+pub mod tls_listener;

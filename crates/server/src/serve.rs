@@ -61,6 +61,9 @@ pub enum ServeError {
     /// A thread panicked.
     #[error("the {0} worknode panicked")]
     Panicked(&'static str),
+    /// TLS material that does not load.
+    #[error("{0}")]
+    Tls(#[from] worknode_raft::tls::TlsError),
     /// The runtime could not start.
     #[error("tokio runtime: {0}")]
     Runtime(std::io::Error),
@@ -157,6 +160,19 @@ async fn run_async(
         Some(address) => Some(bind(address, "metrics").await?),
         None => None,
     };
+    if config.allow_insecure_peers && config.insecure_peers() {
+        tracing::warn!("allow_insecure_peers: peer connections are not authenticated; anyone who reaches a peer port can speak as a member");
+    }
+    let peer_tls = match &config.peer_tls {
+        Some(tls) => Some(worknode_raft::tls::PeerTls::new(cluster_id, &tls.files())?),
+        None => None,
+    };
+    let client_tls = match &config.tls {
+        Some(tls) => {
+            Some(tokio_rustls::TlsAcceptor::from(worknode_raft::tls::server_config(&tls.files())?))
+        }
+        None => None,
+    };
     let spec = MemberSpec {
         cluster_id,
         peers: config.members.iter().map(|m| (m.id, m.peer)).collect(),
@@ -165,6 +181,7 @@ async fn run_async(
         rejoin: start.rejoin,
         node: worknode_raft::NodeConfig { cores: authority.clone(), ..config.node_config() },
         agreement: config.agreement(),
+        peer_tls: peer_tls.clone(),
     };
     let member = open_member(&spec)?;
     if let Some(note) = &member.recovery_note {
@@ -175,6 +192,7 @@ async fn run_async(
         peer_listener,
         cluster_id,
         worknode_raft::validate::PeerRules::new(me.id, &voters).with_agreement(config.agreement()),
+        peer_tls,
         member.handle.clone(),
         member.stats.clone(),
         member.blocked.clone(),
@@ -232,20 +250,31 @@ async fn run_async(
         shared: shared.clone(),
         blocked: member.blocked.clone(),
         allow_fault_injection: config.allow_fault_injection,
+        admin: config.admin.clone(),
         rotation: config.rotation_config().ok(),
         telemetry,
         rotation_cache: Arc::default(),
     };
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(pb::kv_server::KvServer::new(KvService(shared.clone())))
         .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService(
             shared.clone(),
         )))
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService(shared.clone())))
-        .add_service(adminpb::admin_server::AdminServer::new(admin))
-        .serve_with_incoming_shutdown(incoming_nodelay(client_listener), shutdown_signal())
-        .await;
+        .add_service(adminpb::admin_server::AdminServer::new(admin));
+    let result = match client_tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming_nodelay(client_listener), shutdown_signal())
+                .await
+        }
+        Some(acceptor) => {
+            let incoming =
+                crate::tls_listener::incoming(incoming_nodelay(client_listener), acceptor);
+            router.serve_with_incoming_shutdown(incoming, shutdown_signal()).await
+        }
+    };
     tracing::info!("shutting down: stopping the raft loop");
     drop(sampler);
     member.handle.stop();

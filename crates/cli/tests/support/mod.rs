@@ -28,6 +28,9 @@ pub(crate) struct ProcessCluster {
     pub(crate) root: PathBuf,
     pub(crate) members: Vec<MemberAddr>,
     children: Vec<Option<Child>>,
+    /// `worknode certs init` output the members' `[tls]` uses: clients then speak TLS
+    /// with its CA and the `admin` certificate.
+    pub(crate) client_tls: Option<PathBuf>,
 }
 
 /// `count` distinct free loopback addresses (all held until every one is chosen).
@@ -47,6 +50,32 @@ pub(crate) fn scrape(address: SocketAddr) -> String {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     response.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+/// Client TLS with `dir`'s CA and the `client` certificate (`worknode certs init` files).
+pub(crate) fn client_tls(dir: &std::path::Path, client: &str) -> tonic::transport::ClientTlsConfig {
+    let read = |name: String| std::fs::read(dir.join(name)).unwrap();
+    tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem".into())))
+        .identity(tonic::transport::Identity::from_pem(
+            read(format!("{client}.pem")),
+            read(format!("{client}-key.pem")),
+        ))
+        .domain_name("localhost")
+}
+
+/// Runs `worknode certs init` for a cluster of `size` into a fresh `dir`.
+pub(crate) fn certs_init(cluster: &str, size: u64, dir: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    let members: Vec<String> = (1..=size).map(|id| format!("n{id}")).collect();
+    let status = Command::new(env!("CARGO_BIN_EXE_worknode"))
+        .args(["certs", "init", "--cluster", cluster, "--members", &members.join(",")])
+        .arg("--out")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "worknode certs init failed");
 }
 
 impl ProcessCluster {
@@ -73,6 +102,8 @@ impl ProcessCluster {
             ));
         }
         for m in &members {
+            // `{name}` in the extra tables is each member's own name (n1, n2, ...).
+            let extra = extra.replace("{name}", &format!("n{}", m.id));
             let config = format!(
                 "cluster = \"{name}\"\nmember_id = {}\ndata_dir = \"{}\"\ntick_ms = {tick_ms}\nelection_ticks = 10\nsnapshot_entries = 2000\nallow_fault_injection = true\n\n{extra}\n[cores]\npin = \"off\"\n\n{list}",
                 m.id,
@@ -80,7 +111,8 @@ impl ProcessCluster {
             );
             std::fs::write(root.join(format!("n{}.toml", m.id)), config).unwrap();
         }
-        let mut cluster = Self { root, members, children: Vec::new() };
+        let client_tls = None;
+        let mut cluster = Self { root, members, children: Vec::new(), client_tls };
         for index in 0..size as usize {
             cluster.children.push(None);
             cluster.spawn(index);
@@ -186,15 +218,16 @@ impl ProcessCluster {
     }
 
     pub(crate) async fn channel(&self, index: usize) -> Channel {
-        let uri = format!("http://{}", self.members[index].client);
+        let scheme = if self.client_tls.is_some() { "https" } else { "http" };
+        let uri = format!("{scheme}://{}", self.members[index].client);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            match Channel::from_shared(uri.clone())
-                .unwrap()
-                .connect_timeout(Duration::from_secs(1))
-                .connect()
-                .await
-            {
+            let mut endpoint =
+                Channel::from_shared(uri.clone()).unwrap().connect_timeout(Duration::from_secs(1));
+            if let Some(dir) = &self.client_tls {
+                endpoint = endpoint.tls_config(client_tls(dir, "admin")).unwrap();
+            }
+            match endpoint.connect().await {
                 Ok(channel) => return channel,
                 Err(error) => {
                     assert!(Instant::now() < deadline, "cannot reach member {index}: {error}");
