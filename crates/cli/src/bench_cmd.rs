@@ -1,5 +1,5 @@
-//! `worknode bench put|get`: a closed-loop load generator speaking the etcd v3 API, for
-//! worknode and etcd alike.
+//! `worknode bench put|get|range|fill`: a closed-loop load generator speaking the etcd v3
+//! API, for worknode and etcd alike, over plain TCP or TLS.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -33,6 +33,11 @@ pub(crate) enum Workload {
     Put,
     /// Gets of one key (linearizable unless --serializable).
     Get,
+    /// Unlimited ranges over every key `fill` and `put` write (linearizable unless
+    /// --serializable): the large reads a client can ask for.
+    Range,
+    /// Writes each of the --key-space keys once, then stops (the data `range` reads).
+    Fill,
 }
 
 /// Arguments of `worknode bench`.
@@ -65,6 +70,16 @@ pub(crate) struct BenchArgs {
     /// Print JSON instead of a line of text.
     #[arg(long)]
     json: bool,
+    /// CA certificate to check the members' TLS certificates against (PEM); with it the
+    /// endpoints are reached over TLS.
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate for TLS (PEM), with --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<std::path::PathBuf>,
     /// Also write every completed request to FILE, one line each: when it completed
     /// (UNIX µs), its latency (µs) and the client that sent it. For lining throughput up
     /// with events such as handoffs.
@@ -249,18 +264,51 @@ fn write_completions(path: &std::path::Path, completions: &[Completion]) -> std:
     file.flush()
 }
 
-async fn connect(endpoint: &str) -> Result<Channel, CliError> {
-    let uri =
-        if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
-    Endpoint::from_shared(uri.clone())
+/// Largest response accepted: an unlimited range returns every key at once.
+const RESPONSE_BYTES_MAX: usize = 1 << 30;
+
+fn kv_client(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX)
+}
+
+/// Client TLS from --cacert, --cert and --key, when given.
+fn tls_config(args: &BenchArgs) -> Result<Option<tonic::transport::ClientTlsConfig>, CliError> {
+    let Some(ca) = &args.cacert else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| CliError::input(format!("{}: {e}", path.display())))
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
+}
+
+async fn connect(
+    endpoint: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Channel, CliError> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let uri = if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("{scheme}://{endpoint}")
+    };
+    let mut builder = Endpoint::from_shared(uri.clone())
         .map_err(|e| CliError::input(format!("--endpoints: {uri:?} is not an address: {e}")))?
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .map_err(|e| {
-            CliError::runtime(format!("cannot connect to {endpoint}: {}", with_causes(&e)))
-        })
+        .connect_timeout(Duration::from_secs(3));
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls.clone())
+            .map_err(|e| CliError::input(format!("TLS for {endpoint}: {}", with_causes(&e))))?;
+    }
+    builder.connect().await.map_err(|e| {
+        CliError::runtime(format!("cannot connect to {endpoint}: {}", with_causes(&e)))
+    })
 }
 
 /// An error and its causes on one line: tonic's own message is only "transport error".
@@ -280,9 +328,10 @@ async fn measure(
     endpoints: &[String],
     duration: Duration,
 ) -> Result<(Report, Vec<Completion>), CliError> {
+    let tls = tls_config(args)?;
     let mut channels = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
-        channels.push(connect(&endpoints[index % endpoints.len()]).await?);
+        channels.push(connect(&endpoints[index % endpoints.len()], tls.as_ref()).await?);
     }
     let value = vec![b'x'; args.value_size];
     if args.workload == Workload::Get {
@@ -326,14 +375,19 @@ async fn measure(
             .collect::<Vec<_>>()
             .into_iter()
             .cycle();
-        let mut client = KvClient::new(channels[at].clone());
+        let mut client = kv_client(channels[at].clone());
         let tally = Arc::clone(&tally);
         let value = value.clone();
         let (workload, key_space, serializable) =
             (args.workload, args.key_space.max(1), args.serializable);
+        let clients = args.clients as u64;
         tasks.push(tokio::spawn(async move {
             let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ index as u64;
+            let mut next_fill = index as u64;
             while Instant::now() < end {
+                if workload == Workload::Fill && next_fill >= key_space {
+                    break;
+                }
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
@@ -354,6 +408,25 @@ async fn measure(
                         };
                         client.range(request).await.map(|_| ())
                     }
+                    Workload::Range => {
+                        let request = pb::RangeRequest {
+                            key: b"bench-".to_vec(),
+                            range_end: b"bench.".to_vec(),
+                            serializable,
+                            ..Default::default()
+                        };
+                        client.range(request).await.map(|_| ())
+                    }
+                    Workload::Fill => {
+                        let key = format!("bench-{next_fill:08}").into_bytes();
+                        let put =
+                            pb::PutRequest { key, value: value.clone(), ..Default::default() };
+                        let result = client.put(put).await.map(|_| ());
+                        if result.is_ok() {
+                            next_fill += clients;
+                        }
+                        result
+                    }
                 };
                 let now = Instant::now();
                 let status = match result {
@@ -372,7 +445,7 @@ async fn measure(
                 let next = if connection_failed(&status) { others.next() } else { None };
                 let moved = next.is_some();
                 if let Some(next) = next {
-                    client = KvClient::new(next);
+                    client = kv_client(next);
                 }
                 let failover = moved && unsent(&status);
                 {
@@ -415,6 +488,9 @@ async fn measure(
             Workload::Put => "put",
             Workload::Get if args.serializable => "get (serializable)",
             Workload::Get => "get (linearizable)",
+            Workload::Range if args.serializable => "range (serializable)",
+            Workload::Range => "range (linearizable)",
+            Workload::Fill => "fill",
         },
         clients: args.clients,
         connections: args.connections,

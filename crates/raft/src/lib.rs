@@ -22,7 +22,7 @@ pub mod transport;
 pub mod validate;
 
 pub use node::{
-    ClientRequest, Clock, Node, NodeConfig, NodeError, NodeHandle, NodeStatus, ReadReply,
+    ClientRequest, Clock, Node, NodeConfig, NodeError, NodeHandle, NodeStatus, ReadReply, ReadView,
     StartError, SystemClock, Transport, WriteReply,
 };
 pub use storage::{EngineStorage, LogStats, LogStore, SnapshotSlot, StoreError};

@@ -197,6 +197,25 @@ pub struct WriteReply {
     pub term: u64,
 }
 
+/// What a read is served from: the store as of the read's point (a clone, O(1): the
+/// store is a persistent map), with the term then. The range itself is computed by the
+/// caller, off the Raft loop: a read of any size costs the loop the same.
+#[derive(Clone, Debug)]
+pub struct ReadView {
+    /// The store, frozen at the read's point.
+    pub store: worknode_kv::Store,
+    /// Raft term at the time.
+    pub term: u64,
+}
+
+impl ReadView {
+    /// Serves `request` from the view.
+    pub fn serve(&self, request: &RangeRequest) -> Result<ReadReply, NodeError> {
+        let response = self.store.range(request).map_err(NodeError::Kv)?;
+        Ok(ReadReply { response, revision: self.store.revision(), term: self.term })
+    }
+}
+
 /// A read's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadReply {
@@ -220,21 +239,21 @@ pub enum ClientRequest {
         /// Where the answer goes.
         reply: oneshot::Sender<Result<WriteReply, NodeError>>,
     },
-    /// A read of the local state machine, after a read index when linearizable.
+    /// A view of the local state machine to read from, after a read index when
+    /// linearizable ([`ReadView::serve`] answers the range).
     Read {
-        /// The range.
-        request: RangeRequest,
         /// Confirm leadership first (etcd's default); else serve the local state.
         linearizable: bool,
         /// When to give up.
         deadline: Instant,
         /// Where the answer goes.
-        reply: oneshot::Sender<Result<ReadReply, NodeError>>,
+        reply: oneshot::Sender<Result<ReadView, NodeError>>,
     },
-    /// The state machine's digest and the applied index it was taken at.
+    /// The state machine as applied now (a clone, O(1)): its digest is computed by the
+    /// caller, off the loop.
     Digest {
         /// Where the answer goes.
-        reply: oneshot::Sender<(u64, u64)>,
+        reply: oneshot::Sender<StateMachine>,
     },
     /// Fault injection: the loop panics, as a bug in it would (see fail-stop in the
     /// server, which must end the process).
@@ -383,14 +402,13 @@ struct PendingWrite {
 }
 
 struct PendingRead {
-    request: RangeRequest,
     deadline: Instant,
     next_retry: Instant,
     /// Set once raft confirmed leadership at this index.
     read_index: Option<u64>,
     /// The read-index request it waits on (see [`Node::ask_read_index`]).
     batch: u64,
-    reply: oneshot::Sender<Result<ReadReply, NodeError>>,
+    reply: oneshot::Sender<Result<ReadView, NodeError>>,
 }
 
 /// The Raft loop's state.
@@ -886,10 +904,10 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 self.writes
                     .insert(proposal.id, PendingWrite { encoded, deadline, next_retry, reply });
             }
-            ClientRequest::Read { request, linearizable: false, reply, .. } => {
-                let _ = reply.send(self.read_local(&request));
+            ClientRequest::Read { linearizable: false, reply, .. } => {
+                let _ = reply.send(Ok(self.read_view()));
             }
-            ClientRequest::Read { request, linearizable: true, deadline, reply } => {
+            ClientRequest::Read { linearizable: true, deadline, reply } => {
                 if self.reads.len() >= PENDING_READS_MAX {
                     self.rejected_total += 1;
                     let _ = reply.send(Err(NodeError::TooManyRequests));
@@ -901,7 +919,6 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 self.reads.insert(
                     id,
                     PendingRead {
-                        request,
                         deadline,
                         next_retry: now + self.config.retry_interval,
                         read_index: None,
@@ -911,7 +928,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 );
             }
             ClientRequest::Digest { reply } => {
-                let _ = reply.send((self.machine.applied_index(), self.machine.digest()));
+                let _ = reply.send(self.machine.clone());
             }
             ClientRequest::InjectPanic => panic!("fault injection: the Raft loop panics"),
             ClientRequest::TransferLeader { target, reply } => {
@@ -926,9 +943,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
     }
 
-    fn read_local(&self, request: &RangeRequest) -> Result<ReadReply, NodeError> {
-        let response = self.machine.store().range(request).map_err(NodeError::Kv)?;
-        Ok(ReadReply { response, revision: self.machine.store().revision(), term: self.term() })
+    fn read_view(&self) -> ReadView {
+        ReadView { store: self.machine.store().clone(), term: self.term() }
     }
 
     fn expire_and_retry(&mut self, now: Instant) {
@@ -1390,7 +1406,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             .collect();
         for id in ready {
             if let Some(read) = self.reads.remove(&id) {
-                let _ = read.reply.send(self.read_local(&read.request));
+                let _ = read.reply.send(Ok(self.read_view()));
             }
         }
     }

@@ -126,8 +126,13 @@ impl adminpb::admin_server::Admin for AdminService {
             .node
             .submit(ClientRequest::Digest { reply })
             .map_err(|e| crate::convert::status(&e))?;
-        let (applied_index, digest) =
+        let machine =
             answer.await.map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        // Hashing every key takes long on a large store: on the blocking pool, not the loop.
+        let (applied_index, digest) =
+            tokio::task::spawn_blocking(move || (machine.applied_index(), machine.digest()))
+                .await
+                .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
         Ok(Response::new(adminpb::DigestResponse {
             member_id: self.shared.member_id,
             applied_index,

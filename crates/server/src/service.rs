@@ -72,15 +72,29 @@ impl Shared {
         let (reply, answer) = oneshot::channel();
         let deadline = Instant::now() + self.request_timeout;
         self.node
-            .submit(ClientRequest::Read { request, linearizable, deadline, reply })
+            .submit(ClientRequest::Read { linearizable, deadline, reply })
             .map_err(|error| convert::status(&error))?;
-        match answer.await {
-            Ok(Ok(read)) => Ok(read),
-            Ok(Err(error)) => Err(convert::status(&error)),
-            Err(_) => Err(convert::status(&NodeError::Stopped)),
-        }
+        let view = match answer.await {
+            Ok(Ok(view)) => view,
+            Ok(Err(error)) => return Err(convert::status(&error)),
+            Err(_) => return Err(convert::status(&NodeError::Stopped)),
+        };
+        // One key, or a few, costs less than a hand-off to another thread; a range of
+        // unknown size runs on the blocking pool, so neither the Raft loop nor this
+        // runtime's other connections wait for it.
+        let served = if request.range_end.is_empty() || (1..=SMALL_RANGE).contains(&request.limit) {
+            view.serve(&request)
+        } else {
+            tokio::task::spawn_blocking(move || view.serve(&request))
+                .await
+                .map_err(|_| convert::status(&NodeError::Stopped))?
+        };
+        served.map_err(|error| convert::status(&error))
     }
 }
+
+/// Ranges with a limit up to this many keys are served on the request's own task.
+const SMALL_RANGE: i64 = 64;
 
 fn check_size(bytes: usize) -> Result<(), Status> {
     if bytes > REQUEST_BYTES_MAX {

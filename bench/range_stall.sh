@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Large reads against writes, side by side in one run: for each binary, a fresh 3-member
+# cluster (fsync on, pinning off, rotation off) on loopback is filled with 60,000 keys of
+# 900 bytes (54 MB; `worknode bench fill`), then 4 clients put for SECONDS alone, then the
+# same 4 clients put while 8 more read every key at once (`worknode bench range`, unlimited
+# linearizable ranges, one each in flight). Prints the put p99 and maximum of both phases
+# and how much the ranges moved them. Target: the ranges move the put p99 by at most 10 ms.
+#
+# Usage: bench/range_stall.sh BINARY [BINARY_B] [SECONDS]   (default 10 s per phase)
+# e.g.   bench/range_stall.sh /tmp/wn-before target/release/worknode
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ $# -lt 1 ]; then echo "usage: bench/range_stall.sh BINARY [BINARY_B] [SECONDS]" >&2; exit 2; fi
+binaries=("$1"); seconds=10
+if [ $# -ge 2 ]; then
+  if [ -x "$2" ]; then binaries+=("$2"); seconds=${3:-10}; else seconds=$2; fi
+fi
+for bin in "${binaries[@]}"; do [ -x "$bin" ] || { echo "$bin: not an executable" >&2; exit 2; }; done
+scripts/deps.sh >/dev/null
+work=$(mktemp -d /tmp/range-stall.XXXXXX)
+pids=()
+stop_all() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+trap 'stop_all; rm -rf "$work"' EXIT
+endpoints="127.0.0.1:15379,127.0.0.1:15479,127.0.0.1:15579"
+export ETCDCTL_API=3
+
+start() { # $1 = binary, $2 = run name
+  for i in 1 2 3; do
+    cat > "$work/$2-n$i.toml" <<TOML
+cluster = "range-$2"
+member_id = $i
+data_dir = "$work/$2-d$i"
+[schedule]
+rotation = "off"
+[cores]
+pin = "off"
+[[member]]
+id = 1
+name = "n1"
+peer = "127.0.0.1:15380"
+client = "127.0.0.1:15379"
+[[member]]
+id = 2
+name = "n2"
+peer = "127.0.0.1:15480"
+client = "127.0.0.1:15479"
+[[member]]
+id = 3
+name = "n3"
+peer = "127.0.0.1:15580"
+client = "127.0.0.1:15579"
+TOML
+    "$1" serve --config "$work/$2-n$i.toml" > "$work/$2-n$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for _ in $(seq 1 100); do
+    etcdctl --endpoints="$endpoints" --command-timeout=1s put ready 1 >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "cluster of $1 did not become ready (logs in $work)" >&2; trap - EXIT; stop_all; exit 1
+}
+
+field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+
+printf '%-28s %12s %12s %12s %12s %14s\n' binary "alone p99" "alone max" "ranges p99" "ranges max" "ranges done"
+run=0
+for bin in "${binaries[@]}"; do
+  run=$((run + 1))
+  start "$bin" "r$run"
+  "$bin" bench fill --endpoints "$endpoints" --clients 16 --connections 3 --key-space 60000 \
+    --value-size 900 --duration 120s --json > "$work/fill-$run.json"
+  "$bin" bench put --endpoints "$endpoints" --clients 4 --connections 3 --key-space 60000 \
+    --value-size 900 --duration "${seconds}s" --json > "$work/alone-$run.json"
+  "$bin" bench range --endpoints "$endpoints" --clients 8 --connections 3 \
+    --duration "${seconds}s" --json > "$work/ranges-$run.json" &
+  ranges=$!
+  "$bin" bench put --endpoints "$endpoints" --clients 4 --connections 3 --key-space 60000 \
+    --value-size 900 --duration "${seconds}s" --json > "$work/with-$run.json"
+  wait "$ranges"
+  printf '%-28s %9.2f ms %9.2f ms %9.2f ms %9.2f ms %14s\n' "$(basename "$bin")" \
+    "$(field "$work/alone-$run.json" p99_ms)" "$(field "$work/alone-$run.json" max_ms)" \
+    "$(field "$work/with-$run.json" p99_ms)" "$(field "$work/with-$run.json" max_ms)" \
+    "$(field "$work/ranges-$run.json" ops)"
+  stop_all
+done
