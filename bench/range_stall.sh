@@ -6,6 +6,9 @@
 # linearizable ranges, one each in flight). Prints the put p99 and maximum of both phases
 # and how much the ranges moved them. Target: the ranges move the put p99 by at most 10 ms.
 #
+# The load always comes from this tree's build (target/release/worknode, or
+# $WORKNODE_BENCH), so an older server binary can be compared.
+#
 # Usage: bench/range_stall.sh BINARY [BINARY_B] [SECONDS]   (default 10 s per phase)
 # e.g.   bench/range_stall.sh /tmp/wn-before target/release/worknode
 set -euo pipefail
@@ -15,7 +18,8 @@ binaries=("$1"); seconds=10
 if [ $# -ge 2 ]; then
   if [ -x "$2" ]; then binaries+=("$2"); seconds=${3:-10}; else seconds=$2; fi
 fi
-for bin in "${binaries[@]}"; do [ -x "$bin" ] || { echo "$bin: not an executable" >&2; exit 2; }; done
+bench=${WORKNODE_BENCH:-target/release/worknode}
+for bin in "${binaries[@]}" "$bench"; do [ -x "$bin" ] || { echo "$bin: not an executable" >&2; exit 2; }; done
 scripts/deps.sh >/dev/null
 work=$(mktemp -d /tmp/range-stall.XXXXXX)
 pids=()
@@ -67,14 +71,14 @@ run=0
 for bin in "${binaries[@]}"; do
   run=$((run + 1))
   start "$bin" "r$run"
-  "$bin" bench fill --endpoints "$endpoints" --clients 16 --connections 3 --key-space 60000 \
+  "$bench" bench fill --endpoints "$endpoints" --clients 16 --connections 3 --key-space 60000 \
     --value-size 900 --duration 120s --json > "$work/fill-$run.json"
-  "$bin" bench put --endpoints "$endpoints" --clients 4 --connections 3 --key-space 60000 \
+  "$bench" bench put --endpoints "$endpoints" --clients 4 --connections 3 --key-space 60000 \
     --value-size 900 --duration "${seconds}s" --json > "$work/alone-$run.json"
-  "$bin" bench range --endpoints "$endpoints" --clients 8 --connections 3 \
+  "$bench" bench range --endpoints "$endpoints" --clients 8 --connections 3 \
     --duration "${seconds}s" --json > "$work/ranges-$run.json" &
   ranges=$!
-  "$bin" bench put --endpoints "$endpoints" --clients 4 --connections 3 --key-space 60000 \
+  "$bench" bench put --endpoints "$endpoints" --clients 4 --connections 3 --key-space 60000 \
     --value-size 900 --duration "${seconds}s" --json > "$work/with-$run.json"
   wait "$ranges"
   printf '%-28s %9.2f ms %9.2f ms %9.2f ms %9.2f ms %14s\n' "$(basename "$bin")" \

@@ -93,6 +93,9 @@ pub enum Rejection {
         /// Its term here.
         ours: u64,
     },
+    /// A message of a kind that always carries a term came with none.
+    #[error("{0:?} without a term (only forwarded proposals, reads and transfers have none)")]
+    MissingTerm(MessageType),
     /// `MsgTimeoutNow` from a member that does not lead this term.
     #[error("MsgTimeoutNow from member {from}, which does not lead term {term}")]
     TimeoutNowNotFromLeader {
@@ -104,7 +107,7 @@ pub enum Rejection {
 }
 
 /// The metric label of every reason, in [`Rejection::index`] order.
-pub const REASONS: [&str; 11] = [
+pub const REASONS: [&str; 12] = [
     "forged_sender",
     "not_for_me",
     "not_a_member",
@@ -116,6 +119,7 @@ pub const REASONS: [&str; 11] = [
     "commit_past_log",
     "rewrites_committed",
     "timeout_now_not_from_leader",
+    "missing_term",
 ];
 
 impl Rejection {
@@ -133,6 +137,7 @@ impl Rejection {
             Self::CommitPastLog { .. } => 8,
             Self::RewritesCommitted { .. } => 9,
             Self::TimeoutNowNotFromLeader { .. } => 10,
+            Self::MissingTerm(_) => 11,
         }
     }
 
@@ -260,6 +265,16 @@ impl PeerRules {
         let kind = message.get_msg_type();
         if is_local(kind) {
             return Err(Rejection::LocalType(kind));
+        }
+        // raft-rs takes a message without a term for one of its own, and answers a vote
+        // request without one with a termless answer, which it then refuses to send
+        // (a panic).
+        let forwarded = matches!(
+            kind,
+            MessageType::MsgPropose | MessageType::MsgReadIndex | MessageType::MsgTransferLeader
+        );
+        if message.term == 0 && !forwarded {
+            return Err(Rejection::MissingTerm(kind));
         }
         in_range("term", message.term)?;
         in_range("log_term", message.log_term)?;
@@ -468,6 +483,19 @@ mod tests {
             rules().check(&heartbeat, 2),
             Err(Rejection::OutOfRange { field: "commit", value: TERM_OR_INDEX_MAX + 1 })
         );
+    }
+
+    #[test]
+    fn only_forwarded_requests_come_without_a_term() {
+        let mut vote = message(MessageType::MsgRequestPreVote);
+        vote.term = 0;
+        assert_eq!(
+            rules().check(&vote, 2),
+            Err(Rejection::MissingTerm(MessageType::MsgRequestPreVote))
+        );
+        let mut propose = message(MessageType::MsgPropose);
+        propose.term = 0;
+        assert_eq!(rules().check(&propose, 2), Ok(()));
     }
 
     #[test]
