@@ -10,14 +10,20 @@
 # at once: the same runs without the disk, which shows what the software costs and what
 # the disk adds (both still write and "sync" every entry; only the device is gone).
 #
-# Usage: bench/etcd_vs_worknode.sh [SECONDS per run] [--tmpfs]   (default 10)
+# With --tls both systems serve clients and peers over TLS with client certificates
+# required (one CA from `worknode certs init`; etcd's --client-cert-auth and
+# --peer-client-cert-auth, worknode's [tls] and [peer_tls]), and the load generator
+# presents a client certificate.
+#
+# Usage: bench/etcd_vs_worknode.sh [SECONDS per run] [--tmpfs] [--tls]   (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=10 storage=disk
+seconds=10 storage=disk tls=off
 for arg in "$@"; do
   case $arg in
     --tmpfs) storage=tmpfs ;;
-    *[!0-9]* | "") echo "bench/etcd_vs_worknode.sh: $arg: expected SECONDS or --tmpfs" >&2; exit 2 ;;
+    --tls) tls=on ;;
+    *[!0-9]* | "") echo "bench/etcd_vs_worknode.sh: $arg: expected SECONDS, --tmpfs or --tls" >&2; exit 2 ;;
     *) seconds=$arg ;;
   esac
 done
@@ -36,38 +42,53 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work" "$data"; }
 trap cleanup EXIT
 
-endpoints="127.0.0.1:12379,127.0.0.1:12479,127.0.0.1:12579"
+scheme=http client_flags=() etcdctl_flags=()
+if [ "$tls" = on ]; then
+  "$worknode" certs init --cluster bench --members n1,n2,n3 --out "$work/certs" >/dev/null
+  scheme=https
+  client_flags=(--cacert "$work/certs/ca.pem" --cert "$work/certs/admin.pem" --key "$work/certs/admin-key.pem")
+  etcdctl_flags=(--cacert="$work/certs/ca.pem" --cert="$work/certs/admin.pem" --key="$work/certs/admin-key.pem")
+fi
+endpoints="$scheme://127.0.0.1:12379,$scheme://127.0.0.1:12479,$scheme://127.0.0.1:12579"
+ctl() { ETCDCTL_API=3 etcdctl "${etcdctl_flags[@]}" --endpoints="$endpoints" "$@"; }
+bench() { "$worknode" bench "$@" "${client_flags[@]}"; }
 run_suite() { # $1 = system name
   local name=$1 leader follower
   # One client's latency depends on whether its member leads (a follower forwards the
   # write and learns the commit a message later): measure both, for both systems.
-  leader=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" endpoint status | awk -F', ' '$5 == "true" {print $1}')
-  follower=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" endpoint status | awk -F', ' '$5 == "false" {print $1; exit}')
-  "$worknode" bench put --endpoints "$leader" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$name-put-1-leader.json"
-  "$worknode" bench put --endpoints "$follower" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$name-put-1-follower.json"
-  "$worknode" bench put --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-put-16.json"
-  "$worknode" bench put --endpoints "$endpoints" --clients 64 --connections 64 --duration "${seconds}s" --json > "$work/$name-put-64.json"
-  "$worknode" bench get --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-get-16.json"
+  leader=$(ctl endpoint status | awk -F', ' '$5 == "true" {print $1}')
+  follower=$(ctl endpoint status | awk -F', ' '$5 == "false" {print $1; exit}')
+  bench put --endpoints "$leader" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$name-put-1-leader.json"
+  bench put --endpoints "$follower" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$name-put-1-follower.json"
+  bench put --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-put-16.json"
+  bench put --endpoints "$endpoints" --clients 64 --connections 64 --duration "${seconds}s" --json > "$work/$name-put-64.json"
+  bench get --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-get-16.json"
   # No Raft round and no disk: the load generator's and the gRPC stack's share of a request.
-  "$worknode" bench get --serializable --endpoints "$leader" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$name-get-1-serializable.json"
+  bench get --serializable --endpoints "$leader" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$name-get-1-serializable.json"
 }
 wait_ready() {
   for _ in $(seq 1 100); do
-    if ETCDCTL_API=3 etcdctl --endpoints="$endpoints" --command-timeout=1s put bench-ready 1 >/dev/null 2>&1; then return 0; fi
+    if ctl --command-timeout=1s put bench-ready 1 >/dev/null 2>&1; then return 0; fi
     sleep 0.2
   done
   echo "cluster did not become ready" >&2; exit 1
 }
 
-echo "== etcd $(etcd --version | head -1 | awk '{print $3}'), 3 members, fsync on, data on $storage"
+echo "== etcd $(etcd --version | head -1 | awk '{print $3}'), 3 members, fsync on, data on $storage, TLS $tls"
 cluster=""
-for i in 1 2 3; do cluster+="e$i=http://127.0.0.1:1${i}380,"; done
+for i in 1 2 3; do cluster+="e$i=$scheme://127.0.0.1:1${i}380,"; done
 for i in 1 2 3; do
+  etcd_tls=()
+  if [ "$tls" = on ]; then
+    c=$work/certs
+    etcd_tls=(--cert-file "$c/n$i.pem" --key-file "$c/n$i-key.pem" --trusted-ca-file "$c/ca.pem" --client-cert-auth
+      --peer-cert-file "$c/n$i-peer.pem" --peer-key-file "$c/n$i-peer-key.pem" --peer-trusted-ca-file "$c/ca.pem" --peer-client-cert-auth)
+  fi
   etcd --name "e$i" --data-dir "$data/etcd$i" \
-    --listen-client-urls "http://127.0.0.1:12$((i + 2))79" --advertise-client-urls "http://127.0.0.1:12$((i + 2))79" \
-    --listen-peer-urls "http://127.0.0.1:1${i}380" --initial-advertise-peer-urls "http://127.0.0.1:1${i}380" \
+    --listen-client-urls "$scheme://127.0.0.1:12$((i + 2))79" --advertise-client-urls "$scheme://127.0.0.1:12$((i + 2))79" \
+    --listen-peer-urls "$scheme://127.0.0.1:1${i}380" --initial-advertise-peer-urls "$scheme://127.0.0.1:1${i}380" \
     --initial-cluster "${cluster%,}" --initial-cluster-state new --initial-cluster-token bench \
-    --logger zap --log-level error > "$work/etcd$i.log" 2>&1 &
+    "${etcd_tls[@]}" --logger zap --log-level error > "$work/etcd$i.log" 2>&1 &
   pids+=($!)
 done
 wait_ready
@@ -76,12 +97,26 @@ for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
 wait 2>/dev/null || true
 pids=()
 
-echo "== worknode, 3 members, fsync on (raft-engine sync writes), data on $storage"
+echo "== worknode, 3 members, fsync on (raft-engine sync writes), data on $storage, TLS $tls"
 for i in 1 2 3; do
+  tables=""
+  if [ "$tls" = on ]; then
+    c=$work/certs
+    tables="[tls]
+cert_file = \"$c/n$i.pem\"
+key_file = \"$c/n$i-key.pem\"
+trusted_ca_file = \"$c/ca.pem\"
+client_cert_auth = true
+[peer_tls]
+cert_file = \"$c/n$i-peer.pem\"
+key_file = \"$c/n$i-peer-key.pem\"
+trusted_ca_file = \"$c/ca.pem\""
+  fi
   cat > "$work/n$i.toml" <<TOML
 cluster = "bench"
 member_id = $i
 data_dir = "$data/worknode$i"
+$tables
 [cores]
 pin = "off"   # three members share this host's CPUs, as the etcd members did
 [[member]]
@@ -106,15 +141,16 @@ done
 wait_ready
 run_suite worknode
 
-python3 - "$work" "$seconds" "$storage" <<'PY'
+python3 - "$work" "$seconds" "$storage" "$tls" <<'PY'
 import json, sys, datetime
-work, seconds, storage = sys.argv[1], sys.argv[2], sys.argv[3]
+work, seconds, storage, tls = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 def load(system, case):
     return json.load(open(f"{work}/{system}-{case}.json"))
 rows = [("put, 1 client at the leader", "put-1-leader"), ("put, 1 client at a follower", "put-1-follower"), ("put, 16 clients", "put-16"), ("put, 64 clients", "put-64"), ("linearizable get, 16 clients", "get-16"), ("serializable get, 1 client (no Raft, no disk)", "get-1-serializable")]
 print()
 where = "on tmpfs (no disk: fsync returns at once)" if storage == "tmpfs" else "on disk, fsync on"
-print(f"{datetime.date.today()}, {seconds} s per run, 256-byte values, 3 members on loopback, data {where}, same load generator")
+security = ", TLS for clients and peers (client certificates required)" if tls == "on" else ""
+print(f"{datetime.date.today()}, {seconds} s per run, 256-byte values, 3 members on loopback, data {where}{security}, same load generator")
 print()
 print("| workload | etcd ops/s | worknode ops/s | throughput × | etcd p50 ms | worknode p50 ms | p50 ÷ | etcd p99 ms | worknode p99 ms | errors (etcd / worknode) |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -87,16 +87,42 @@ struct StatusJson {
     recent_turns: Vec<TurnRow>,
 }
 
+/// Client TLS for the cluster commands (status, top, schedule) from the environment, as
+/// etcdctl reads `ETCDCTL_CACERT`: `WORKNODE_CACERT` (the CA, PEM) turns TLS on, and
+/// `WORKNODE_CERT` with `WORKNODE_KEY` present a client certificate.
+fn tls_from_env() -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+    let Some(ca) = std::env::var_os("WORKNODE_CACERT") else {
+        return Ok(None);
+    };
+    let read = |path: &std::ffi::OsStr| {
+        std::fs::read(path).map_err(|e| format!("{}: {e}", std::path::Path::new(path).display()))
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(&ca)?));
+    if let (Some(cert), Some(key)) =
+        (std::env::var_os("WORKNODE_CERT"), std::env::var_os("WORKNODE_KEY"))
+    {
+        tls = tls.identity(tonic::transport::Identity::from_pem(read(&cert)?, read(&key)?));
+    }
+    Ok(Some(tls))
+}
+
 async fn channel(endpoint: &str) -> Result<Channel, String> {
-    let uri =
-        if endpoint.contains("://") { endpoint.to_owned() } else { format!("http://{endpoint}") };
-    Endpoint::from_shared(uri)
+    let tls = tls_from_env()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let uri = if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("{scheme}://{endpoint}")
+    };
+    let mut builder = Endpoint::from_shared(uri)
         .map_err(|e| format!("{endpoint}: not an address ({e})"))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .map_err(|e| format!("{endpoint}: {e}"))
+        .timeout(Duration::from_secs(3));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(|e| format!("{endpoint}: TLS: {e}"))?;
+    }
+    builder.connect().await.map_err(|e| format!("{endpoint}: {e}"))
 }
 
 pub(crate) fn parse_endpoints(list: &str, flag: &str) -> Result<Vec<String>, CliError> {

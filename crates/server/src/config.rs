@@ -628,6 +628,20 @@ client = "127.0.0.1:22379"
     }
 
     #[test]
+    fn the_example_configs_load() {
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+        for dir in ["cluster", "cluster-tls"] {
+            for member in 1..=3 {
+                let path =
+                    std::path::PathBuf::from(examples).join(dir).join(format!("n{member}.toml"));
+                let config = ServerConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(config.member_id, member);
+                assert_eq!(config.tls.is_some(), dir == "cluster-tls");
+            }
+        }
+    }
+
+    #[test]
     fn peers_beyond_this_host_need_peer_tls_or_an_explicit_opt_out() {
         let remote = GOOD.replace("127.0.0.1:22380", "10.0.0.2:22380");
         assert!(ServerConfig::parse("a", &remote).is_err());
