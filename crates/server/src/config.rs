@@ -632,8 +632,7 @@ client = "127.0.0.1:22379"
         let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
         for dir in ["cluster", "cluster-tls"] {
             for member in 1..=3 {
-                let path =
-                    std::path::PathBuf::from(examples).join(dir).join(format!("n{member}.toml"));
+                let path = PathBuf::from(examples).join(dir).join(format!("n{member}.toml"));
                 let config = ServerConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(config.member_id, member);
                 assert_eq!(config.tls.is_some(), dir == "cluster-tls");
