@@ -263,18 +263,21 @@ async fn run_async(
         )))
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService(shared.clone())))
         .add_service(adminpb::admin_server::AdminServer::new(admin));
-    let result = match client_tls {
-        None => {
-            router
-                .serve_with_incoming_shutdown(incoming_nodelay(client_listener), shutdown_signal())
-                .await
-        }
-        Some(acceptor) => {
-            let incoming =
-                crate::tls_listener::incoming(incoming_nodelay(client_listener), acceptor);
-            router.serve_with_incoming_shutdown(incoming, shutdown_signal()).await
-        }
-    };
+    // The client API runs on a worknode of its own ("api"), with a runtime of its own:
+    // encoding a large response, or many clients at once, then never delays a peer
+    // message on the "net" worknode's runtime.
+    let client_listener = client_listener.into_std().map_err(ServeError::Runtime)?;
+    let api_grant = authority.as_ref().and_then(|a| a.grant("api").ok());
+    let api_spec = WorknodeSpec::new("api", WorknodeClass::Normal);
+    let options = PinOptions { best_effort: true, ..PinOptions::default() };
+    let api_authority = authority.clone();
+    let api_thread = spawn_worknode(&api_spec, api_grant, &options, move || {
+        serve_clients(router, client_listener, client_tls, api_authority)
+    })?;
+    let result = tokio::task::spawn_blocking(move || api_thread.join())
+        .await
+        .map_err(|_| ServeError::Panicked("api"))?
+        .map_err(|_| ServeError::Panicked("api"))?;
     tracing::info!("shutting down: stopping the raft loop");
     drop(sampler);
     member.handle.stop();
@@ -283,6 +286,45 @@ async fn run_async(
     result?;
     raft_result?;
     Ok(())
+}
+
+/// Niceness of the threads that serve large reads (ranges of unknown size, digests): on
+/// a busy host the Raft loop, the peer connections and small requests come first.
+const LARGE_READ_NICE: i32 = 10;
+
+/// The "api" worknode: the etcd gRPC API on a current-thread runtime of its own, until
+/// SIGTERM or SIGINT. Its blocking pool, where large reads are served, runs on the plan's
+/// housekeeping CPUs at a lower priority.
+fn serve_clients(
+    router: tonic::transport::server::Router,
+    listener: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    authority: Option<Arc<CoreAuthority>>,
+) -> Result<(), ServeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("large-reads")
+        .on_thread_start(move || {
+            if let Err(error) =
+                worknode_cores::make_current_background(authority.as_deref(), LARGE_READ_NICE)
+            {
+                tracing::debug!("large reads stay at the api worknode's priority: {error}");
+            }
+        })
+        .build()
+        .map_err(ServeError::Runtime)?;
+    runtime.block_on(async move {
+        let listener = TcpListener::from_std(listener).map_err(ServeError::Runtime)?;
+        let incoming = incoming_nodelay(listener);
+        match tls {
+            None => router.serve_with_incoming_shutdown(incoming, shutdown_signal()).await?,
+            Some(acceptor) => {
+                let incoming = crate::tls_listener::incoming(incoming, acceptor);
+                router.serve_with_incoming_shutdown(incoming, shutdown_signal()).await?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Exit status of a member whose Raft loop ended without being asked to (EX_SOFTWARE).
