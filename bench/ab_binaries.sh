@@ -18,49 +18,13 @@ work=$(mktemp -d /tmp/ab-binaries.XXXXXX)
 pids=()
 stop_all() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 trap 'stop_all; rm -rf "$work"' EXIT
-endpoints="127.0.0.1:14379,127.0.0.1:14479,127.0.0.1:14579"
+source bench/lib.sh
 export ETCDCTL_API=3
-
-start() { # $1 = binary, $2 = run name
-  for i in 1 2 3; do
-    cat > "$work/$2-n$i.toml" <<TOML
-cluster = "ab-$2"
-member_id = $i
-data_dir = "$work/$2-d$i"
-[schedule]
-rotation = "off"
-[cores]
-pin = "off"
-[[member]]
-id = 1
-name = "n1"
-peer = "127.0.0.1:14380"
-client = "127.0.0.1:14379"
-[[member]]
-id = 2
-name = "n2"
-peer = "127.0.0.1:14480"
-client = "127.0.0.1:14479"
-[[member]]
-id = 3
-name = "n3"
-peer = "127.0.0.1:14580"
-client = "127.0.0.1:14579"
-TOML
-    "$1" serve --config "$work/$2-n$i.toml" > "$work/$2-n$i.log" 2>&1 &
-    pids+=($!)
-  done
-  for _ in $(seq 1 100); do
-    etcdctl --endpoints="$endpoints" --command-timeout=1s put ready 1 >/dev/null 2>&1 && return 0
-    sleep 0.2
-  done
-  echo "cluster of $1 did not become ready (logs in $work)" >&2; trap - EXIT; stop_all; exit 1
-}
 
 for round in $(seq 1 "$rounds"); do
   for side in a b; do
     if [ $side = a ]; then bin=$a; else bin=$b; fi
-    start "$bin" "$side$round"
+    start_cluster "$bin" "ab-$side$round" 14
     leader=$(etcdctl --endpoints="$endpoints" endpoint status | awk -F', ' '$5 == "true" {print $1}')
     "$bin" bench put --endpoints "$leader" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$side$round-1.json"
     "$bin" bench put --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$side$round-16.json"

@@ -30,44 +30,8 @@ work=$(mktemp -d /tmp/range-stall.XXXXXX)
 pids=()
 stop_all() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 trap 'stop_all; rm -rf "$work"' EXIT
-endpoints="127.0.0.1:15379,127.0.0.1:15479,127.0.0.1:15579"
+source bench/lib.sh
 export ETCDCTL_API=3
-
-start() { # $1 = binary, $2 = run name
-  for i in 1 2 3; do
-    cat > "$work/$2-n$i.toml" <<TOML
-cluster = "range-$2"
-member_id = $i
-data_dir = "$work/$2-d$i"
-[schedule]
-rotation = "off"
-[cores]
-pin = "off"
-[[member]]
-id = 1
-name = "n1"
-peer = "127.0.0.1:15380"
-client = "127.0.0.1:15379"
-[[member]]
-id = 2
-name = "n2"
-peer = "127.0.0.1:15480"
-client = "127.0.0.1:15479"
-[[member]]
-id = 3
-name = "n3"
-peer = "127.0.0.1:15580"
-client = "127.0.0.1:15579"
-TOML
-    "$1" serve --config "$work/$2-n$i.toml" > "$work/$2-n$i.log" 2>&1 &
-    pids+=($!)
-  done
-  for _ in $(seq 1 100); do
-    etcdctl --endpoints="$endpoints" --command-timeout=1s put ready 1 >/dev/null 2>&1 && return 0
-    sleep 0.2
-  done
-  echo "cluster of $1 did not become ready (logs in $work)" >&2; trap - EXIT; stop_all; exit 1
-}
 
 field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
@@ -76,7 +40,7 @@ printf '%-28s %12s %12s %12s %12s %14s\n' binary "alone p99" "alone max" "ranges
 run=0
 for bin in "${binaries[@]}"; do
   run=$((run + 1))
-  start "$bin" "r$run"
+  start_cluster "$bin" "range-r$run" 15
   "$bench" bench fill --endpoints "$endpoints" --clients 16 --connections 3 --key-space 60000 \
     --value-size 900 --duration 120s --json > "$work/fill-$run.json"
   "$bench" bench put --endpoints "$endpoints" --clients 4 --connections 3 --key-space 60000 \
