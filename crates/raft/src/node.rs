@@ -788,16 +788,18 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         if self.rotation.is_some() {
             self.last_heard.insert(message.from, self.clock.now());
         }
+        let proposed_elsewhere =
+            message.get_msg_type() == MessageType::MsgPropose && message.from != self.config.id;
+        if proposed_elsewhere {
+            // A peer's write that this member passes on (ahead to the incoming leader, or
+            // by raft-rs to the leader) goes as this member's own: peers accept a message
+            // only from the member whose connection carries it (crate::validate).
+            message.from = self.config.id;
+        }
         // A write forwarded ahead to this member as the incoming leader waits for its turn;
         // one that reaches a leader handing over goes on to the member taking over.
-        if message.get_msg_type() == MessageType::MsgPropose
-            && message.from != self.config.id
-            && self.held.len() < HELD_MAX
-        {
+        if proposed_elsewhere && self.held.len() < HELD_MAX {
             if let Some((target, until_boundary)) = self.forward_ahead() {
-                // Passed on as this member's own: peers accept a message only from the
-                // member whose connection carries it (crate::validate).
-                message.from = self.config.id;
                 if target == self.config.id {
                     let release = self.clock.now() + until_boundary + self.forward_grace();
                     self.due_at = Some(self.due_at.map_or(release, |due| due.min(release)));

@@ -253,16 +253,21 @@ impl PeerRules {
 
     /// Checks a message that arrived on `connection`'s connection (see the module docs).
     pub fn check(&self, message: &Message, connection: u64) -> Result<(), Rejection> {
-        if message.from != connection {
+        let kind = message.get_msg_type();
+        if matches!(kind, MessageType::MsgTransferLeader | MessageType::MsgReadIndex) {
+            // raft-rs names a transfer's target in `from`, and the member a read index is
+            // answered to; a follower passes either on to its leader as it is. Any voter.
+            if self.voters.binary_search(&message.from).is_err() {
+                return Err(Rejection::NotAMember(message.from));
+            }
+        } else if message.from != connection {
             return Err(Rejection::ForgedSender { claimed: message.from, connection });
-        }
-        if !self.is_peer(message.from) {
+        } else if !self.is_peer(message.from) {
             return Err(Rejection::NotAMember(message.from));
         }
         if message.to != self.me {
             return Err(Rejection::NotForMe { to: message.to, me: self.me });
         }
-        let kind = message.get_msg_type();
         if is_local(kind) {
             return Err(Rejection::LocalType(kind));
         }
@@ -469,6 +474,18 @@ mod tests {
         let mut elsewhere = message(MessageType::MsgHeartbeat);
         elsewhere.to = 3;
         assert_eq!(rules().check(&elsewhere, 2), Err(Rejection::NotForMe { to: 3, me: 1 }));
+    }
+
+    #[test]
+    fn a_transfer_request_names_its_target_in_from() {
+        let mut transfer = message(MessageType::MsgTransferLeader);
+        transfer.term = 0;
+        transfer.from = 3;
+        assert_eq!(rules().check(&transfer, 2), Ok(()));
+        transfer.from = 1;
+        assert_eq!(rules().check(&transfer, 2), Ok(()));
+        transfer.from = 9;
+        assert_eq!(rules().check(&transfer, 2), Err(Rejection::NotAMember(9)));
     }
 
     #[test]
