@@ -91,6 +91,11 @@ fn a_short_demo_without_faults_rotates_with_no_failed_writes() {
     assert!(summary_number(&text, "turns", " handoffs") >= 3, "leadership did not rotate:\n{text}");
     let plot = std::fs::read_to_string(&svg).unwrap();
     assert!(plot.starts_with("<svg") && plot.contains("write latency"), "not a timeline plot");
+    // Members only ever send what their peers accept: writes passed on at handoffs too.
+    for member in 1..=3 {
+        let log = std::fs::read_to_string(dir.join(format!("n{member}.log"))).unwrap();
+        assert!(!log.contains("rejected"), "member {member} refused a peer's message:\n{log}");
+    }
     assert!(wait_until_gone(dir.to_str().unwrap(), Duration::from_secs(5)).is_empty());
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&svg);
