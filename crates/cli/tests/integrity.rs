@@ -157,3 +157,27 @@ async fn a_torn_last_batch_is_cut_by_a_plain_restart() {
     let cut = format!("cut {} at byte {end} (", file.display());
     assert!(log.contains(&cut), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_tail_refuses_damage_mid_log_instead_of_panicking_later() {
+    let mut cluster = ProcessCluster::start("integrity-recover-tail", 3, 20);
+    cluster.leader().await;
+    fill(&cluster, 1, "k", 400).await;
+    assert!(cluster.terminate(0).success());
+    let (file, seq) = newest_log_file(&cluster);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let Tail::Valid { end, .. } = inspect(&bytes, seq) else { panic!("the log is whole") };
+    bytes[end as usize / 4] ^= 0x5a;
+    std::fs::write(&file, &bytes).unwrap();
+
+    // raft-engine checks the entries of only each file's last batch: it would open this
+    // log and fail when the damaged entries are read (raft-rs panics on that). The start
+    // is refused up front, naming the damage and the way out.
+    let log = refused_start(&mut cluster, 0, &["--recover-tail"]);
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("is corrupt at byte") && log.contains("--rejoin"), "{log}");
+    cluster.spawn_with(0, &["--rejoin"]);
+    cluster.leader().await;
+    assert_serves(&cluster, 0, "k", 400).await;
+    cluster.assert_converged().await;
+}

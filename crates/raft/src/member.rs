@@ -154,9 +154,11 @@ pub fn open_member(spec: &MemberSpec) -> Result<OpenMember, OpenError> {
 /// entries of only each file's last batch, and would fail on the others when a peer needs
 /// them); the newest files' torn tails (zeros allocated ahead, a cut batch, recycled
 /// leftovers — never acknowledged) are cut. Then the log opens strictly. `recover_tail`
-/// lets raft-engine's tolerant recovery drop what it cannot read instead.
+/// lets raft-engine's tolerant recovery drop what else it cannot read; it cannot repair
+/// corruption (raft-engine would open such a log and fail when the entries are read), so
+/// that refuses the start either way.
 fn open_log(log_dir: &str, recover_tail: bool) -> Result<(Engine, Option<String>), OpenError> {
-    let cut = if recover_tail { Vec::new() } else { repair_tails(log_dir)? };
+    let cut = repair_tails(log_dir)?;
     let strict = match open_engine(log_dir, RecoveryMode::AbsoluteConsistency) {
         Ok(engine) => {
             let end = engine.last_index(crate::storage::GROUP).unwrap_or(0);
