@@ -75,9 +75,23 @@ fn refused_start(cluster: &mut ProcessCluster, index: usize, args: &[&str]) -> S
     cluster.log(index)
 }
 
-fn newest_log_file(cluster: &ProcessCluster) -> (PathBuf, u64) {
+/// Member 1's newest log file, its bytes, and where its valid batches end.
+fn newest_log_file(cluster: &ProcessCluster) -> (PathBuf, Vec<u8>, u64) {
     let files = all_files(&cluster.root.join("data-1").join("raft-log")).unwrap();
-    files.into_iter().rfind(|(path, _)| path.extension().unwrap() == "raftlog").unwrap()
+    let (file, seq) =
+        files.into_iter().rfind(|(path, _)| path.extension().unwrap() == "raftlog").unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let Tail::Valid { end, .. } = inspect(&bytes, seq) else { panic!("the log is whole") };
+    (file, bytes, end)
+}
+
+/// Flips a byte at `end / divisor` of member 1's newest log file: inside what was synced
+/// and acknowledged. The file.
+fn flip_a_synced_byte(cluster: &ProcessCluster, divisor: u64) -> PathBuf {
+    let (file, mut bytes, end) = newest_log_file(cluster);
+    bytes[(end / divisor) as usize] ^= 0x5a;
+    std::fs::write(&file, &bytes).unwrap();
+    file
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,13 +127,7 @@ async fn a_damaged_batch_with_writes_after_it_refuses_the_start() {
     cluster.leader().await;
     fill(&cluster, 1, "k", 400).await;
     assert!(cluster.terminate(0).success());
-    let (file, seq) = newest_log_file(&cluster);
-    let mut bytes = std::fs::read(&file).unwrap();
-    let Tail::Valid { end, .. } = inspect(&bytes, seq) else { panic!("the log is whole") };
-    // A byte in the middle of what was synced and acknowledged.
-    let at = end as usize / 2;
-    bytes[at] ^= 0x5a;
-    std::fs::write(&file, &bytes).unwrap();
+    let file = flip_a_synced_byte(&cluster, 2);
 
     let log = refused_start(&mut cluster, 0, &[]);
     assert!(log.contains(&format!("raft log file {} is corrupt at byte", file.display())), "{log}");
@@ -137,9 +145,7 @@ async fn a_torn_last_batch_is_cut_by_a_plain_restart() {
     cluster.leader().await;
     fill(&cluster, 1, "k", 200).await;
     assert!(cluster.terminate(0).success());
-    let (file, seq) = newest_log_file(&cluster);
-    let mut bytes = std::fs::read(&file).unwrap();
-    let Tail::Valid { end, .. } = inspect(&bytes, seq) else { panic!("the log is whole") };
+    let (file, mut bytes, end) = newest_log_file(&cluster);
     // The first half of a copy of the log's first batch: a write torn by a crash.
     let first = 69;
     let batch_len = (u64::from_be_bytes(bytes[first..first + 8].try_into().unwrap()) >> 8) as usize;
@@ -164,11 +170,7 @@ async fn recover_tail_refuses_damage_mid_log_instead_of_panicking_later() {
     cluster.leader().await;
     fill(&cluster, 1, "k", 400).await;
     assert!(cluster.terminate(0).success());
-    let (file, seq) = newest_log_file(&cluster);
-    let mut bytes = std::fs::read(&file).unwrap();
-    let Tail::Valid { end, .. } = inspect(&bytes, seq) else { panic!("the log is whole") };
-    bytes[end as usize / 4] ^= 0x5a;
-    std::fs::write(&file, &bytes).unwrap();
+    flip_a_synced_byte(&cluster, 4);
 
     // raft-engine checks the entries of only each file's last batch: it would open this
     // log and fail when the damaged entries are read (raft-rs panics on that). The start
