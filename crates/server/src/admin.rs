@@ -110,6 +110,19 @@ impl AdminService {
         let (seen, rotation) = cache.insert((changes, rotation));
         f(rotation, seen)
     }
+
+    /// Fault injection needs both the authority to change the cluster and a member that
+    /// allows it (`allow_fault_injection`, for tests).
+    fn may_inject_faults(&self, method: &str, caller: &Caller) -> Result<(), Status> {
+        self.admin.authorize(method, caller)?;
+        if !self.allow_fault_injection {
+            return Err(Status::new(
+                Code::PermissionDenied,
+                "fault injection is off (allow_fault_injection = false)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Most turns a `Schedule` answer lists.
@@ -327,13 +340,7 @@ impl adminpb::admin_server::Admin for AdminService {
         &self,
         request: Request<adminpb::InjectFaultRequest>,
     ) -> Result<Response<adminpb::InjectFaultResponse>, Status> {
-        self.admin.authorize("InjectFault", &Caller::of(&request))?;
-        if !self.allow_fault_injection {
-            return Err(Status::new(
-                Code::PermissionDenied,
-                "fault injection is off (allow_fault_injection = false)",
-            ));
-        }
+        self.may_inject_faults("InjectFault", &Caller::of(&request))?;
         match request.into_inner().fault.as_str() {
             "raft-panic" => self
                 .shared
@@ -354,13 +361,7 @@ impl adminpb::admin_server::Admin for AdminService {
         &self,
         request: Request<adminpb::PartitionRequest>,
     ) -> Result<Response<adminpb::PartitionResponse>, Status> {
-        self.admin.authorize("Partition", &Caller::of(&request))?;
-        if !self.allow_fault_injection {
-            return Err(Status::new(
-                Code::PermissionDenied,
-                "fault injection is off (allow_fault_injection = false)",
-            ));
-        }
+        self.may_inject_faults("Partition", &Caller::of(&request))?;
         let peers = request.into_inner().peers;
         let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
         blocked.clear();

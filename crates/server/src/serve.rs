@@ -146,6 +146,27 @@ async fn bind(
     TcpListener::bind(address).await.map_err(|source| ServeError::Bind { address, what, source })
 }
 
+/// Peer and client TLS as configured (loaded now: a file that does not load stops the
+/// start, naming it); warns when peers talk across the network without TLS.
+fn tls_material(
+    config: &ServerConfig,
+) -> Result<(Option<worknode_raft::tls::PeerTls>, Option<tokio_rustls::TlsAcceptor>), ServeError> {
+    if config.allow_insecure_peers && config.insecure_peers() {
+        tracing::warn!("allow_insecure_peers: peer connections are not authenticated; anyone who reaches a peer port can speak as a member");
+    }
+    let peer_tls = match &config.peer_tls {
+        Some(tls) => Some(worknode_raft::tls::PeerTls::new(config.cluster_id(), &tls.files())?),
+        None => None,
+    };
+    let client_tls = match &config.tls {
+        Some(tls) => {
+            Some(tokio_rustls::TlsAcceptor::from(worknode_raft::tls::server_config(&tls.files())?))
+        }
+        None => None,
+    };
+    Ok((peer_tls, client_tls))
+}
+
 async fn run_async(
     config: ServerConfig,
     start: StartOptions,
@@ -160,19 +181,7 @@ async fn run_async(
         Some(address) => Some(bind(address, "metrics").await?),
         None => None,
     };
-    if config.allow_insecure_peers && config.insecure_peers() {
-        tracing::warn!("allow_insecure_peers: peer connections are not authenticated; anyone who reaches a peer port can speak as a member");
-    }
-    let peer_tls = match &config.peer_tls {
-        Some(tls) => Some(worknode_raft::tls::PeerTls::new(cluster_id, &tls.files())?),
-        None => None,
-    };
-    let client_tls = match &config.tls {
-        Some(tls) => {
-            Some(tokio_rustls::TlsAcceptor::from(worknode_raft::tls::server_config(&tls.files())?))
-        }
-        None => None,
-    };
+    let (peer_tls, client_tls) = tls_material(&config)?;
     let spec = MemberSpec {
         cluster_id,
         peers: config.members.iter().map(|m| (m.id, m.peer)).collect(),
@@ -255,29 +264,8 @@ async fn run_async(
         telemetry,
         rotation_cache: Arc::default(),
     };
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(pb::kv_server::KvServer::new(KvService(shared.clone())))
-        .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService(
-            shared.clone(),
-        )))
-        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(shared.clone())))
-        .add_service(adminpb::admin_server::AdminServer::new(admin));
-    // The client API runs on a worknode of its own ("api"), with a runtime of its own:
-    // encoding a large response, or many clients at once, then never delays a peer
-    // message on the "net" worknode's runtime.
-    let client_listener = client_listener.into_std().map_err(ServeError::Runtime)?;
-    let api_grant = authority.as_ref().and_then(|a| a.grant("api").ok());
-    let api_spec = WorknodeSpec::new("api", WorknodeClass::Normal);
-    let options = PinOptions { best_effort: true, ..PinOptions::default() };
-    let api_authority = authority.clone();
-    let api_thread = spawn_worknode(&api_spec, api_grant, &options, move || {
-        serve_clients(router, client_listener, client_tls, api_authority)
-    })?;
-    let result = tokio::task::spawn_blocking(move || api_thread.join())
-        .await
-        .map_err(|_| ServeError::Panicked("api"))?
-        .map_err(|_| ServeError::Panicked("api"))?;
+    let api = ApiParts { shared, admin, listener: client_listener, tls: client_tls };
+    let result = serve_api(api, authority).await?;
     tracing::info!("shutting down: stopping the raft loop");
     drop(sampler);
     member.handle.stop();
@@ -286,6 +274,43 @@ async fn run_async(
     result?;
     raft_result?;
     Ok(())
+}
+
+/// What the client API serves with.
+struct ApiParts {
+    shared: Arc<Shared>,
+    admin: AdminService,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Runs the etcd gRPC API on a worknode of its own ("api"), with a runtime of its own:
+/// encoding a large response, or many clients at once, then never delays a peer message
+/// on the "net" worknode's runtime. Returns when it stops (SIGTERM or SIGINT).
+async fn serve_api(
+    api: ApiParts,
+    authority: Option<Arc<CoreAuthority>>,
+) -> Result<Result<(), ServeError>, ServeError> {
+    let ApiParts { shared, admin, listener, tls } = api;
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(pb::kv_server::KvServer::new(KvService(shared.clone())))
+        .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService(
+            shared.clone(),
+        )))
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(shared)))
+        .add_service(adminpb::admin_server::AdminServer::new(admin));
+    let listener = listener.into_std().map_err(ServeError::Runtime)?;
+    let grant = authority.as_ref().and_then(|a| a.grant("api").ok());
+    let spec = WorknodeSpec::new("api", WorknodeClass::Normal);
+    let options = PinOptions { best_effort: true, ..PinOptions::default() };
+    let thread = spawn_worknode(&spec, grant, &options, move || {
+        serve_clients(router, listener, tls, authority)
+    })?;
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .map_err(|_| ServeError::Panicked("api"))?
+        .map_err(|_| ServeError::Panicked("api"))
 }
 
 /// Niceness of the threads that serve large reads (ranges of unknown size, digests): on
