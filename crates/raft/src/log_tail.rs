@@ -66,26 +66,19 @@ pub fn all_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, u64)>> {
     Ok(files)
 }
 
-/// The newest file of each of raft-engine's queues (the Raft log's `.raftlog`, the
-/// rewritten `.rewrite`) in `dir`, with its sequence number.
-pub fn newest_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, u64)>> {
-    let mut newest: [Option<(PathBuf, u64)>; 2] = [None, None];
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        let (stem, queue) = if let Some(stem) = name.strip_suffix(".raftlog") {
-            (stem, 0)
-        } else if let Some(stem) = name.strip_suffix(".rewrite") {
-            (stem, 1)
-        } else {
-            continue;
-        };
-        let Ok(seq) = stem.parse::<u64>() else { continue };
-        if newest[queue].as_ref().is_none_or(|(_, best)| seq > *best) {
-            newest[queue] = Some((path, seq));
+/// The newest of `files` in each of raft-engine's queues (`.raftlog`, `.rewrite`): the
+/// files a crash can leave with an unsynced tail.
+pub fn newest_of(files: &[(PathBuf, u64)]) -> Vec<(PathBuf, u64)> {
+    let mut newest: Vec<(PathBuf, u64)> = Vec::new();
+    for (path, seq) in files {
+        let queue = path.extension();
+        match newest.iter_mut().find(|(other, _)| other.extension() == queue) {
+            Some(best) if best.1 < *seq => *best = (path.clone(), *seq),
+            Some(_) => {}
+            None => newest.push((path.clone(), *seq)),
         }
     }
-    Ok(newest.into_iter().flatten().collect())
+    newest
 }
 
 /// Reads how `bytes`, the contents of the file with sequence number `seq`, ends.
@@ -319,6 +312,22 @@ mod tests {
         let bytes = file(2, &batches);
         assert!(
             matches!(inspect(&bytes, SEQ), Tail::Valid { end: e, rest, .. } if e == end && rest.contains("recycled"))
+        );
+    }
+
+    #[test]
+    fn the_newest_file_of_each_queue_is_the_one_a_crash_can_tear() {
+        let file = |name: &str, seq| (PathBuf::from(format!("/log/{name}")), seq);
+        let files = [
+            file("0000000000000001.raftlog", 1),
+            file("0000000000000003.raftlog", 3),
+            file("0000000000000002.rewrite", 2),
+            file("0000000000000001.rewrite", 1),
+        ];
+        let newest = newest_of(&files);
+        assert_eq!(
+            newest,
+            [file("0000000000000003.raftlog", 3), file("0000000000000002.rewrite", 2)]
         );
     }
 

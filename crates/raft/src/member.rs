@@ -184,13 +184,14 @@ fn open_log(log_dir: &str, recover_tail: bool) -> Result<(Engine, Option<String>
 /// was cut, for the log.
 fn repair_tails(log_dir: &str) -> Result<Vec<String>, OpenError> {
     let failed = |reason: String| OpenError::Log { dir: log_dir.to_owned(), reason };
-    let newest = match log_tail::newest_files(Path::new(log_dir)) {
-        Ok(newest) => newest,
+    let files = match log_tail::all_files(Path::new(log_dir)) {
+        Ok(files) => files,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(error) => return Err(failed(error.to_string())),
     };
+    let newest = log_tail::newest_of(&files);
     let mut cut = Vec::new();
-    for (file, seq) in log_tail::all_files(Path::new(log_dir)).map_err(|e| failed(e.to_string()))? {
+    for (file, seq) in files {
         let bytes = std::fs::read(&file).map_err(|e| failed(format!("{}: {e}", file.display())))?;
         let name = file.display().to_string();
         match log_tail::inspect(&bytes, seq) {

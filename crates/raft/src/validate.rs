@@ -241,11 +241,6 @@ impl PeerRules {
         self.agreement
     }
 
-    /// This member.
-    pub fn me(&self) -> u64 {
-        self.me
-    }
-
     /// Whether `id` may open a peer connection here: a voter other than this member.
     pub fn is_peer(&self, id: u64) -> bool {
         id != self.me && self.voters.binary_search(&id).is_ok()

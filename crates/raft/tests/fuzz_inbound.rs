@@ -165,8 +165,8 @@ fn arbitrary_peer_messages_never_stop_the_raft_loop() {
     let _ = machine.applied_index();
     assert!(!loop_thread.is_finished(), "the Raft loop ended");
     let rejected = handle.rejections().total();
-    let stepped = handle.status().term;
-    println!("{cases} frames: {rejected} messages rejected before raft-rs, the rest stepped (term now {stepped}); the loop runs on");
+    let term = handle.status().term;
+    println!("{cases} frames: {rejected} messages rejected before raft-rs; term now {term}; the loop runs on");
     handle.stop();
     loop_thread.join().unwrap().unwrap();
     drop(member.data_dir);
