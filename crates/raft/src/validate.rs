@@ -96,6 +96,9 @@ pub enum Rejection {
     /// A message of a kind that always carries a term came with none.
     #[error("{0:?} without a term (only forwarded proposals, reads and transfers have none)")]
     MissingTerm(MessageType),
+    /// A forwarded proposal, read or transfer came with a term.
+    #[error("{0:?} with a term (forwarded requests carry none)")]
+    UnexpectedTerm(MessageType),
     /// `MsgTimeoutNow` from a member that does not lead this term.
     #[error("MsgTimeoutNow from member {from}, which does not lead term {term}")]
     TimeoutNowNotFromLeader {
@@ -107,7 +110,7 @@ pub enum Rejection {
 }
 
 /// The metric label of every reason, in [`Rejection::index`] order.
-pub const REASONS: [&str; 12] = [
+pub const REASONS: [&str; 13] = [
     "forged_sender",
     "not_for_me",
     "not_a_member",
@@ -120,6 +123,7 @@ pub const REASONS: [&str; 12] = [
     "rewrites_committed",
     "timeout_now_not_from_leader",
     "missing_term",
+    "unexpected_term",
 ];
 
 impl Rejection {
@@ -138,6 +142,7 @@ impl Rejection {
             Self::RewritesCommitted { .. } => 9,
             Self::TimeoutNowNotFromLeader { .. } => 10,
             Self::MissingTerm(_) => 11,
+            Self::UnexpectedTerm(_) => 12,
         }
     }
 
@@ -275,6 +280,10 @@ impl PeerRules {
         );
         if message.term == 0 && !forwarded {
             return Err(Rejection::MissingTerm(kind));
+        }
+        // ...and one with a term, passed on to the leader, panics raft-rs's send.
+        if message.term != 0 && forwarded {
+            return Err(Rejection::UnexpectedTerm(kind));
         }
         in_range("term", message.term)?;
         in_range("log_term", message.log_term)?;
@@ -508,6 +517,11 @@ mod tests {
         let mut propose = message(MessageType::MsgPropose);
         propose.term = 0;
         assert_eq!(rules().check(&propose, 2), Ok(()));
+        propose.term = 3;
+        assert_eq!(
+            rules().check(&propose, 2),
+            Err(Rejection::UnexpectedTerm(MessageType::MsgPropose))
+        );
     }
 
     #[test]
@@ -520,6 +534,7 @@ mod tests {
     #[test]
     fn configuration_changes_are_refused_in_any_message() {
         let mut propose = message(MessageType::MsgPropose);
+        propose.term = 0;
         let mut change = entry(0, 0);
         change.set_entry_type(EntryType::EntryConfChange);
         propose.set_entries(vec![change].into());
