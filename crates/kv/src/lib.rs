@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod decode;
 mod machine;
 mod store;
 mod types;

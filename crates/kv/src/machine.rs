@@ -146,7 +146,9 @@ pub struct StateMachine {
     store: Store,
     applied_index: u64,
     /// Persistent collections, like the store's index: a clone for a snapshot is O(1).
+    #[serde(deserialize_with = "crate::decode::vector")]
     recent: Vector<RequestId>,
+    #[serde(deserialize_with = "crate::decode::ord_map")]
     answers: OrdMap<RequestId, (Outcome, i64)>,
     schedule: Vec<ScheduleChange>,
 }
@@ -238,12 +240,26 @@ impl StateMachine {
             .unwrap_or_else(|error| unreachable!("encoding to memory cannot fail: {error}"))
     }
 
-    /// Restores a snapshot taken by [`StateMachine::snapshot`].
+    /// Restores a snapshot taken by [`StateMachine::snapshot`]. The bytes may come from a
+    /// peer: decoding allocates only for what they hold, and a state this crate could
+    /// never have built (one a later write would panic on) is refused.
     pub fn restore(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let machine: Self =
             postcard::from_bytes(bytes).map_err(|error| SnapshotError(error.to_string()))?;
-        if machine.recent.len() != machine.answers.len() {
-            return Err(SnapshotError("deduplication window is inconsistent".into()));
+        machine.store.check().map_err(SnapshotError)?;
+        let window: std::collections::HashSet<&RequestId> = machine.recent.iter().collect();
+        if machine.recent.len() > DEDUP_WINDOW
+            || window.len() != machine.recent.len()
+            || machine.answers.len() != machine.recent.len()
+            || machine.answers.keys().any(|id| !window.contains(id))
+        {
+            return Err(SnapshotError("the deduplication window is inconsistent".into()));
+        }
+        if machine.schedule.len() > SCHEDULE_CHANGES_MAX {
+            return Err(SnapshotError(format!(
+                "{} schedule changes (at most {SCHEDULE_CHANGES_MAX} are kept)",
+                machine.schedule.len()
+            )));
         }
         Ok(machine)
     }
@@ -384,5 +400,92 @@ mod tests {
         }
         assert_eq!(machine.schedule_changes().len(), SCHEDULE_CHANGES_MAX);
         assert_eq!(machine.schedule_changes()[0].epoch, 6);
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn put(sequence: u64, key: &[u8]) -> Proposal {
+        Proposal {
+            id: RequestId { session: 7, sequence },
+            command: Command::Put(PutRequest {
+                key: key.to_vec(),
+                value: vec![sequence as u8; 3],
+                ..PutRequest::default()
+            }),
+        }
+    }
+
+    fn written() -> StateMachine {
+        let mut machine = StateMachine::new();
+        for (index, key) in [b"a", b"b", b"a", b"c"].iter().enumerate() {
+            machine.apply(index as u64 + 1, &put(index as u64, *key));
+        }
+        machine
+    }
+
+    /// After a successful restore, writing and compacting must not panic.
+    fn exercise(mut machine: StateMachine) {
+        let next = machine.applied_index() + 1;
+        for (offset, key) in [&b"a"[..], b"b", b"z"].into_iter().enumerate() {
+            machine.apply(next + offset as u64, &put(1_000 + offset as u64, key));
+        }
+        let _ = machine.store.compact(machine.store.revision());
+    }
+
+    #[test]
+    fn a_snapshot_restores_to_the_same_state() {
+        let machine = written();
+        assert_eq!(StateMachine::restore(&machine.snapshot()), Ok(machine));
+    }
+
+    #[test]
+    fn a_history_that_goes_back_in_revision_is_refused() {
+        let mut machine = written();
+        machine.store.revision = 2;
+        let error = StateMachine::restore(&machine.snapshot()).unwrap_err();
+        assert!(error.0.contains("after"), "{error}");
+    }
+
+    #[test]
+    fn a_window_without_its_answers_is_refused() {
+        let mut machine = written();
+        machine.answers = OrdMap::new();
+        machine.recent = Vector::from(vec![RequestId { session: 1, sequence: 1 }]);
+        machine.answers.insert(RequestId { session: 2, sequence: 2 }, (Outcome::Compact, 1));
+        let error = StateMachine::restore(&machine.snapshot()).unwrap_err();
+        assert!(error.0.contains("deduplication"), "{error}");
+    }
+
+    proptest! {
+        #[test]
+        fn damaged_snapshots_are_refused_or_usable(
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let mut bytes = written().snapshot();
+            for (at, value) in flips {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len()));
+            }
+            if let Ok(machine) = StateMachine::restore(&bytes) {
+                exercise(machine);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_refused_or_usable(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(machine) = StateMachine::restore(&bytes) {
+                exercise(machine);
+            }
+        }
     }
 }

@@ -28,6 +28,7 @@ pub(crate) struct Entry {
 /// The multi-version key-value store.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Store {
+    #[serde(deserialize_with = "crate::decode::ord_map")]
     pub(crate) keys: OrdMap<Vec<u8>, Arc<Vec<Entry>>>,
     pub(crate) revision: i64,
     pub(crate) compact_revision: i64,
@@ -58,6 +59,49 @@ impl Store {
     /// An empty store at revision 1 (etcd starts counting there).
     pub fn new() -> Self {
         Self { keys: OrdMap::new(), revision: 1, compact_revision: 0, recorded: 0 }
+    }
+
+    /// Checks what every write relies on, for a store decoded from outside: revisions in
+    /// order, each history non-empty and growing, every entry's key and revision its own.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.revision < 1 || !(0..=self.revision).contains(&self.compact_revision) {
+            return Err(format!(
+                "revision {} with compact revision {} is out of order",
+                self.revision, self.compact_revision
+            ));
+        }
+        for (key, history) in &self.keys {
+            let name = || String::from_utf8_lossy(key).into_owned();
+            if history.is_empty() {
+                return Err(format!("key {:?} has an empty history", name()));
+            }
+            let mut previous = 0;
+            for entry in history.iter() {
+                if entry.revision <= previous || entry.revision > self.revision {
+                    return Err(format!(
+                        "key {:?} has revision {} after {previous} (store revision {})",
+                        name(),
+                        entry.revision,
+                        self.revision
+                    ));
+                }
+                previous = entry.revision;
+                if let Some(kv) = &entry.kv {
+                    let consistent = kv.key == *key
+                        && kv.mod_revision == entry.revision
+                        && (1..=kv.mod_revision).contains(&kv.create_revision)
+                        && kv.version >= 1;
+                    if !consistent {
+                        return Err(format!(
+                            "key {:?} at revision {} is inconsistent",
+                            name(),
+                            entry.revision
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The current revision.

@@ -96,6 +96,10 @@ pub enum Rejection {
     /// A message of a kind that always carries a term came with none.
     #[error("{0:?} without a term (only forwarded proposals, reads and transfers have none)")]
     MissingTerm(MessageType),
+    /// A snapshot whose state does not decode, is not one this member could have built, or
+    /// is not at the snapshot's own index.
+    #[error("snapshot data refused: {0}")]
+    SnapshotData(String),
     /// A forwarded proposal, read or transfer came with a term.
     #[error("{0:?} with a term (forwarded requests carry none)")]
     UnexpectedTerm(MessageType),
@@ -110,7 +114,7 @@ pub enum Rejection {
 }
 
 /// The metric label of every reason, in [`Rejection::index`] order.
-pub const REASONS: [&str; 13] = [
+pub const REASONS: [&str; 14] = [
     "forged_sender",
     "not_for_me",
     "not_a_member",
@@ -124,6 +128,7 @@ pub const REASONS: [&str; 13] = [
     "timeout_now_not_from_leader",
     "missing_term",
     "unexpected_term",
+    "snapshot_data",
 ];
 
 impl Rejection {
@@ -143,6 +148,7 @@ impl Rejection {
             Self::TimeoutNowNotFromLeader { .. } => 10,
             Self::MissingTerm(_) => 11,
             Self::UnexpectedTerm(_) => 12,
+            Self::SnapshotData(_) => 13,
         }
     }
 
@@ -338,6 +344,18 @@ impl PeerRules {
             && conf.learners_next.is_empty();
         if voters != self.voters || !plain {
             return Err(Rejection::SnapshotConf(conf.voters.clone()));
+        }
+        // raft-rs takes the snapshot as this member's state before the state machine sees
+        // it, and a member that cannot install what raft-rs took must stop: so the state
+        // is decoded and checked here, where refusing costs only the connection.
+        let machine = worknode_kv::StateMachine::restore(message.get_snapshot().get_data())
+            .map_err(|error| Rejection::SnapshotData(error.0))?;
+        if machine.applied_index() != metadata.index {
+            return Err(Rejection::SnapshotData(format!(
+                "its state is at index {}, its metadata says {}",
+                machine.applied_index(),
+                metadata.index
+            )));
         }
         Ok(())
     }
@@ -561,14 +579,38 @@ mod tests {
     #[test]
     fn a_snapshot_must_carry_this_clusters_voters() {
         let mut install = message(MessageType::MsgSnapshot);
-        let mut snapshot = Snapshot::default();
-        snapshot.mut_metadata().index = 7;
+        let mut snapshot = snapshot_at(7);
         snapshot.mut_metadata().set_conf_state(ConfState::from((vec![3, 1, 2], vec![])));
         install.set_snapshot(snapshot.clone());
         assert_eq!(rules().check(&install, 2), Ok(()));
         snapshot.mut_metadata().set_conf_state(ConfState::from((vec![1, 2, 99], vec![])));
         install.set_snapshot(snapshot);
         assert_eq!(rules().check(&install, 2), Err(Rejection::SnapshotConf(vec![1, 2, 99])));
+    }
+
+    /// A snapshot of an empty state machine that has applied `index` entries.
+    fn snapshot_at(index: u64) -> Snapshot {
+        let mut machine = worknode_kv::StateMachine::new();
+        machine.skip(index);
+        let mut snapshot = Snapshot { data: machine.snapshot().into(), ..Snapshot::default() };
+        snapshot.mut_metadata().index = index;
+        snapshot.mut_metadata().set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+        snapshot
+    }
+
+    #[test]
+    fn a_snapshot_must_hold_a_state_at_its_own_index() {
+        let mut install = message(MessageType::MsgSnapshot);
+        let mut snapshot = snapshot_at(7);
+        snapshot.mut_metadata().index = 8;
+        install.set_snapshot(snapshot.clone());
+        let refused = rules().check(&install, 2).unwrap_err();
+        assert_eq!(refused.reason(), "snapshot_data");
+        assert!(refused.to_string().contains("at index 7, its metadata says 8"), "{refused}");
+        // Claims 2^42 keys in a few bytes: refused without reserving them.
+        snapshot.data = vec![0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01].into();
+        install.set_snapshot(snapshot);
+        assert_eq!(rules().check(&install, 2).map_err(|r| r.reason()), Err("snapshot_data"));
     }
 
     #[test]
