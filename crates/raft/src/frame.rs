@@ -5,21 +5,29 @@
 //! ```
 //!
 //! A `Hello` frame opens every connection (cluster id, sender id, and the digests of the
-//! settings members must agree on); `Messages` frames
-//! carry a batch of Raft messages, each length-prefixed. Anything malformed, oversized or
-//! from another cluster is an error that closes the connection; the node keeps running.
+//! settings members must agree on); `Messages` frames carry a batch of Raft messages, each
+//! length-prefixed, at most [`PART_BYTES`] of them. A message larger than that (a
+//! snapshot) travels as consecutive `Part` frames, each naming the message's total size,
+//! so a frame — and what a receiver buffers before it can check anything — stays small.
+//! Anything malformed, oversized or from another cluster is an error that closes the
+//! connection; the node keeps running.
 
 /// The only version spoken.
 pub const VERSION: u8 = 1;
 /// Header bytes before the payload.
 pub const HEADER_BYTES: usize = 10;
-/// Largest payload accepted (snapshots travel in one frame).
-pub const PAYLOAD_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Messages of a frame, and each part of a split message, fill at most this many bytes.
+pub const PART_BYTES: usize = 4 * 1024 * 1024;
+/// Largest payload accepted: a part or a full batch of messages, with room for headers.
+pub const PAYLOAD_BYTES_MAX: usize = 2 * PART_BYTES;
+/// Largest message accepted in parts: a snapshot of etcd's largest recommended quota.
+pub const MESSAGE_BYTES_MAX: u64 = 8 * 1024 * 1024 * 1024;
 /// Most messages in one frame.
 pub const MESSAGES_PER_FRAME_MAX: usize = 4_096;
 
 const KIND_HELLO: u8 = 1;
 const KIND_MESSAGES: u8 = 2;
+const KIND_PART: u8 = 3;
 
 /// Digests of the settings every member of a cluster must share, carried in the hello so
 /// members that disagree refuse each other instead of running with different schedules.
@@ -59,6 +67,14 @@ pub enum Frame {
     },
     /// Encoded Raft messages.
     Messages(Vec<Vec<u8>>),
+    /// The next bytes of one encoded message too large for a frame; the parts of one
+    /// message follow each other with nothing between them.
+    Part {
+        /// The whole message's size.
+        total: u64,
+        /// This part.
+        bytes: Vec<u8>,
+    },
 }
 
 /// Why bytes are not a frame.
@@ -120,6 +136,12 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             }
             (KIND_MESSAGES, payload)
         }
+        Frame::Part { total, bytes } => {
+            let mut payload = Vec::with_capacity(8 + bytes.len());
+            payload.extend_from_slice(&total.to_be_bytes());
+            payload.extend_from_slice(bytes);
+            (KIND_PART, payload)
+        }
     };
     out.extend_from_slice(&header(kind, &payload));
     out.extend_from_slice(&payload);
@@ -165,7 +187,7 @@ pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         return Err(FrameError::Version(buffer[0]));
     }
     let kind = buffer[1];
-    if kind != KIND_HELLO && kind != KIND_MESSAGES {
+    if !matches!(kind, KIND_HELLO | KIND_MESSAGES | KIND_PART) {
         return Err(FrameError::Kind(kind));
     }
     let length = read_u32(buffer, 2).unwrap_or(0) as usize;
@@ -191,6 +213,20 @@ pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             let agreement = (payload.len() == HELLO_PAYLOAD_BYTES)
                 .then(|| Agreement { members: word(16), schedule: word(24) });
             Frame::Hello { cluster_id: word(0), from: word(8), agreement }
+        }
+        KIND_PART => {
+            let total = payload
+                .get(..8)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or(FrameError::Malformed("missing part total"))?;
+            if total > MESSAGE_BYTES_MAX {
+                return Err(FrameError::Malformed("split message over the size limit"));
+            }
+            if payload.len() == 8 {
+                return Err(FrameError::Malformed("empty part"));
+            }
+            Frame::Part { total, bytes: payload[8..].to_vec() }
         }
         _ => {
             let count = read_u32(payload, 0)
@@ -218,4 +254,71 @@ pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         }
     };
     Ok(Some((frame, HEADER_BYTES + length)))
+}
+
+/// Encodes `messages` (encoded Raft messages, in order) for one peer: each returned byte
+/// string is a unit that must be written whole and in order on one connection — a frame
+/// of messages filling at most [`PART_BYTES`], or all the parts of one larger message.
+pub fn encode_batch(messages: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    let mut units = Vec::new();
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut batch_bytes = 0;
+    let flush = |batch: &mut Vec<Vec<u8>>, batch_bytes: &mut usize, units: &mut Vec<Vec<u8>>| {
+        if !batch.is_empty() {
+            let mut bytes = Vec::new();
+            encode(&Frame::Messages(std::mem::take(batch)), &mut bytes);
+            units.push(bytes);
+            *batch_bytes = 0;
+        }
+    };
+    for message in messages {
+        if message.len() > PART_BYTES {
+            flush(&mut batch, &mut batch_bytes, &mut units);
+            let mut bytes = Vec::with_capacity(message.len() + message.len() / PART_BYTES * 32);
+            let total = message.len() as u64;
+            for part in message.chunks(PART_BYTES) {
+                encode(&Frame::Part { total, bytes: part.to_vec() }, &mut bytes);
+            }
+            units.push(bytes);
+            continue;
+        }
+        if batch_bytes + 4 + message.len() > PART_BYTES || batch.len() == MESSAGES_PER_FRAME_MAX {
+            flush(&mut batch, &mut batch_bytes, &mut units);
+        }
+        batch_bytes += 4 + message.len();
+        batch.push(message);
+    }
+    flush(&mut batch, &mut batch_bytes, &mut units);
+    units
+}
+
+/// Joins the parts of one split message as they arrive on a connection.
+#[derive(Debug, Default)]
+pub struct Reassembly {
+    /// The message's size and the bytes so far.
+    partial: Option<(u64, Vec<u8>)>,
+}
+
+impl Reassembly {
+    /// Whether a message is part-way in: then only its next part may come.
+    pub fn in_progress(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// Adds a part: the whole message once its last part is in. The buffer grows with
+    /// the parts that arrived, never to the size a part claims.
+    pub fn push(&mut self, total: u64, bytes: Vec<u8>) -> Result<Option<Vec<u8>>, FrameError> {
+        let (expected, message) = self.partial.get_or_insert_with(|| (total, Vec::new()));
+        if *expected != total {
+            return Err(FrameError::Malformed("a part names another message's size"));
+        }
+        if message.len() as u64 + bytes.len() as u64 > total {
+            return Err(FrameError::Malformed("parts longer than their message"));
+        }
+        message.extend_from_slice(&bytes);
+        if message.len() as u64 == total {
+            return Ok(self.partial.take().map(|(_, message)| message));
+        }
+        Ok(None)
+    }
 }

@@ -409,6 +409,25 @@ fn a_member_far_behind_is_brought_back_by_snapshot() {
 }
 
 #[test]
+fn a_snapshot_larger_than_a_frame_travels_in_parts() {
+    // 60 keys of 200 KiB: a 12 MiB state, three parts' worth (frame::PART_BYTES).
+    let mut cluster = Cluster::new("snapshot-parts", 3, 50);
+    let leader = cluster.wait_for_leader();
+    let lagging = cluster.stop_a_follower(leader);
+    let writer = (0..3).find(|&i| i != lagging).unwrap();
+    for i in 0..120u64 {
+        let value = format!("{i:0>8}").repeat(25 * 1024);
+        cluster.put(writer, 4, i, &format!("key{:03}", i % 60), &value).unwrap();
+    }
+    cluster.start(lagging);
+    cluster.assert_converged();
+    let status = cluster.handle(lagging).status();
+    assert!(status.snapshot_index >= 50, "caught up without a snapshot: {status:?}");
+    let value = value_of(&cluster.get(lagging, "key059").unwrap()).unwrap();
+    assert_eq!(value, format!("{:0>8}", 119).repeat(25 * 1024));
+}
+
+#[test]
 fn snapshots_thin_out_as_the_state_grows() {
     // Every write adds a key, so each snapshot is larger than the last. One every
     // `snapshot_entries` (50 here; 56 for member 1) would be 14 over 800 writes; waiting

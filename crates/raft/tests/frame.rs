@@ -4,7 +4,8 @@
 
 use proptest::prelude::*;
 use worknode_raft::frame::{
-    decode, encode, Agreement, Frame, FrameError, HEADER_BYTES, PAYLOAD_BYTES_MAX,
+    decode, encode, encode_batch, Agreement, Frame, FrameError, Reassembly, HEADER_BYTES,
+    MESSAGE_BYTES_MAX, PART_BYTES, PAYLOAD_BYTES_MAX,
 };
 
 proptest! {
@@ -25,6 +26,7 @@ proptest! {
             Frame::Messages(messages.clone()),
             Frame::Hello { cluster_id: cluster, from, agreement: Some(agreement) },
             Frame::Hello { cluster_id: cluster, from, agreement: None },
+            Frame::Part { total: from % MESSAGE_BYTES_MAX, bytes: vec![7; 1 + cluster as usize % 64] },
         ] {
             let mut bytes = Vec::new();
             encode(&frame, &mut bytes);
@@ -55,4 +57,57 @@ fn oversized_and_foreign_frames_are_refused() {
     assert_eq!(decode(&header), Err(FrameError::Oversized(PAYLOAD_BYTES_MAX + 1)));
     assert_eq!(decode(&[9, 2, 0, 0, 0, 0, 0, 0, 0, 0]), Err(FrameError::Version(9)));
     assert_eq!(decode(&[1, 7, 0, 0, 0, 0, 0, 0, 0, 0]), Err(FrameError::Kind(7)));
+}
+
+/// Decodes every frame of `units` in order, joining parts, into the messages sent.
+fn receive(units: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut stream: Vec<u8> = units.concat();
+    let mut reassembly = Reassembly::default();
+    let mut messages = Vec::new();
+    while let Some((frame, used)) = decode(&stream).unwrap() {
+        assert!(used - HEADER_BYTES <= PAYLOAD_BYTES_MAX);
+        match frame {
+            Frame::Messages(batch) => {
+                assert!(!reassembly.in_progress(), "a batch inside a split message");
+                messages.extend(batch);
+            }
+            Frame::Part { total, bytes } => {
+                assert!(bytes.len() <= PART_BYTES);
+                messages.extend(reassembly.push(total, bytes).unwrap());
+            }
+            Frame::Hello { .. } => unreachable!("encode_batch makes no hello"),
+        }
+        stream.drain(..used);
+    }
+    assert!(stream.is_empty() && !reassembly.in_progress());
+    messages
+}
+
+#[test]
+fn large_messages_travel_in_parts_and_batches_fill_frames_in_order() {
+    let sizes = [10, PART_BYTES + 1, 3, PART_BYTES / 2, PART_BYTES / 2 + 10, 3 * PART_BYTES, 0];
+    let messages: Vec<Vec<u8>> =
+        sizes.iter().enumerate().map(|(i, size)| vec![i as u8; *size]).collect();
+    let units = encode_batch(messages.clone());
+    // 10 | parts of the second | 3 and a half | the next half (it does not fit) | parts
+    // of the sixth | the empty one.
+    assert_eq!(units.len(), 6);
+    assert_eq!(receive(&units), messages);
+}
+
+#[test]
+fn parts_that_disagree_or_overflow_are_refused() {
+    let mut reassembly = Reassembly::default();
+    assert_eq!(reassembly.push(10, vec![1; 4]), Ok(None));
+    assert!(reassembly.push(11, vec![1; 4]).is_err(), "another message's size");
+    let mut reassembly = Reassembly::default();
+    assert_eq!(reassembly.push(10, vec![1; 4]), Ok(None));
+    assert!(reassembly.push(10, vec![1; 7]).is_err(), "past the total");
+    let mut reassembly = Reassembly::default();
+    assert_eq!(reassembly.push(6, vec![1; 4]), Ok(None));
+    assert_eq!(reassembly.push(6, vec![2; 2]), Ok(Some(vec![1, 1, 1, 1, 2, 2])));
+    assert!(!reassembly.in_progress());
+    let mut claim = Vec::new();
+    encode(&Frame::Part { total: MESSAGE_BYTES_MAX + 1, bytes: vec![0] }, &mut claim);
+    assert!(matches!(decode(&claim), Err(FrameError::Malformed(_))));
 }

@@ -3,7 +3,8 @@
 //! well-formed frames, over real TCP after a peer's hello, into a live member. Whatever
 //! arrives, the member's Raft loop keeps running and answers. Snapshots carry states that
 //! install, that are at the wrong index, damaged, or any bytes. `WORKNODE_FUZZ_CASES` sets
-//! how many frames (default a short run for CI), `WORKNODE_FUZZ_SEED` the seed.
+//! how many frames (default a short run for CI), `WORKNODE_FUZZ_SEED` the seed. Beside it,
+//! the inbound path's idle limit, on the same live member.
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
 
@@ -20,9 +21,9 @@ use tokio::sync::oneshot;
 use worknode_raft::frame::{encode, Frame};
 use worknode_raft::member::{open_member, MemberSpec};
 use worknode_raft::storage::encode_message;
-use worknode_raft::transport::serve_peers;
+use worknode_raft::transport::{serve_peers, IDLE_TIMEOUT};
 use worknode_raft::validate::PeerRules;
-use worknode_raft::{ClientRequest, NodeConfig};
+use worknode_raft::{ClientRequest, NodeConfig, NodeHandle};
 
 const CLUSTER: u64 = 0xF022;
 
@@ -145,7 +146,6 @@ fn arbitrary_peer_messages_never_stop_the_raft_loop() {
     let _ = std::fs::remove_dir_all(&root);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let _guard = runtime.enter();
     let (mut rejected, mut reached, mut leader_rounds) = (0, 0, 0);
     for round in 0..frames.div_ceil(FRAMES_PER_ROUND) {
         let outcome = fuzz_round(&runtime, &root.join(format!("round-{round}")), seed, round);
@@ -168,7 +168,7 @@ fn rand_seed() -> u64 {
 
 /// Grants the member member 2's pre-vote and vote until it leads (it campaigns on its own
 /// after an election timeout, as member 3 is never there).
-fn win_election(peer: SocketAddr, handle: &worknode_raft::NodeHandle) {
+fn win_election(peer: SocketAddr, handle: &NodeHandle) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while handle.status().leader_id != 1 {
         assert!(std::time::Instant::now() < deadline, "the member never campaigned");
@@ -195,50 +195,86 @@ struct RoundOutcome {
     led: bool,
 }
 
-/// Starts member 1 of a three-member cluster on an empty data dir, sends it
-/// `FRAMES_PER_ROUND` frames of arbitrary messages as member 2, and checks that its Raft
-/// loop runs on and answers.
+/// Member 1 of a three-member cluster (2 and 3 never run), serving peers on `runtime`.
+struct Running {
+    handle: NodeHandle,
+    loop_thread: std::thread::JoinHandle<Result<(), worknode_raft::StoreError>>,
+    server: tokio::task::JoinHandle<()>,
+    stats: std::sync::Arc<worknode_raft::transport::TransportStats>,
+    peer: SocketAddr,
+    data_dir: worknode_raft::datadir::DataDir,
+}
+
+impl Running {
+    fn start(runtime: &tokio::runtime::Runtime, data_dir: &std::path::Path) -> Self {
+        let addresses: Vec<(u64, SocketAddr)> = (1..=3)
+            .map(|id| {
+                (id, std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
+            })
+            .collect();
+        let mut node = NodeConfig::new(1, vec![1, 2, 3]);
+        node.tick = Duration::from_millis(10);
+        let spec = MemberSpec {
+            cluster_id: CLUSTER,
+            peers: addresses.clone(),
+            data_dir: data_dir.to_path_buf(),
+            recover_tail: false,
+            rejoin: false,
+            node,
+            agreement: Default::default(),
+            peer_tls: None,
+        };
+        let _guard = runtime.enter();
+        let member = open_member(&spec).unwrap();
+        let listener = std::net::TcpListener::bind(addresses[0].1).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let server = runtime.spawn(serve_peers(
+            listener,
+            CLUSTER,
+            PeerRules::new(1, &[1, 2, 3]),
+            None,
+            member.handle.clone(),
+            member.stats.clone(),
+            member.blocked.clone(),
+        ));
+        let node = member.node;
+        Self {
+            handle: member.handle,
+            loop_thread: std::thread::spawn(move || node.run()),
+            server,
+            stats: member.stats,
+            peer: addresses[0].1,
+            data_dir: member.data_dir,
+        }
+    }
+
+    /// Checks that the loop still answers, and stops it.
+    fn finish(self) {
+        let (reply, answer) = oneshot::channel();
+        self.handle.submit(ClientRequest::Digest { reply }).unwrap();
+        answer.blocking_recv().expect("the Raft loop answers");
+        assert!(!self.loop_thread.is_finished(), "the Raft loop ended");
+        self.handle.stop();
+        self.loop_thread.join().unwrap().unwrap();
+        self.server.abort();
+        drop(self.data_dir);
+    }
+}
+
+/// Starts a fresh member, sends it `FRAMES_PER_ROUND` frames of arbitrary messages as
+/// member 2, and checks that its Raft loop runs on and answers.
 fn fuzz_round(
     runtime: &tokio::runtime::Runtime,
     data_dir: &std::path::Path,
     seed: u64,
     round: u32,
 ) -> RoundOutcome {
-    let addresses: Vec<(u64, SocketAddr)> = (1..=3)
-        .map(|id| (id, std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()))
-        .collect();
-    let mut node = NodeConfig::new(1, vec![1, 2, 3]);
-    node.tick = Duration::from_millis(10);
-    let spec = MemberSpec {
-        cluster_id: CLUSTER,
-        peers: addresses.clone(),
-        data_dir: data_dir.to_path_buf(),
-        recover_tail: false,
-        rejoin: false,
-        node,
-        agreement: Default::default(),
-        peer_tls: None,
-    };
-    let member = open_member(&spec).unwrap();
-    let listener = std::net::TcpListener::bind(addresses[0].1).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    let server = runtime.spawn(serve_peers(
-        listener,
-        CLUSTER,
-        PeerRules::new(1, &[1, 2, 3]),
-        None,
-        member.handle.clone(),
-        member.stats.clone(),
-        member.blocked.clone(),
-    ));
-    let handle = member.handle.clone();
-    let loop_thread = std::thread::spawn(move || member.node.run());
-
-    let peer = addresses[0].1;
+    let member = Running::start(runtime, data_dir);
+    let (peer, handle) = (member.peer, &member.handle);
     // Half the rounds start with the member leading, so the leader's paths are fuzzed too.
     if round % 2 == 1 {
-        win_election(peer, &handle);
+        win_election(peer, handle);
     }
     let mut runner = TestRunner::new(Config {
         cases: FRAMES_PER_ROUND,
@@ -253,23 +289,42 @@ fn fuzz_round(
             sent.set(sent.get() + messages.len() as u64);
             send(peer, &messages);
             prop_assert!(
-                !loop_thread.is_finished(),
+                !member.loop_thread.is_finished(),
                 "the Raft loop ended (seed {seed}, round {round}) on {messages:?}"
             );
             led.set(led.get() || handle.status().leader_id == 1);
             Ok(())
         })
         .unwrap();
-
-    // The loop still answers.
-    let (reply, answer) = oneshot::channel();
-    handle.submit(ClientRequest::Digest { reply }).unwrap();
-    answer.blocking_recv().expect("the Raft loop answers");
-    assert!(!loop_thread.is_finished(), "the Raft loop ended");
     let rejected = handle.rejections().total();
-    handle.stop();
-    loop_thread.join().unwrap().unwrap();
-    server.abort();
-    drop(member.data_dir);
+    member.finish();
     RoundOutcome { rejected, reached: sent.get().saturating_sub(rejected), led: led.get() }
+}
+
+#[test]
+fn a_peer_connection_that_carries_nothing_for_a_minute_is_closed() {
+    // The clock is tokio's, paused: it jumps to the next timer whenever every task waits.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("inbound-idle");
+    let _ = std::fs::remove_dir_all(&root);
+    let member = Running::start(&runtime, &root);
+    let closed_after = runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(member.peer).await.unwrap();
+        let mut hello = Vec::new();
+        encode(&Frame::Hello { cluster_id: CLUSTER, from: 2, agreement: None }, &mut hello);
+        stream.write_all(&hello).await.unwrap();
+        let start = tokio::time::Instant::now();
+        let mut sink = [0u8; 64];
+        // The member never writes on an inbound connection: the read ends when it closes.
+        while stream.read(&mut sink).await.unwrap_or(0) > 0 {}
+        start.elapsed()
+    });
+    assert!(closed_after >= IDLE_TIMEOUT, "closed after {closed_after:?}");
+    assert_eq!(member.stats.idle_closed.load(std::sync::atomic::Ordering::Relaxed), 1);
+    member.finish();
 }

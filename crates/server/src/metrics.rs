@@ -313,11 +313,13 @@ fn render_transport(text: &mut String, stats: &TransportStats) {
         text,
         "worknode_peer_inbound_closed_total",
         "counter",
-        "Inbound peer connections closed before their hello: none came within a second, or newer connections needed the room.",
+        "Inbound peer connections closed without a bad frame: no hello within a second, newer connections needed the room, or nothing came for a minute.",
     );
-    for (reason, counter) in
-        [("hello_timeout", &stats.hello_timeouts), ("shed", &stats.shed_awaiting_hello)]
-    {
+    for (reason, counter) in [
+        ("hello_timeout", &stats.hello_timeouts),
+        ("shed", &stats.shed_awaiting_hello),
+        ("idle", &stats.idle_closed),
+    ] {
         let _ = writeln!(
             text,
             "worknode_peer_inbound_closed_total{{reason=\"{reason}\"}} {}",

@@ -18,7 +18,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{Blocked, TransportStats, READ_CHUNK};
-use crate::frame::{self, Agreement, Frame};
+use crate::frame::{self, Agreement, Frame, Reassembly};
 use crate::node::NodeHandle;
 use crate::storage::decode_message;
 use crate::tls::PeerTls;
@@ -31,6 +31,9 @@ pub const AWAITING_HELLO_MAX: usize = 32;
 /// Live inbound connections per peer: one is normal, and a peer that restarted overlaps
 /// its old connection briefly. Beyond it a new connection is closed after its hello.
 pub const CONNECTIONS_PER_PEER_MAX: usize = 4;
+/// An inbound connection that carries nothing for this long is closed (its peer's writer
+/// opens a new one when it has something to send).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time a new connection has to send its hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after `accept` fails for lack of descriptors or memory: the condition lasts, and
@@ -337,17 +340,29 @@ async fn reader(stream: TcpStream, remote: SocketAddr, mut ticket: Ticket) {
         returned.notify_one();
     }
     let mut chunk = vec![0u8; READ_CHUNK];
+    let mut reassembly = Reassembly::default();
     loop {
         loop {
-            match frame::decode(&buffer) {
+            let messages = match frame::decode(&buffer) {
                 Ok(Some((decoded, used))) => {
                     buffer.drain(..used);
-                    let Frame::Messages(messages) = decoded else {
-                        refuse(&inbound.stats, remote, &"a second hello");
-                        return;
-                    };
-                    if !deliver(&inbound, sender, remote, messages) {
-                        return;
+                    match decoded {
+                        Frame::Messages(_) | Frame::Hello { .. } if reassembly.in_progress() => {
+                            refuse(&inbound.stats, remote, &"a frame inside a split message");
+                            return;
+                        }
+                        Frame::Messages(messages) => messages,
+                        Frame::Part { total, bytes } => match reassembly.push(total, bytes) {
+                            Ok(message) => message.into_iter().collect(),
+                            Err(error) => {
+                                refuse(&inbound.stats, remote, &format_args!("bad part ({error})"));
+                                return;
+                            }
+                        },
+                        Frame::Hello { .. } => {
+                            refuse(&inbound.stats, remote, &"a second hello");
+                            return;
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -355,11 +370,20 @@ async fn reader(stream: TcpStream, remote: SocketAddr, mut ticket: Ticket) {
                     refuse(&inbound.stats, remote, &format_args!("bad frame ({error})"));
                     return;
                 }
+            };
+            if !messages.is_empty() && !deliver(&inbound, sender, remote, messages) {
+                return;
             }
         }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+        // A member's connection carries heartbeats while it leads and answers while it
+        // follows; one silent this long belongs to a peer that vanished without closing it.
+        match tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut chunk)).await {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(read)) => buffer.extend_from_slice(&chunk[..read]),
+            Err(_) => {
+                inbound.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
     }
 }

@@ -34,7 +34,7 @@ use raft::eraftpb::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::frame::{self, Agreement, Frame, MESSAGES_PER_FRAME_MAX};
+use crate::frame::{self, Agreement, Frame};
 use crate::node::{Transport, Waker};
 use crate::storage::encode_message;
 use crate::tls::PeerTls;
@@ -43,7 +43,7 @@ mod inbound;
 
 pub use inbound::{
     serve_peers, AcceptFailures, ACCEPT_BACKOFF, AWAITING_HELLO_MAX, CONNECTIONS_PER_PEER_MAX,
-    HELLO_TIMEOUT,
+    HELLO_TIMEOUT, IDLE_TIMEOUT,
 };
 
 /// First reconnect delay; doubles up to [`BACKOFF_MAX`].
@@ -78,6 +78,8 @@ pub struct TransportStats {
     /// Inbound connections closed still waiting for their hello, to make room for newer
     /// ones ([`AWAITING_HELLO_MAX`]).
     pub shed_awaiting_hello: AtomicU64,
+    /// Inbound connections closed after carrying nothing for [`IDLE_TIMEOUT`].
+    pub idle_closed: AtomicU64,
     /// Per peer: its address refused our last connection attempt and it has not connected
     /// to us since (its process is gone). Set by the writers, cleared by a successful
     /// connect or by the peer's hello on an inbound connection (it restarted).
@@ -244,13 +246,11 @@ impl Transport for TcpTransport {
                 None => per_peer.push((message.to, outbox, vec![encoded])),
             }
         }
-        for (_, outbox, mut batch) in per_peer {
-            while !batch.is_empty() {
-                let rest = batch.split_off(batch.len().min(MESSAGES_PER_FRAME_MAX));
-                let mut bytes = Vec::new();
-                frame::encode(&Frame::Messages(batch), &mut bytes);
-                outbox.offer(bytes, &self.stats);
-                batch = rest;
+        for (_, outbox, batch) in per_peer {
+            // Each unit is whole frames (all parts of a snapshot in one), written in order
+            // on one connection.
+            for unit in frame::encode_batch(batch) {
+                outbox.offer(unit, &self.stats);
             }
         }
     }
