@@ -107,6 +107,57 @@ async fn etcdctl_put_get_del_txn_status_members_move_leader() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_space_quota_raises_nospace_until_compaction_and_disarm() {
+    // A 64 KiB quota: some 60 puts of 1 KiB.
+    let cluster = ProcessCluster::start_with("quota", 3, 20, "quota_backend_bytes = 65536\n");
+    cluster.leader().await;
+    let all = cluster.endpoints();
+    let value = "v".repeat(1024);
+    let mut refused = None;
+    for i in 0..200 {
+        let (ok, _, err) = etcdctl(&all, &["put", &format!("k{i:03}"), &value], None);
+        if !ok {
+            refused = Some((i, err));
+            break;
+        }
+    }
+    let (stored, err) = refused.expect("the quota never refused a put");
+    assert!(err.contains("etcdserver: mvcc: database space exceeded"), "{err}");
+    assert!((40..64).contains(&stored), "refused after {stored} puts of 1 KiB");
+
+    // The alarm is replicated: every member lists it and refuses puts, reads go on.
+    for member in &cluster.members {
+        let endpoint = member.client.to_string();
+        let (ok, out, err) = etcdctl(&endpoint, &["alarm", "list"], None);
+        assert!(ok && out.contains("alarm:NOSPACE"), "{endpoint}: {out}{err}");
+        let (ok, _, err) = etcdctl(&endpoint, &["put", "small", "1"], None);
+        assert!(!ok && err.contains("database space exceeded"), "{endpoint}: {err}");
+        let (ok, out, _) = etcdctl(&endpoint, &["get", "k000", "--print-value-only"], None);
+        assert!(ok && out.trim() == value, "{endpoint}: reads stop under the alarm");
+    }
+    let (ok, out, _) = etcdctl(&all, &["endpoint", "status", "-w", "json"], None);
+    assert!(ok && out.contains("alarm:NOSPACE"), "{out}");
+    assert!(out.contains("\"dbSize\""), "{out}");
+
+    // etcd's routine: delete, compact, defragment, disarm; then writes work again.
+    let (ok, out, _) = etcdctl(&all, &["del", "k", "--prefix"], None);
+    assert!(ok && out.trim() == stored.to_string(), "{out}");
+    let (_, out, _) = etcdctl(&all, &["get", "none", "-w", "json"], None);
+    let revision = serde_json::from_str::<serde_json::Value>(&out).unwrap()["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    assert!(etcdctl(&all, &["compaction", &revision.to_string()], None).0);
+    let (ok, _, err) = etcdctl(&all, &["defrag"], None);
+    assert!(ok, "{err}");
+    let (ok, out, err) = etcdctl(&all, &["alarm", "disarm"], None);
+    assert!(ok && out.contains("alarm:NOSPACE"), "{out}{err}");
+    let (_, out, _) = etcdctl(&all, &["alarm", "list"], None);
+    assert_eq!(out.trim(), "");
+    let (ok, _, err) = etcdctl(&all, &["put", "small", "1"], None);
+    assert!(ok, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_etcd_client_crate_works_unchanged() {
     let cluster = ProcessCluster::start("etcd-client", 3, 20);
     cluster.leader().await;

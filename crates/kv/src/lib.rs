@@ -16,5 +16,5 @@ pub use machine::{
     Applied, Command, Outcome, Proposal, RequestId, ScheduleChange, ScheduleSettings,
     SnapshotError, StateMachine, DEDUP_WINDOW, SCHEDULE_CHANGES_MAX,
 };
-pub use store::Store;
+pub use store::{Store, ENTRY_OVERHEAD_BYTES};
 pub use types::*;

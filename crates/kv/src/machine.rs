@@ -80,6 +80,10 @@ pub enum Command {
     /// Change the schedule settings from an epoch on (replaces pending changes that
     /// would start at or after it).
     SetSchedule(ScheduleChange),
+    /// Raise an alarm (etcd's `AlarmRequest` ACTIVATE).
+    RaiseAlarm(AlarmMember),
+    /// Clear an alarm (etcd's `AlarmRequest` DEACTIVATE).
+    ClearAlarm(AlarmMember),
 }
 
 /// A log entry's payload: the command and who asked for it.
@@ -127,6 +131,8 @@ pub enum Outcome {
     },
     /// The command was refused.
     Error(KvError),
+    /// The alarm raised or cleared (empty: it already was, or was not raised).
+    Alarm(Option<AlarmMember>),
 }
 
 /// What applying returns: the outcome and the revision after it.
@@ -146,6 +152,21 @@ pub struct StateMachine {
     store: Store,
     applied_index: u64,
     /// Persistent collections, like the store's index: a clone for a snapshot is O(1).
+    #[serde(deserialize_with = "crate::decode::vector")]
+    recent: Vector<RequestId>,
+    #[serde(deserialize_with = "crate::decode::ord_map")]
+    answers: OrdMap<RequestId, (Outcome, i64)>,
+    schedule: Vec<ScheduleChange>,
+    /// Raised alarms, sorted. Last, so that a state written before alarms existed decodes
+    /// as the same fields without it (see [`StateMachine::restore`]).
+    alarms: Vec<AlarmMember>,
+}
+
+/// A state machine as encoded before alarms.
+#[derive(Deserialize)]
+struct BeforeAlarms {
+    store: Store,
+    applied_index: u64,
     #[serde(deserialize_with = "crate::decode::vector")]
     recent: Vector<RequestId>,
     #[serde(deserialize_with = "crate::decode::ord_map")]
@@ -193,6 +214,11 @@ impl StateMachine {
             return Applied { outcome: outcome.clone(), revision: *revision, duplicate: true };
         }
         let outcome = match &proposal.command {
+            Command::Put(_) | Command::Txn(_)
+                if self.no_space() && adds_data(&proposal.command) =>
+            {
+                Err(KvError::NoSpace)
+            }
             Command::Put(put) => self.store.put(put).map(Outcome::Put),
             Command::DeleteRange(delete) => {
                 self.store.delete_range(delete).map(Outcome::DeleteRange)
@@ -216,6 +242,18 @@ impl StateMachine {
                 }
                 Ok(Outcome::ScheduleSet { epoch: change.epoch })
             }
+            Command::RaiseAlarm(alarm) => {
+                Ok(Outcome::Alarm(match self.alarms.binary_search(alarm) {
+                    Ok(_) => None,
+                    Err(at) => {
+                        self.alarms.insert(at, *alarm);
+                        Some(*alarm)
+                    }
+                }))
+            }
+            Command::ClearAlarm(alarm) => Ok(Outcome::Alarm(
+                self.alarms.binary_search(alarm).ok().map(|at| self.alarms.remove(at)),
+            )),
         }
         .unwrap_or_else(Outcome::Error);
         let revision = self.store.revision();
@@ -234,6 +272,15 @@ impl StateMachine {
         assert_eq!(self.recent.len(), self.answers.len());
     }
 
+    /// Raised alarms, sorted.
+    pub fn alarms(&self) -> &[AlarmMember] {
+        &self.alarms
+    }
+
+    fn no_space(&self) -> bool {
+        self.alarms.iter().any(|raised| raised.alarm == AlarmType::NoSpace)
+    }
+
     /// The whole state, for a Raft snapshot.
     pub fn snapshot(&self) -> Vec<u8> {
         postcard::to_allocvec(self)
@@ -244,9 +291,25 @@ impl StateMachine {
     /// peer: decoding allocates only for what they hold, and a state this crate could
     /// never have built (one a later write would panic on) is refused.
     pub fn restore(bytes: &[u8]) -> Result<Self, SnapshotError> {
-        let machine: Self =
-            postcard::from_bytes(bytes).map_err(|error| SnapshotError(error.to_string()))?;
+        let mut machine: Self = match postcard::from_bytes(bytes) {
+            Ok(machine) => machine,
+            Err(error) => match postcard::from_bytes::<BeforeAlarms>(bytes) {
+                Ok(before) => Self {
+                    store: before.store,
+                    applied_index: before.applied_index,
+                    recent: before.recent,
+                    answers: before.answers,
+                    schedule: before.schedule,
+                    alarms: Vec::new(),
+                },
+                Err(_) => return Err(SnapshotError(error.to_string())),
+            },
+        };
         machine.store.check().map_err(SnapshotError)?;
+        machine.store.recount();
+        if !machine.alarms.is_sorted_by(|a, b| a < b) {
+            return Err(SnapshotError("the alarms are not a sorted set".into()));
+        }
         let window: std::collections::HashSet<&RequestId> = machine.recent.iter().collect();
         if machine.recent.len() > DEDUP_WINDOW
             || window.len() != machine.recent.len()
@@ -274,7 +337,28 @@ impl StateMachine {
             hash.write(&id.sequence.to_le_bytes());
         }
         hash.write(&postcard::to_allocvec(&self.schedule).unwrap_or_default());
+        // Only when raised, so a state without alarms digests as it did before they existed.
+        if !self.alarms.is_empty() {
+            hash.write(&postcard::to_allocvec(&self.alarms).unwrap_or_default());
+        }
         hash.0
+    }
+}
+
+/// Whether a command stores more data: a put, or a transaction with a put in any branch
+/// (etcd's quota counts every branch).
+fn adds_data(command: &Command) -> bool {
+    fn ops_put(ops: &[RequestOp]) -> bool {
+        ops.iter().any(|op| match op {
+            RequestOp::Put(_) => true,
+            RequestOp::Txn(nested) => ops_put(&nested.success) || ops_put(&nested.failure),
+            _ => false,
+        })
+    }
+    match command {
+        Command::Put(_) => true,
+        Command::Txn(txn) => ops_put(&txn.success) || ops_put(&txn.failure),
+        _ => false,
     }
 }
 
@@ -487,5 +571,95 @@ mod restore_tests {
                 exercise(machine);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod alarm_tests {
+    use super::*;
+    use crate::ENTRY_OVERHEAD_BYTES;
+
+    fn proposal(sequence: u64, command: Command) -> Proposal {
+        Proposal { id: RequestId { session: 3, sequence }, command }
+    }
+
+    fn put(key: &str, value: &str) -> Command {
+        Command::Put(PutRequest { key: key.into(), value: value.into(), ..PutRequest::default() })
+    }
+
+    const NO_SPACE: AlarmMember = AlarmMember { member_id: 2, alarm: AlarmType::NoSpace };
+
+    #[test]
+    fn the_size_counts_history_until_compaction_drops_it() {
+        let mut machine = StateMachine::new();
+        machine.apply(1, &proposal(1, put("key", "12345")));
+        let one = ENTRY_OVERHEAD_BYTES + 3 + 5;
+        assert_eq!(machine.store().size_bytes(), one);
+        machine.apply(2, &proposal(2, put("key", "1234567890")));
+        assert_eq!(machine.store().size_bytes(), one + one + 5);
+        let restored = StateMachine::restore(&machine.snapshot()).unwrap();
+        assert_eq!(restored.store().size_bytes(), machine.store().size_bytes());
+        machine.apply(3, &proposal(3, Command::Compact { revision: 3 }));
+        assert_eq!(machine.store().size_bytes(), one + 5);
+    }
+
+    #[test]
+    fn with_no_space_raised_only_writes_that_add_data_are_refused() {
+        let mut machine = StateMachine::new();
+        machine.apply(1, &proposal(1, put("a", "1")));
+        let raised = machine.apply(2, &proposal(2, Command::RaiseAlarm(NO_SPACE)));
+        assert_eq!(raised.outcome, Outcome::Alarm(Some(NO_SPACE)));
+        let again = machine.apply(3, &proposal(3, Command::RaiseAlarm(NO_SPACE)));
+        assert_eq!(again.outcome, Outcome::Alarm(None));
+        assert_eq!(machine.alarms(), &[NO_SPACE]);
+
+        let refused = machine.apply(4, &proposal(4, put("b", "2")));
+        assert_eq!(refused.outcome, Outcome::Error(KvError::NoSpace));
+        // A put in a branch that would not run still counts, as in etcd.
+        let guarded = TxnRequest {
+            failure: vec![RequestOp::Put(PutRequest { key: "c".into(), ..Default::default() })],
+            ..TxnRequest::default()
+        };
+        let refused = machine.apply(5, &proposal(5, Command::Txn(guarded)));
+        assert_eq!(refused.outcome, Outcome::Error(KvError::NoSpace));
+        let delete = DeleteRangeRequest { key: "a".into(), ..Default::default() };
+        let deleted = machine.apply(6, &proposal(6, Command::DeleteRange(delete)));
+        assert!(matches!(deleted.outcome, Outcome::DeleteRange(_)), "{deleted:?}");
+        let compacted = machine.apply(7, &proposal(7, Command::Compact { revision: 3 }));
+        assert_eq!(compacted.outcome, Outcome::Compact);
+
+        let cleared = machine.apply(8, &proposal(8, Command::ClearAlarm(NO_SPACE)));
+        assert_eq!(cleared.outcome, Outcome::Alarm(Some(NO_SPACE)));
+        assert!(machine.alarms().is_empty());
+        assert!(matches!(machine.apply(9, &proposal(9, put("b", "2"))).outcome, Outcome::Put(_)));
+    }
+
+    #[test]
+    fn alarms_survive_a_snapshot_and_a_state_from_before_alarms_restores() {
+        let mut machine = StateMachine::new();
+        machine.apply(1, &proposal(1, put("a", "1")));
+        let digest_without = machine.digest();
+        #[derive(Serialize)]
+        struct Before<'a> {
+            store: &'a Store,
+            applied_index: u64,
+            recent: &'a Vector<RequestId>,
+            answers: &'a OrdMap<RequestId, (Outcome, i64)>,
+            schedule: &'a Vec<ScheduleChange>,
+        }
+        let before = postcard::to_allocvec(&Before {
+            store: &machine.store,
+            applied_index: machine.applied_index,
+            recent: &machine.recent,
+            answers: &machine.answers,
+            schedule: &machine.schedule,
+        })
+        .unwrap();
+        assert_eq!(StateMachine::restore(&before).unwrap(), machine);
+
+        machine.apply(2, &proposal(2, Command::RaiseAlarm(NO_SPACE)));
+        let restored = StateMachine::restore(&machine.snapshot()).unwrap();
+        assert_eq!(restored.alarms(), &[NO_SPACE]);
+        assert_ne!(restored.digest(), digest_without);
     }
 }

@@ -35,6 +35,18 @@ pub struct Store {
     /// History entries written by the running transaction (scratch, not state).
     #[serde(skip)]
     recorded: usize,
+    /// [`Store::size_bytes`], kept as entries come and go (derived, not encoded).
+    #[serde(skip)]
+    bytes: u64,
+}
+
+/// Bookkeeping bytes counted per history entry besides its key and value: revisions,
+/// counters and the index's share, about what the entry costs in memory.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 96;
+
+fn entry_bytes(key: &[u8], entry: &Entry) -> u64 {
+    let value = entry.kv.as_ref().map_or(0, |kv| kv.value.len());
+    ENTRY_OVERHEAD_BYTES + (key.len() + value) as u64
 }
 
 /// The key set a request names.
@@ -58,7 +70,23 @@ fn span<'a>(key: &'a [u8], range_end: &'a [u8]) -> Span<'a> {
 impl Store {
     /// An empty store at revision 1 (etcd starts counting there).
     pub fn new() -> Self {
-        Self { keys: OrdMap::new(), revision: 1, compact_revision: 0, recorded: 0 }
+        Self { keys: OrdMap::new(), revision: 1, compact_revision: 0, recorded: 0, bytes: 0 }
+    }
+
+    /// The store's size: every history entry's key, value and [`ENTRY_OVERHEAD_BYTES`].
+    /// Like etcd's backend size it counts history that compaction has not dropped yet;
+    /// unlike it, compaction frees the space at once (nothing to defragment).
+    pub fn size_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Counts [`Store::size_bytes`] afresh, for a store that was decoded.
+    pub(crate) fn recount(&mut self) {
+        self.bytes = self
+            .keys
+            .iter()
+            .flat_map(|(key, history)| history.iter().map(move |entry| entry_bytes(key, entry)))
+            .sum();
     }
 
     /// Checks what every write relies on, for a store decoded from outside: revisions in
@@ -209,7 +237,9 @@ impl Store {
     fn record(&mut self, key: &[u8], revision: i64, kv: Option<KeyValue>) {
         let history = Arc::make_mut(self.keys.entry(key.to_vec()).or_default());
         assert!(history.last().is_none_or(|last| last.revision < revision), "history must grow");
-        history.push(Entry { revision, kv });
+        let entry = Entry { revision, kv };
+        self.bytes += entry_bytes(key, &entry);
+        history.push(entry);
         self.recorded += 1;
     }
 
@@ -430,7 +460,9 @@ impl Store {
             let emptied = self.keys.get_mut(&key).is_some_and(|history| {
                 // Moves the kept entries; copies them only if a snapshot shares them.
                 let history = Arc::make_mut(history);
-                history.drain(..keep_from);
+                let freed: u64 =
+                    history.drain(..keep_from).map(|entry| entry_bytes(&key, &entry)).sum();
+                self.bytes -= freed;
                 history.is_empty()
             });
             if emptied {
@@ -487,4 +519,33 @@ fn sort(kvs: &mut [KeyValue], order: SortOrder, target: SortTarget) {
             ordering
         }
     });
+}
+
+#[cfg(test)]
+mod size_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn the_kept_size_is_what_counting_afresh_finds(
+            ops in prop::collection::vec((0u8..4, 0u8..6, 0usize..40), 1..80),
+        ) {
+            let mut store = Store::new();
+            for (kind, key, length) in ops {
+                let key = vec![b'k', key];
+                let _ = match kind {
+                    0 | 1 => store
+                        .put(&PutRequest { key, value: vec![7; length], ..Default::default() })
+                        .map(drop),
+                    2 => store.delete_range(&DeleteRangeRequest { key, ..Default::default() }).map(drop),
+                    _ => store.compact(store.revision() - (length as i64 % 3)),
+                };
+                let kept = store.size_bytes();
+                store.recount();
+                prop_assert_eq!(kept, store.size_bytes());
+            }
+        }
+    }
 }

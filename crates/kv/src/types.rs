@@ -262,4 +262,25 @@ pub enum KvError {
     /// A lease that does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// A write that adds data while the cluster's NOSPACE alarm is raised.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+}
+
+/// What an alarm is about (etcd's `AlarmType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AlarmType {
+    /// The store reached its quota: writes that add data are refused.
+    NoSpace,
+    /// A member found its data corrupt.
+    Corrupt,
+}
+
+/// A raised alarm: which member raised it, and what about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AlarmMember {
+    /// The member that raised it.
+    pub member_id: u64,
+    /// The alarm.
+    pub alarm: AlarmType,
 }

@@ -284,6 +284,10 @@ pub struct NodeStatus {
     pub applied_index: u64,
     /// Store revision.
     pub revision: i64,
+    /// The store's size ([`worknode_kv::Store::size_bytes`]), what the space quota counts.
+    pub store_bytes: u64,
+    /// Raised alarms (replicated).
+    pub alarms: Vec<worknode_kv::AlarmMember>,
     /// Writes waiting to be applied.
     pub pending_writes: usize,
     /// Requests refused at a queue bound, since start.
@@ -1568,6 +1572,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             commit_index: raft.raft_log.committed,
             applied_index: self.machine.applied_index(),
             revision: self.machine.store().revision(),
+            store_bytes: self.machine.store().size_bytes(),
+            alarms: self.machine.alarms().to_vec(),
             pending_writes: self.writes.len(),
             rejected_total: self.rejected_total,
             retried_total: self.retried_total,

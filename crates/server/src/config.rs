@@ -227,6 +227,12 @@ fn default_heartbeat_ticks() -> usize {
 fn default_request_timeout_ms() -> u64 {
     5_000
 }
+/// etcd's default space quota.
+pub const QUOTA_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
+/// The largest quota: a store past it could not travel as a snapshot
+/// ([`worknode_raft::frame::MESSAGE_BYTES_MAX`]).
+pub const QUOTA_BYTES_MAX: u64 = worknode_raft::frame::MESSAGE_BYTES_MAX;
+
 fn default_snapshot_entries() -> u64 {
     10_000
 }
@@ -257,6 +263,11 @@ pub struct ServerConfig {
     /// since the last one is as large as that snapshot was.
     #[serde(default = "default_snapshot_entries")]
     pub snapshot_entries: u64,
+    /// etcd's `--quota-backend-bytes`: the store size ([`worknode_kv::Store::size_bytes`])
+    /// at which the NOSPACE alarm is raised and writes that add data are refused. 0 means
+    /// etcd's default, 2 GiB; at most 8 GiB (the largest snapshot members exchange).
+    #[serde(default)]
+    pub quota_backend_bytes: u64,
     /// Threads of the net worknode's runtime (client gRPC, peer connections). Default:
     /// one per CPU the core plan gives the net worknode, or 1 when pinning is off. With
     /// 1 the runtime runs on the worknode's own thread and every wakeup stays on it.
@@ -377,12 +388,13 @@ impl ServerConfig {
     /// elect): the line and the message naming the field.
     fn check_bounds(&self, text: &str) -> Result<(), (Option<usize>, String)> {
         let schedule = &self.schedule;
-        let ranges: [(Option<&str>, &str, u64, u64, u64); 12] = [
+        let ranges: [(Option<&str>, &str, u64, u64, u64); 13] = [
             (None, "tick_ms", self.tick_ms, 1, TICK_MS_MAX),
             (None, "heartbeat_ticks", self.heartbeat_ticks as u64, 1, u64::from(u32::MAX)),
             (None, "election_ticks", self.election_ticks as u64, 2, u64::from(u32::MAX)),
             (None, "request_timeout_ms", self.request_timeout_ms, 1, REQUEST_TIMEOUT_MS_MAX),
             (None, "snapshot_entries", self.snapshot_entries, 2, SNAPSHOT_ENTRIES_MAX),
+            (None, "quota_backend_bytes", self.quota_backend_bytes, 0, QUOTA_BYTES_MAX),
             (Some("schedule"), "slot_ms", schedule.slot_ms, 1, 86_400_000),
             (Some("schedule"), "slots_per_turn", schedule.slots_per_turn, 1, u64::from(u32::MAX)),
             (Some("schedule"), "slots_per_epoch", schedule.slots_per_epoch, 1, u64::from(u32::MAX)),
@@ -545,6 +557,14 @@ impl ServerConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
     }
+
+    /// The space quota in force (0 in the file: etcd's default).
+    pub fn quota_bytes(&self) -> u64 {
+        match self.quota_backend_bytes {
+            0 => QUOTA_BYTES_DEFAULT,
+            bytes => bytes,
+        }
+    }
 }
 
 /// The id of the cluster named `name` (what every member's hello and header carry).
@@ -667,6 +687,10 @@ client = "127.0.0.1:22379"
             (
                 format!("tick_ms = 1000\nelection_ticks = 100\n{GOOD}"),
                 "node.toml:2: election_ticks: 100 ticks of 1000 ms make a 100000 ms election timeout",
+            ),
+            (
+                format!("quota_backend_bytes = 9000000000\n{GOOD}"),
+                "node.toml:1: quota_backend_bytes: 9000000000 is not between 0 and 8589934592",
             ),
             (
                 format!("heartbeat_ticks = 10\n{GOOD}"),

@@ -33,12 +33,41 @@ pub fn kv_status(error: &kv::KvError) -> Status {
     let code = match error {
         kv::KvError::Compacted { .. } | kv::KvError::FutureRevision => Code::OutOfRange,
         kv::KvError::LeaseNotFound => Code::NotFound,
+        kv::KvError::NoSpace => Code::ResourceExhausted,
         kv::KvError::EmptyKey
         | kv::KvError::KeyNotFound
         | kv::KvError::DuplicateKey
         | kv::KvError::TooManyOps => Code::InvalidArgument,
     };
     Status::new(code, error.to_string())
+}
+
+/// State-machine alarm → wire alarm.
+pub fn alarm_member(alarm: kv::AlarmMember) -> pb::AlarmMember {
+    let kind = match alarm.alarm {
+        kv::AlarmType::NoSpace => pb::AlarmType::Nospace,
+        kv::AlarmType::Corrupt => pb::AlarmType::Corrupt,
+    };
+    pb::AlarmMember { member_id: alarm.member_id, alarm: kind as i32 }
+}
+
+/// Wire alarm type → state-machine alarm type; `None` for NONE (and unknown values),
+/// which etcd treats as naming no alarm.
+pub fn alarm_type(alarm: i32) -> Option<kv::AlarmType> {
+    match pb::AlarmType::try_from(alarm) {
+        Ok(pb::AlarmType::Nospace) => Some(kv::AlarmType::NoSpace),
+        Ok(pb::AlarmType::Corrupt) => Some(kv::AlarmType::Corrupt),
+        _ => None,
+    }
+}
+
+/// How etcd names a raised alarm in `Status.errors`.
+pub fn alarm_error(alarm: kv::AlarmMember) -> String {
+    let name = match alarm.alarm {
+        kv::AlarmType::NoSpace => "NOSPACE",
+        kv::AlarmType::Corrupt => "CORRUPT",
+    };
+    format!("memberID:{} alarm:{name}", alarm.member_id)
 }
 
 /// State-machine pair → wire pair.

@@ -244,6 +244,7 @@ async fn run_async(
         request_timeout: config.request_timeout(),
         session: rand::random(),
         sequence: AtomicU64::new(1),
+        quota_bytes: config.quota_bytes(),
     });
     if let Some(listener) = metrics_listener {
         let source = MetricsSource {

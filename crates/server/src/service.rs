@@ -1,5 +1,5 @@
-//! The etcd v3 gRPC services: KV, Maintenance (status, move-leader) and Cluster (member
-//! list), answered through the Raft node.
+//! The etcd v3 gRPC services: KV, Maintenance (alarms, status, defragment, move-leader)
+//! and Cluster (member list), answered through the Raft node.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +31,9 @@ pub struct Shared {
     pub session: u64,
     /// Next request sequence number.
     pub sequence: AtomicU64,
+    /// etcd's `--quota-backend-bytes`: a write that would take the store past it raises
+    /// the NOSPACE alarm and is refused.
+    pub quota_bytes: u64,
 }
 
 impl Shared {
@@ -62,6 +65,27 @@ impl Shared {
             Ok(Err(error)) => Err(convert::status(&error)),
             Err(_) => Err(convert::status(&NodeError::Stopped)),
         }
+    }
+
+    /// etcd's quota check before a write that stores `cost` more bytes: past the quota,
+    /// this member raises the NOSPACE alarm (once; replicated, so every member then
+    /// refuses such writes) and the write is refused. Reads, deletes and compaction go on.
+    async fn check_quota(&self, cost: u64) -> Result<(), Status> {
+        let status = self.node.status();
+        if cost == 0 || status.store_bytes.saturating_add(cost) < self.quota_bytes {
+            return Ok(());
+        }
+        let alarm = kv::AlarmMember { member_id: self.member_id, alarm: kv::AlarmType::NoSpace };
+        if !status.alarms.contains(&alarm) {
+            tracing::warn!(
+                store_bytes = status.store_bytes,
+                quota_bytes = self.quota_bytes,
+                "the store reached its space quota: raising the NOSPACE alarm; writes that add data are refused until it is disarmed (compact, then `etcdctl alarm disarm`)"
+            );
+            // The write is refused whether or not the alarm is committed, as in etcd.
+            let _ = self.write(kv::Command::RaiseAlarm(alarm)).await;
+        }
+        Err(convert::kv_status(&kv::KvError::NoSpace))
     }
 
     async fn read(
@@ -132,7 +156,9 @@ impl pb::kv_server::Kv for KvService {
             return Err(convert::invalid("etcdserver: key is not provided"));
         }
         check_size(request.key.len() + request.value.len())?;
-        let written = self.0.write(kv::Command::Put(convert::put_request(request))).await?;
+        let put = convert::put_request(request);
+        self.0.check_quota(put_cost(&put)).await?;
+        let written = self.0.write(kv::Command::Put(put)).await?;
         let header = self.0.header(written.applied.revision, written.term);
         match written.applied.outcome {
             kv::Outcome::Put(put) => Ok(Response::new(pb::PutResponse {
@@ -172,6 +198,7 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let txn = convert::txn_request(request.into_inner())?;
         check_size(proposal_size(&txn))?;
+        self.0.check_quota(txn_cost(&txn.success).max(txn_cost(&txn.failure))).await?;
         let written = self.0.write(kv::Command::Txn(txn)).await?;
         let header = self.0.header(written.applied.revision, written.term);
         match written.applied.outcome {
@@ -207,12 +234,102 @@ fn proposal_size(txn: &kv::TxnRequest) -> usize {
     .len()
 }
 
+/// What a put adds to the store's size, as [`kv::Store::size_bytes`] counts it.
+fn put_cost(put: &kv::PutRequest) -> u64 {
+    kv::ENTRY_OVERHEAD_BYTES + (put.key.len() + put.value.len()) as u64
+}
+
+/// What a branch of a transaction adds at most (etcd counts the larger branch).
+fn txn_cost(ops: &[kv::RequestOp]) -> u64 {
+    ops.iter()
+        .map(|op| match op {
+            kv::RequestOp::Put(put) => put_cost(put),
+            kv::RequestOp::Txn(nested) => txn_cost(&nested.success).max(txn_cost(&nested.failure)),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// `etcdserverpb.Maintenance`.
 #[derive(Clone, Debug)]
 pub struct MaintenanceService(pub Arc<Shared>);
 
 #[tonic::async_trait]
 impl pb::maintenance_server::Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
+        let request = request.into_inner();
+        let kind = convert::alarm_type(request.alarm);
+        let (alarms, revision, term) = match AlarmAction::try_from(request.action) {
+            Ok(AlarmAction::Get) => {
+                // This member's view, as in etcd; NONE lists every alarm.
+                let status = self.0.node.status();
+                let listed: Vec<kv::AlarmMember> = status
+                    .alarms
+                    .iter()
+                    .filter(|raised| kind.is_none_or(|kind| raised.alarm == kind))
+                    .copied()
+                    .collect();
+                (listed, status.revision, status.term)
+            }
+            Ok(action @ (AlarmAction::Activate | AlarmAction::Deactivate)) => {
+                let Some(alarm) = kind else {
+                    // etcd raises or clears nothing for NONE and answers with no alarms.
+                    let status = self.0.node.status();
+                    return Ok(Response::new(pb::AlarmResponse {
+                        header: Some(self.0.header(status.revision, status.term)),
+                        alarms: Vec::new(),
+                    }));
+                };
+                let member = kv::AlarmMember { member_id: request.member_id, alarm };
+                let command = if action == AlarmAction::Activate {
+                    kv::Command::RaiseAlarm(member)
+                } else {
+                    kv::Command::ClearAlarm(member)
+                };
+                let written = self.0.write(command).await?;
+                match written.applied.outcome {
+                    kv::Outcome::Alarm(changed) => {
+                        if changed.is_some() {
+                            tracing::info!(?action, member = member.member_id, alarm = ?alarm, "alarm changed by a client");
+                        }
+                        (changed.into_iter().collect(), written.applied.revision, written.term)
+                    }
+                    kv::Outcome::Error(error) => return Err(convert::kv_status(&error)),
+                    other => {
+                        return Err(Status::internal(format!("alarm answered with {other:?}")))
+                    }
+                }
+            }
+            Err(_) => {
+                return Err(convert::invalid(&format!(
+                    "etcdserver: unknown alarm action {}",
+                    request.action
+                )))
+            }
+        };
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(self.0.header(revision, term)),
+            alarms: alarms.into_iter().map(convert::alarm_member).collect(),
+        }))
+    }
+
+    /// Compaction already frees the space it drops (the store is in memory and its log
+    /// and snapshot are rewritten, not reused), so there is nothing left to defragment:
+    /// answers at once, so etcd's compact, defrag, disarm routine works unchanged.
+    async fn defragment(
+        &self,
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        let status = self.0.node.status();
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(self.0.header(status.revision, status.term)),
+        }))
+    }
+
     async fn status(
         &self,
         _request: Request<pb::StatusRequest>,
@@ -221,13 +338,20 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.0.header(status.revision, status.term)),
             version: concat!("3.5.0-worknode-", env!("CARGO_PKG_VERSION")).to_owned(),
-            db_size: 0,
+            db_size: i64::try_from(status.store_bytes).unwrap_or(i64::MAX),
             leader: status.leader_id,
             raft_index: status.commit_index,
             raft_term: status.term,
             raft_applied_index: status.applied_index,
-            errors: self.0.node.rejections().disagreements(),
-            db_size_in_use: 0,
+            errors: self
+                .0
+                .node
+                .rejections()
+                .disagreements()
+                .into_iter()
+                .chain(status.alarms.iter().map(|alarm| convert::alarm_error(*alarm)))
+                .collect(),
+            db_size_in_use: i64::try_from(status.store_bytes).unwrap_or(i64::MAX),
             is_learner: false,
         }))
     }
