@@ -43,6 +43,7 @@ pub mod admin;
 pub mod authority;
 pub mod config;
 pub mod convert;
+pub mod kv_routes;
 pub mod metrics;
 pub mod serve;
 pub mod service;

@@ -22,8 +22,9 @@ use worknode_raft::transport::{serve_peers, AcceptFailures, ACCEPT_BACKOFF};
 
 use crate::admin::AdminService;
 use crate::config::{Pinning, ServerConfig};
+use crate::kv_routes::KvRoutes;
 use crate::metrics::{serve_metrics, MetricsSource};
-use crate::service::{ClusterService, KvService, MaintenanceService, Shared};
+use crate::service::{ClusterService, MaintenanceService, Shared};
 use crate::{adminpb, pb};
 
 /// How often the member samples its CPUs and threads (`worknode.Admin/Telemetry`).
@@ -295,7 +296,7 @@ async fn serve_api(
     let ApiParts { shared, admin, listener, tls } = api;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(pb::kv_server::KvServer::new(KvService(shared.clone())))
+        .add_service(KvRoutes::new(shared.clone()))
         .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService(
             shared.clone(),
         )))

@@ -38,12 +38,7 @@ pub struct Shared {
 
 impl Shared {
     fn header(&self, revision: i64, term: u64) -> pb::ResponseHeader {
-        pb::ResponseHeader {
-            cluster_id: self.cluster_id,
-            member_id: self.member_id,
-            revision,
-            raft_term: term,
-        }
+        header(self.cluster_id, self.member_id, revision, term)
     }
 
     pub(crate) async fn write(&self, command: kv::Command) -> Result<WriteReply, Status> {
@@ -88,11 +83,17 @@ impl Shared {
         Err(convert::kv_status(&kv::KvError::NoSpace))
     }
 
-    async fn read(
+    /// A range, answered as `finish` makes it of the whole response (header included).
+    /// One key, or a few, costs less than a hand-off to another thread; a range of
+    /// unknown size is computed and finished on the blocking pool, so neither the Raft
+    /// loop nor this runtime's other connections wait for it.
+    pub(crate) async fn range<T: Send + 'static>(
         &self,
-        request: kv::RangeRequest,
-        linearizable: bool,
-    ) -> Result<ReadReply, Status> {
+        request: pb::RangeRequest,
+        finish: fn(pb::RangeResponse) -> T,
+    ) -> Result<T, Status> {
+        let linearizable = !request.serializable;
+        let request = convert::range_request(request);
         let (reply, answer) = oneshot::channel();
         let deadline = Instant::now() + self.request_timeout;
         self.node
@@ -103,18 +104,33 @@ impl Shared {
             Ok(Err(error)) => return Err(convert::status(&error)),
             Err(_) => return Err(convert::status(&NodeError::Stopped)),
         };
-        // One key, or a few, costs less than a hand-off to another thread; a range of
-        // unknown size runs on the blocking pool, so neither the Raft loop nor this
-        // runtime's other connections wait for it.
-        let served = if request.range_end.is_empty() || (1..=SMALL_RANGE).contains(&request.limit) {
-            view.serve(&request)
+        let (cluster_id, member_id) = (self.cluster_id, self.member_id);
+        let small = request_is_small(&request);
+        let serve = move || {
+            let read: ReadReply = view.serve(&request).map_err(|error| convert::status(&error))?;
+            let header = header(cluster_id, member_id, read.revision, read.term);
+            let response = pb::RangeResponse {
+                header: Some(header),
+                ..convert::range_response(read.response)
+            };
+            Ok(finish(response))
+        };
+        if small {
+            serve()
         } else {
-            tokio::task::spawn_blocking(move || view.serve(&request))
+            tokio::task::spawn_blocking(serve)
                 .await
                 .map_err(|_| convert::status(&NodeError::Stopped))?
-        };
-        served.map_err(|error| convert::status(&error))
+        }
     }
+}
+
+fn header(cluster_id: u64, member_id: u64, revision: i64, term: u64) -> pb::ResponseHeader {
+    pb::ResponseHeader { cluster_id, member_id, revision, raft_term: term }
+}
+
+fn request_is_small(request: &kv::RangeRequest) -> bool {
+    request.range_end.is_empty() || (1..=SMALL_RANGE).contains(&request.limit)
 }
 
 /// Ranges with a limit up to this many keys are served on the request's own task.
@@ -133,18 +149,13 @@ pub struct KvService(pub Arc<Shared>);
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
+    /// Served through [`crate::kv_routes`], which encodes the answer off this runtime;
+    /// this is the same range for callers of the trait.
     async fn range(
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
-        let request = request.into_inner();
-        let linearizable = !request.serializable;
-        let read = self.0.read(convert::range_request(request), linearizable).await?;
-        let header = self.0.header(read.revision, read.term);
-        Ok(Response::new(pb::RangeResponse {
-            header: Some(header),
-            ..convert::range_response(read.response)
-        }))
+        self.0.range(request.into_inner(), |response| response).await.map(Response::new)
     }
 
     async fn put(
