@@ -663,3 +663,48 @@ mod alarm_tests {
         assert_ne!(restored.digest(), digest_without);
     }
 }
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    fn put(sequence: u64) -> Proposal {
+        Proposal {
+            id: RequestId { session: 9, sequence },
+            command: Command::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: sequence.to_le_bytes().to_vec(),
+                ..PutRequest::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_retry_within_the_window_gets_the_first_answer_and_one_past_it_applies_again() {
+        let mut machine = StateMachine::new();
+        let first = machine.apply(1, &put(0));
+        // The first id and DEDUP_WINDOW - 1 later ones fill the window exactly.
+        for sequence in 1..DEDUP_WINDOW as u64 {
+            machine.apply(sequence + 1, &put(sequence));
+        }
+        let mut index = DEDUP_WINDOW as u64 + 1;
+        let retried = machine.apply(index, &put(0));
+        assert!(retried.duplicate, "a retry inside the window applied again");
+        assert_eq!(retried.outcome, first.outcome);
+        assert_eq!(retried.revision, first.revision);
+        let revision = machine.store().revision();
+        // One more id evicts the first: its retry now applies as a new write.
+        index += 1;
+        machine.apply(index, &put(DEDUP_WINDOW as u64));
+        index += 1;
+        let late = machine.apply(index, &put(0));
+        assert!(!late.duplicate, "a retry past the window was answered from memory");
+        assert_eq!(machine.store().revision(), revision + 2);
+        // That new write took a place in the window too, evicting the second id; the
+        // third is still inside.
+        index += 1;
+        assert!(!machine.apply(index, &put(1)).duplicate);
+        index += 1;
+        assert!(machine.apply(index, &put(3)).duplicate);
+    }
+}

@@ -391,6 +391,55 @@ fn the_minority_side_of_a_partition_never_acknowledges() {
 }
 
 #[test]
+fn a_cut_off_leader_never_answers_a_linearizable_read_with_a_stale_value() {
+    let cluster = Cluster::new("stale-read", 3, 10_000);
+    let old = cluster.wait_for_leader();
+    cluster.put(old, 5, 1, "k", "old").unwrap();
+    assert_eq!(value_of(&cluster.get(old, "k").unwrap()).as_deref(), Some("old"));
+    let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    for &other in &others {
+        cluster.cut(old, other, true);
+    }
+    // The majority elects a leader and acknowledges a newer value.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster.put(others[0], 5, 2, "k", "new").is_err() {
+        assert!(Instant::now() < deadline, "the majority never took the write");
+    }
+    // Whether the old leader still believes it leads or has stepped down, a linearizable
+    // read there must wait (and time out) rather than answer "old".
+    let (reply, answer) = oneshot::channel();
+    cluster
+        .handle(old)
+        .submit(ClientRequest::Read {
+            linearizable: true,
+            deadline: Instant::now() + Duration::from_millis(500),
+            reply,
+        })
+        .unwrap();
+    let request = RangeRequest { key: "k".into(), ..Default::default() };
+    match answer.blocking_recv().unwrap() {
+        Ok(view) => {
+            let read = view.serve(&request).unwrap();
+            panic!("a cut-off member answered a linearizable read: {:?}", value_of(&read));
+        }
+        Err(error) => {
+            assert!(matches!(error, NodeError::Timeout | NodeError::NoLeader), "{error:?}")
+        }
+    }
+    for &other in &others {
+        cluster.cut(old, other, false);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(read) = cluster.get(old, "k") {
+            assert_eq!(value_of(&read).as_deref(), Some("new"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the healed member never answered");
+    }
+}
+
+#[test]
 fn a_member_far_behind_is_brought_back_by_snapshot() {
     let mut cluster = Cluster::new("snapshot", 3, 50);
     let leader = cluster.wait_for_leader();

@@ -8,8 +8,9 @@
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod support;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,15 +18,10 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use protobuf::ProtobufEnum as _;
 use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
-use tokio::sync::oneshot;
+use support::{send, Running, CLUSTER};
 use worknode_raft::frame::{encode, Frame};
-use worknode_raft::member::{open_member, MemberSpec};
-use worknode_raft::storage::encode_message;
-use worknode_raft::transport::{serve_peers, IDLE_TIMEOUT};
-use worknode_raft::validate::PeerRules;
-use worknode_raft::{ClientRequest, NodeConfig, NodeHandle};
-
-const CLUSTER: u64 = 0xF022;
+use worknode_raft::transport::IDLE_TIMEOUT;
+use worknode_raft::NodeHandle;
 
 /// A u64 that is usually small, sometimes near the checks' limits, sometimes anything.
 fn number() -> impl Strategy<Value = u64> {
@@ -110,22 +106,6 @@ prop_compose! {
     }
 }
 
-/// Sends one frame of `messages` as member 2 and waits until the member is done with the
-/// connection (it closes it on a refused message; otherwise our end of stream does).
-fn send(peer: SocketAddr, messages: &[Message]) {
-    let Ok(mut stream) = TcpStream::connect(peer) else { return };
-    let mut bytes = Vec::new();
-    encode(&Frame::Hello { cluster_id: CLUSTER, from: 2, agreement: None }, &mut bytes);
-    encode(&Frame::Messages(messages.iter().map(encode_message).collect()), &mut bytes);
-    if stream.write_all(&bytes).is_err() {
-        return;
-    }
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut sink = [0u8; 64];
-    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
-}
-
 /// Frames sent to one fresh member: a term near 2^62 soon makes every later message stale
 /// to raft-rs, so a long run is many short rounds, each from an empty log.
 const FRAMES_PER_ROUND: u32 = 250;
@@ -193,73 +173,6 @@ struct RoundOutcome {
     rejected: u64,
     reached: u64,
     led: bool,
-}
-
-/// Member 1 of a three-member cluster (2 and 3 never run), serving peers on `runtime`.
-struct Running {
-    handle: NodeHandle,
-    loop_thread: std::thread::JoinHandle<Result<(), worknode_raft::StoreError>>,
-    server: tokio::task::JoinHandle<()>,
-    stats: std::sync::Arc<worknode_raft::transport::TransportStats>,
-    peer: SocketAddr,
-    data_dir: worknode_raft::datadir::DataDir,
-}
-
-impl Running {
-    fn start(runtime: &tokio::runtime::Runtime, data_dir: &std::path::Path) -> Self {
-        let addresses: Vec<(u64, SocketAddr)> = (1..=3)
-            .map(|id| {
-                (id, std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap())
-            })
-            .collect();
-        let mut node = NodeConfig::new(1, vec![1, 2, 3]);
-        node.tick = Duration::from_millis(10);
-        let spec = MemberSpec {
-            cluster_id: CLUSTER,
-            peers: addresses.clone(),
-            data_dir: data_dir.to_path_buf(),
-            recover_tail: false,
-            rejoin: false,
-            node,
-            agreement: Default::default(),
-            peer_tls: None,
-        };
-        let _guard = runtime.enter();
-        let member = open_member(&spec).unwrap();
-        let listener = std::net::TcpListener::bind(addresses[0].1).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let server = runtime.spawn(serve_peers(
-            listener,
-            CLUSTER,
-            PeerRules::new(1, &[1, 2, 3]),
-            None,
-            member.handle.clone(),
-            member.stats.clone(),
-            member.blocked.clone(),
-        ));
-        let node = member.node;
-        Self {
-            handle: member.handle,
-            loop_thread: std::thread::spawn(move || node.run()),
-            server,
-            stats: member.stats,
-            peer: addresses[0].1,
-            data_dir: member.data_dir,
-        }
-    }
-
-    /// Checks that the loop still answers, and stops it.
-    fn finish(self) {
-        let (reply, answer) = oneshot::channel();
-        self.handle.submit(ClientRequest::Digest { reply }).unwrap();
-        answer.blocking_recv().expect("the Raft loop answers");
-        assert!(!self.loop_thread.is_finished(), "the Raft loop ended");
-        self.handle.stop();
-        self.loop_thread.join().unwrap().unwrap();
-        self.server.abort();
-        drop(self.data_dir);
-    }
 }
 
 /// Starts a fresh member, sends it `FRAMES_PER_ROUND` frames of arbitrary messages as
