@@ -8,6 +8,7 @@
 
 pub mod datadir;
 pub mod doorbell;
+pub mod draws;
 mod fetch;
 pub mod frame;
 pub mod log_tail;

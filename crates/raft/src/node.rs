@@ -163,6 +163,8 @@ pub struct NodeConfig {
     /// The core plan's authority, when the member pins: the loop's own threads (the
     /// snapshot encoder) run on its housekeeping CPUs, not on the loop's isolated core.
     pub cores: Option<Arc<worknode_cores::CoreAuthority>>,
+    /// The seed of the node's random draws (election timeouts, failover spreads).
+    pub seed: u64,
 }
 
 impl NodeConfig {
@@ -179,6 +181,7 @@ impl NodeConfig {
             retry_interval: Duration::from_millis(300),
             rotation: None,
             cores: None,
+            seed: crate::draws::Draws::entropy_seed(),
         }
     }
 
@@ -461,6 +464,11 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     optimistic: Vec<u64>,
     /// Whether this member's election timeout is pinned by the schedule's favour.
     biased: bool,
+    /// The node's random draws, from `NodeConfig::seed`.
+    draws: crate::draws::Draws,
+    /// The term and role at which the election timeout was last drawn here: raft-rs
+    /// draws its own (from `thread_rng`) on every change of either.
+    timer_drawn_at: Option<(u64, StateRole)>,
     forwarded_ahead_total: u64,
     held_fallback_total: u64,
     optimistic_rejected_total: u64,
@@ -570,7 +578,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             schedule,
             rejections: Arc::default(),
         };
-        let node = Self {
+        let seed = config.seed;
+        let mut node = Self {
             config,
             clock,
             transport,
@@ -608,12 +617,15 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             held: Vec::new(),
             optimistic: Vec::new(),
             biased: false,
+            draws: crate::draws::Draws::new(seed),
+            timer_drawn_at: None,
             forwarded_ahead_total: 0,
             held_fallback_total: 0,
             optimistic_rejected_total: 0,
             last_leader: raft::INVALID_ID,
             leader_changes_total: 0,
         };
+        node.draw_election_timeout();
         Ok((node, handle))
     }
 
@@ -642,6 +654,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             let due = self.due_at.is_some_and(|at| now >= at);
             let ticked = now >= next_tick;
             if ticked {
+                self.draw_election_timeout();
                 self.raw.tick();
                 next_tick += self.config.tick;
                 if next_tick < now {
@@ -663,6 +676,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 // What it proposed on taking over goes out now, not on the next input.
                 self.handle_ready()?;
             }
+            self.draw_election_timeout();
             self.bias_election();
             if self.rotate(now) {
                 // The transfer's messages go out in this turn, not the next.
@@ -1124,6 +1138,21 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
     }
 
+    /// Replaces raft-rs's draw of the election timeout, made whenever the term or role
+    /// changed, with one from the node's seeded draws.
+    fn draw_election_timeout(&mut self) {
+        let raft = &mut self.raw.raft;
+        let now = (raft.term, raft.state);
+        if self.timer_drawn_at == Some(now) {
+            return;
+        }
+        self.timer_drawn_at = Some(now);
+        let timeout = self.draws.election_timeout(raft.election_timeout());
+        raft.set_randomized_election_timeout(timeout);
+        // A favoured timeout set before this change no longer holds.
+        self.biased = false;
+    }
+
     /// Elections favour the scheduled member: its election timeout is E + 2 ticks, while
     /// the others draw theirs from [E, 2E) as usual, so after a crash it usually campaigns
     /// first and the cluster stays on schedule. Not exactly E: the other follower, whose
@@ -1150,7 +1179,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         } else if self.biased {
             // No longer favoured: draw at random again, or two members could both sit at
             // E + 2 and split the vote.
-            raft.reset_randomized_election_timeout();
+            let timeout = self.draws.election_timeout(raft.election_timeout());
+            raft.set_randomized_election_timeout(timeout);
             self.biased = false;
         }
     }
@@ -1215,8 +1245,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             // The successor goes first; should it fail, the others' timeouts stay spread
             // over [E + 2, 2E) so that they do not all campaign on the same tick.
             let spread = election.saturating_sub(3).max(1) as u64;
-            let draw = self.clock.unix_ns().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ raft.id;
-            let timeout = (election + 2 + (draw % spread) as usize).min(2 * election - 1);
+            let draw = self.draws.below(spread);
+            let timeout = (election + 2 + draw as usize).min(2 * election - 1);
             raft.set_randomized_election_timeout(timeout.max(election));
         }
         if successor == raft.id {
