@@ -1,0 +1,182 @@
+//! Scheduled leadership in the loop: writes forwarded ahead to the incoming leader,
+//! held for this member's turn, replicated at once on taking over, and the handoff at
+//! each turn boundary.
+
+use super::*;
+
+impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
+    /// Whether a new write goes to the incoming leader instead of the current one: on a
+    /// follower in the last `forward_ahead` of a turn, on the leader while it hands over.
+    /// The target and the time to the boundary.
+    pub(super) fn forward_ahead(&mut self) -> Option<(u64, Duration)> {
+        if self.raw.raft.state == StateRole::Leader {
+            // Handing over (scheduled): raft-rs refuses proposals until the transfer ends,
+            // so new writes go to the member taking over, which holds them for the moment
+            // it leads instead of waiting here to see the change first.
+            let handing_over = self.rotation.is_some();
+            return self
+                .raw
+                .raft
+                .lead_transferee
+                .filter(|_| handing_over)
+                .map(|t| (t, Duration::ZERO));
+        }
+        let unix_ns = self.clock.unix_ns();
+        self.rotation.as_mut()?.incoming(unix_ns)
+    }
+
+    /// [`Node::forward_ahead`], unless the incoming leader cannot be reached now (its
+    /// process is gone or our last attempt to connect failed): a write sent there would be
+    /// lost and wait out its retry, so it goes to the member that leads instead.
+    pub(super) fn forward_ahead_to_reachable(&mut self) -> Option<(u64, Duration)> {
+        let (target, until_boundary) = self.forward_ahead()?;
+        if target != self.config.id && !self.transport.peer_reachable(target) {
+            self.forward_unreachable_total += 1;
+            return None;
+        }
+        Some((target, until_boundary))
+    }
+
+    /// How long past the boundary a write forwarded ahead waits for the incoming leader
+    /// before going to the actual one: the transfer completes by the boundary, so a tick
+    /// (at least 10 ms) later it has failed or was skipped (the target may be down).
+    pub(super) fn forward_grace(&self) -> Duration {
+        self.config.tick.max(Duration::from_millis(10))
+    }
+
+    /// On a leader change, proposes every pending write and read again at once, so what
+    /// waited through a handoff (refused while the transfer ran, or forwarded to the old
+    /// leader and lost) reaches the new leader the moment it leads. Whether this member
+    /// has just become the leader.
+    pub(super) fn follow_leadership(&mut self, now: Instant) -> bool {
+        let leader = self.raw.raft.leader_id;
+        if let Some(rotation) = &mut self.rotation {
+            // The wall clock is read only when rotation needs it: this runs every turn.
+            rotation.observe_leader(leader, self.config.id, now, self.clock.unix_ns());
+        }
+        if leader == self.last_leader {
+            return false;
+        }
+        self.last_leader = leader;
+        if leader == raft::INVALID_ID {
+            return false;
+        }
+        self.leader_changes_total += 1;
+        let leads = leader == self.config.id;
+        if leads {
+            self.replicate_at_once();
+            // Writes forwarded ahead to this member: its turn has come.
+            for (message, _) in std::mem::take(&mut self.held) {
+                for entry in message.entries.iter() {
+                    let _ = self.raw.propose(Vec::new(), entry.data.to_vec());
+                }
+            }
+        }
+        for write in self.writes.values_mut() {
+            let _ = self.raw.propose(Vec::new(), write.encoded.clone());
+            write.next_retry = now + self.config.retry_interval;
+        }
+        let unanswered = self.reads.iter().filter(|(_, r)| r.read_index.is_none());
+        self.unasked_reads.extend(unanswered.map(|(id, _)| *id));
+        self.ask_read_index();
+        leads
+    }
+
+    /// A new leader's first append (its empty entry) probes each follower, and raft-rs
+    /// sends nothing more to it until it answers: the writes held for this member's turn
+    /// would wait a second round trip and log sync on every follower. Right after a
+    /// handoff the followers' logs end where this one does, so they are treated as
+    /// replicating at once: the held writes follow the empty entry without waiting. The
+    /// progress state decides only what is sent when, never what commits (that rests on
+    /// the followers' answers); a follower that turns out to lack entries answers with a
+    /// rejection, and [`Node::step`] puts it back to probing with raft-rs's usual hint.
+    pub(super) fn replicate_at_once(&mut self) {
+        let raft = &mut self.raw.raft;
+        let (me, last) = (raft.id, raft.raft_log.last_index());
+        self.optimistic.clear();
+        for (&id, progress) in raft.mut_prs().iter_mut() {
+            // Probing from the empty entry (next = last), the probe sent and unanswered.
+            if id != me
+                && progress.state == ProgressState::Probe
+                && progress.paused
+                && progress.next_idx == last
+            {
+                progress.state = ProgressState::Replicate;
+                progress.paused = false;
+                progress.next_idx = last + 1;
+                progress.ins.reset();
+                self.optimistic.push(id);
+            }
+        }
+    }
+
+    /// A follower's first answer to a new leader that replicated to it at once: accepted,
+    /// raft-rs's own bookkeeping takes over; rejected, it goes back to probing (in
+    /// replicating state raft-rs would restart from its match, still 0: the whole log, or
+    /// a snapshot).
+    pub(super) fn first_answer(&mut self, message: &Message) {
+        if message.get_msg_type() != MessageType::MsgAppendResponse
+            || self.raw.raft.state != StateRole::Leader
+            || message.term != self.raw.raft.term
+        {
+            return;
+        }
+        let Some(at) = self.optimistic.iter().position(|&id| id == message.from) else {
+            return;
+        };
+        self.optimistic.swap_remove(at);
+        if message.reject {
+            if let Some(progress) = self.raw.raft.mut_prs().get_mut(message.from) {
+                if progress.state == ProgressState::Replicate && progress.matched == 0 {
+                    // Probing from this rejection: raft-rs takes it as the probe's answer
+                    // and moves back by the follower's hint.
+                    progress.state = ProgressState::Probe;
+                    progress.paused = false;
+                    progress.next_idx = message.index + 1;
+                    progress.ins.reset();
+                    self.optimistic_rejected_total += 1;
+                }
+            }
+        }
+    }
+
+    /// Scheduled leadership: the leader starts the handoff to the next turn's member.
+    pub(super) fn rotate(&mut self, now: Instant) -> bool {
+        if self.raw.raft.state != StateRole::Leader {
+            return false;
+        }
+        let unix_ns = self.clock.unix_ns();
+        let Some(rotation) = &mut self.rotation else {
+            return false;
+        };
+        // A live follower answers every heartbeat; silence for three heartbeats or half an
+        // election timeout, whichever is longer, means it is down (a shorter window skips
+        // live members whose answers queue behind a busy CPU).
+        let window = (self.config.tick * (self.config.heartbeat_ticks as u32 * 3).max(3))
+            .max(self.config.tick * self.config.election_ticks as u32 / 2);
+        let (heard, transport) = (&self.last_heard, &self.transport);
+        let heard_recently = |id: u64| {
+            !transport.peer_gone(id)
+                && heard.get(&id).is_some_and(|at| now.duration_since(*at) <= window)
+        };
+        match rotation.decide(&self.raw.raft, unix_ns, now, heard_recently) {
+            Some(target) => {
+                self.raw.transfer_leader(target);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A handing-over leader's MsgTimeoutNow marks a phase of the handoff (turn log).
+    pub(super) fn note_timeout_now(&mut self, messages: &[Message]) {
+        if self.raw.raft.lead_transferee.is_none() {
+            return;
+        }
+        if messages.iter().any(|m| m.get_msg_type() == MessageType::MsgTimeoutNow) {
+            if let Some(rotation) = &mut self.rotation {
+                rotation.timeout_now_sent(self.clock.now());
+            }
+        }
+    }
+}

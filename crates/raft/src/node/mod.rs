@@ -1,0 +1,615 @@
+//! The Raft driver: one loop that owns raft-rs, the log store and the state machine.
+//!
+//! Each turn: take peer messages and client requests (bounded), tick on time, then handle
+//! `Ready` in the order raft-rs requires — send `messages()` at once, install a snapshot,
+//! apply committed entries, persist entries and hard state with one fdatasync, send
+//! `persisted_messages()`, advance. Proposals that arrive while a sync is in flight wait
+//! in the channel and share the next sync (group commit).
+//!
+//! Any member accepts requests. A follower's proposal goes to the leader through raft-rs;
+//! the member that accepted it answers when the entry is applied locally, matched by
+//! request id. Proposals raft-rs drops (no leader, transfer in progress, lost on the way)
+//! are proposed again every `retry_interval` until applied or the deadline passes; the
+//! state machine applies each request id at most once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TrySendError};
+use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::{ProgressState, RawNode, ReadOnlyOption, StateRole};
+use tokio::sync::oneshot;
+use worknode_kv::{
+    Applied, Command, KvError, Proposal, RangeRequest, RangeResponse, RequestId, ScheduleChange,
+    StateMachine,
+};
+
+use crate::doorbell::{Doorbell, LoopSender};
+use crate::snapshot_file::SnapshotFile;
+use crate::storage::{LogStore, SnapshotSlot};
+use crate::validate::{check_against_log, LogView, Rejection, Rejections};
+
+/// Proposals an incoming leader holds for its turn; beyond it they go to the leader.
+const HELD_MAX: usize = 4_096;
+
+/// A proposal addressed to `to` (raft-rs forwards proposals the same way).
+fn propose_message(from: u64, to: u64, data: &[u8]) -> Message {
+    let entry = Entry { data: data.to_vec().into(), ..Entry::default() };
+    let mut message = Message::default();
+    message.set_msg_type(MessageType::MsgPropose);
+    message.from = from;
+    message.to = to;
+    message.mut_entries().push(entry);
+    message
+}
+
+/// Client requests waiting for the Raft loop.
+pub const REQUEST_QUEUE_MAX: usize = 8_192;
+/// Peer messages waiting for the Raft loop.
+pub const PEER_INBOX_MAX: usize = 16_384;
+/// Writes proposed and not yet applied, per member.
+pub const PENDING_WRITES_MAX: usize = 16_384;
+/// Linearizable reads waiting for their read index, per member.
+pub const PENDING_READS_MAX: usize = 16_384;
+/// Messages taken from a channel per loop turn, so neither starves the other.
+const DRAIN_MAX: usize = 1_024;
+
+mod api;
+mod elections;
+mod leadership;
+mod requests;
+mod snapshots;
+
+pub use api::*;
+use requests::{PendingRead, PendingWrite};
+use snapshots::SnapshotJob;
+
+/// The Raft loop's state.
+#[allow(
+    missing_debug_implementations,
+    reason = "raw raft state has no useful Debug; see NodeStatus"
+)]
+pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
+    config: NodeConfig,
+    clock: C,
+    transport: T,
+    raw: RawNode<S>,
+    machine: StateMachine,
+    snapshot_file: SnapshotFile,
+    /// A snapshot being written by a background thread.
+    snapshot_job: Option<SnapshotJob>,
+    slot: Arc<Mutex<SnapshotSlot>>,
+    last_snapshot_index: u64,
+    /// Encoded size of the latest snapshot (0: none).
+    last_snapshot_bytes: u64,
+    /// Bytes of entries applied since the latest snapshot began.
+    log_bytes_since_snapshot: u64,
+    snapshots_total: u64,
+    requests: Receiver<ClientRequest>,
+    inbox: Receiver<Message>,
+    /// What the producers of all the queues ring (see [`crate::doorbell`]).
+    bell: Arc<Doorbell>,
+    /// First indexes of the log reads for lagging peers that finished off the loop.
+    fetched: Receiver<u64>,
+    handle: NodeHandle,
+    writes: HashMap<RequestId, PendingWrite>,
+    reads: BTreeMap<u64, PendingRead>,
+    next_read_id: u64,
+    /// Linearizable reads not yet covered by a read-index request.
+    unasked_reads: Vec<u64>,
+    next_read_batch: u64,
+    rejected_total: u64,
+    retried_total: u64,
+    rotation: Option<crate::rotation::Rotation>,
+    /// When each peer's last message arrived (liveness for handoff decisions).
+    last_heard: HashMap<u64, Instant>,
+    /// Proposals forwarded ahead to this member (the incoming leader), until it leads.
+    held: Vec<(Message, Instant)>,
+    /// Followers this new leader replicates to before their first answer (see
+    /// [`Node::replicate_at_once`]), until that answer comes.
+    optimistic: Vec<u64>,
+    /// Whether this member's election timeout is pinned by the schedule's favour.
+    biased: bool,
+    /// The node's random draws, from `NodeConfig::seed`.
+    draws: crate::draws::Draws,
+    /// The term and role at which the election timeout was last drawn here: raft-rs
+    /// draws its own (from `thread_rng`) on every change of either.
+    timer_drawn_at: Option<(u64, StateRole)>,
+    forwarded_ahead_total: u64,
+    held_fallback_total: u64,
+    optimistic_rejected_total: u64,
+    last_leader: u64,
+    leader_changes_total: u64,
+    /// The (term, leader) whose process this follower found gone, once per term.
+    gone_leader: Option<(u64, u64)>,
+    /// When this member campaigns because its leader's process is gone.
+    campaign_at: Option<Instant>,
+    /// Until when the successor asks again while its pre-votes go unanswered.
+    failover_until: Option<Instant>,
+    fast_failovers_total: u64,
+    /// When this member last asked the leader for a snapshot (see
+    /// [`Node::ask_for_snapshot`]).
+    snapshot_asked_at: Option<Instant>,
+    snapshot_requests_total: u64,
+    /// The earliest time a write forwarded ahead must be retried or a held write released.
+    due_at: Option<Instant>,
+    /// Writes proposed to the leader because the incoming one could not be reached.
+    forward_unreachable_total: u64,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// raft-rs refused the configuration or storage.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// The snapshot could not be restored.
+    #[error("{0}")]
+    Snapshot(String),
+    /// The rotation settings are invalid.
+    #[error("{0}")]
+    Rotation(#[from] crate::rotation::RotationError),
+}
+
+impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
+    /// Builds the node from its storage and the latest snapshot (if any).
+    pub fn new(
+        config: NodeConfig,
+        clock: C,
+        mut transport: T,
+        mut storage: S,
+        snapshot: Option<Snapshot>,
+        snapshot_file: SnapshotFile,
+        slot: Arc<Mutex<SnapshotSlot>>,
+    ) -> Result<(Self, NodeHandle), StartError> {
+        let machine = match &snapshot {
+            Some(snapshot) => StateMachine::restore(snapshot.get_data()).map_err(|error| {
+                StartError::Snapshot(format!("{}: {error}", snapshot_file.path().display()))
+            })?,
+            None => StateMachine::new(),
+        };
+        let last_snapshot_index = machine.applied_index();
+        let last_snapshot_bytes = snapshot.as_ref().map_or(0, |s| s.get_data().len() as u64);
+        if let Some(snapshot) = snapshot {
+            slot.lock().unwrap_or_else(PoisonError::into_inner).latest = Some(snapshot);
+        }
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied: machine.applied_index(),
+            max_size_per_msg: 256 * 1024,
+            max_inflight_msgs: 32,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            max_uncommitted_size: 64 * 1024 * 1024,
+            ..raft::Config::default()
+        };
+        raft_config.validate()?;
+        // Entries for a lagging follower are read off the loop (crate::fetch).
+        let bell = Arc::new(Doorbell::default());
+        let (fetched_tx, fetched_rx) = crossbeam_channel::unbounded();
+        let fetched_tx = LoopSender::new(fetched_tx, Arc::clone(&bell));
+        let cores = config.cores.clone();
+        let setup = Box::new(move || {
+            if let Err(error) = worknode_cores::make_current_background(cores.as_deref(), 10) {
+                tracing::warn!("the log reader stays where the Raft loop runs: {error}");
+            }
+        });
+        if let Err(error) = storage.fetch_off_loop(fetched_tx, setup) {
+            tracing::warn!(
+                "cannot start the log reader; lagging peers are read for on the loop: {error}"
+            );
+        }
+        let raw = RawNode::new(&raft_config, storage, &crate::raft_log::logger())?;
+        let mut rotation =
+            config.rotation.clone().map(crate::rotation::Rotation::new).transpose()?;
+        if let Some(rotation) = &mut rotation {
+            rotation.set_changes(machine.schedule_changes());
+        }
+        let schedule = Arc::new(Mutex::new(machine.schedule_changes().to_vec()));
+        let turns = rotation.as_ref().map(crate::rotation::Rotation::log).unwrap_or_default();
+        let (request_tx, request_rx) = crossbeam_channel::bounded(REQUEST_QUEUE_MAX);
+        let (inbox_tx, inbox_rx) = crossbeam_channel::bounded(PEER_INBOX_MAX);
+        let transport_bell = Arc::clone(&bell);
+        transport.set_waker(Arc::new(move || transport_bell.ring()));
+        let handle = NodeHandle {
+            requests: LoopSender::new(request_tx, Arc::clone(&bell)),
+            inbox: LoopSender::new(inbox_tx, Arc::clone(&bell)),
+            status: Arc::new(RwLock::new(NodeStatus { id: config.id, ..NodeStatus::default() })),
+            stop: Arc::new(AtomicBool::new(false)),
+            dropped_inbound: Arc::new(AtomicU64::new(0)),
+            turns,
+            schedule,
+            rejections: Arc::default(),
+        };
+        let seed = config.seed;
+        let mut node = Self {
+            config,
+            clock,
+            transport,
+            raw,
+            machine,
+            snapshot_file,
+            snapshot_job: None,
+            slot,
+            last_snapshot_index,
+            last_snapshot_bytes,
+            log_bytes_since_snapshot: 0,
+            snapshots_total: 0,
+            requests: request_rx,
+            inbox: inbox_rx,
+            bell,
+            fetched: fetched_rx,
+            handle: handle.clone(),
+            writes: HashMap::new(),
+            reads: BTreeMap::new(),
+            next_read_id: 1,
+            unasked_reads: Vec::new(),
+            next_read_batch: 1,
+            rejected_total: 0,
+            retried_total: 0,
+            rotation,
+            gone_leader: None,
+            campaign_at: None,
+            failover_until: None,
+            fast_failovers_total: 0,
+            snapshot_asked_at: None,
+            snapshot_requests_total: 0,
+            due_at: None,
+            forward_unreachable_total: 0,
+            last_heard: HashMap::new(),
+            held: Vec::new(),
+            optimistic: Vec::new(),
+            biased: false,
+            draws: crate::draws::Draws::new(seed),
+            timer_drawn_at: None,
+            forwarded_ahead_total: 0,
+            held_fallback_total: 0,
+            optimistic_rejected_total: 0,
+            last_leader: raft::INVALID_ID,
+            leader_changes_total: 0,
+        };
+        node.draw_election_timeout();
+        Ok((node, handle))
+    }
+
+    /// Runs until [`NodeHandle::stop`]; then answers what is left with `Stopped`.
+    pub fn run(mut self) -> Result<(), crate::storage::StoreError> {
+        self.bell.answer_here();
+        let mut next_tick = self.clock.now() + self.config.tick;
+        while !self.handle.stop.load(Ordering::Relaxed) {
+            let mut timeout =
+                next_tick.saturating_duration_since(self.clock.now()).min(self.config.tick);
+            if let Some(rotation) = &self.rotation {
+                if self.raw.raft.state == StateRole::Leader {
+                    timeout = timeout.min(rotation.next_wakeup(self.clock.unix_ns()));
+                }
+            }
+            if let Some(at) = self.campaign_at {
+                timeout = timeout.min(at.saturating_duration_since(self.clock.now()));
+            }
+            if let Some(at) = self.due_at {
+                timeout = timeout.min(at.saturating_duration_since(self.clock.now()));
+            }
+            self.wait_for_input(timeout);
+            self.ask_read_index();
+            let now = self.clock.now();
+            self.notice_leader_gone(now);
+            let due = self.due_at.is_some_and(|at| now >= at);
+            let ticked = now >= next_tick;
+            if ticked {
+                self.draw_election_timeout();
+                self.raw.tick();
+                next_tick += self.config.tick;
+                if next_tick < now {
+                    next_tick = now + self.config.tick;
+                }
+            }
+            if ticked || due {
+                // On every tick, and the moment a write forwarded ahead or held for a turn
+                // falls due (the boundary passed without the handoff it waited for): a tick
+                // later would add up to a tick to those writes.
+                if due {
+                    self.due_at = None;
+                }
+                self.expire_and_retry(now);
+            }
+            self.maybe_snapshot()?;
+            self.handle_ready()?;
+            if self.follow_leadership(now) {
+                // What it proposed on taking over goes out now, not on the next input.
+                self.handle_ready()?;
+            }
+            self.draw_election_timeout();
+            self.bias_election();
+            if self.rotate(now) {
+                // The transfer's messages go out in this turn, not the next.
+                self.handle_ready()?;
+            }
+            self.publish_status();
+        }
+        self.finish_snapshot()?;
+        for (_, write) in self.writes.drain() {
+            let _ = write.reply.send(Err(NodeError::Stopped));
+        }
+        for (_, read) in std::mem::take(&mut self.reads) {
+            let _ = read.reply.send(Err(NodeError::Stopped));
+        }
+        Ok(())
+    }
+
+    /// Takes what the queues hold; when they are empty, sleeps until something arrives,
+    /// the transport rings, or `timeout` passes, and takes what arrived.
+    fn wait_for_input(&mut self, timeout: Duration) {
+        if !self.take_input() {
+            Doorbell::wait(timeout);
+            self.take_input();
+        }
+    }
+
+    /// Takes finished log reads, then peer messages and client requests (bounded per
+    /// turn, so neither starves the other); whether there was any.
+    fn take_input(&mut self) -> bool {
+        let mut taken = false;
+        while let Ok(low) = self.fetched.try_recv() {
+            self.entries_fetched(low);
+            taken = true;
+        }
+        for _ in 0..DRAIN_MAX {
+            match self.inbox.try_recv() {
+                Ok(message) => self.step(message),
+                Err(_) => break,
+            }
+            taken = true;
+        }
+        for _ in 0..DRAIN_MAX {
+            match self.requests.try_recv() {
+                Ok(request) => self.accept(request),
+                Err(_) => break,
+            }
+            taken = true;
+        }
+        taken
+    }
+
+    /// A log read for a lagging peer finished off the loop: raft-rs asks for the entries
+    /// again (now answered from memory) and sends them, if it still leads in that term.
+    fn entries_fetched(&mut self, low: u64) {
+        if let Some(context) = self.raw.mut_store().fetched(low) {
+            self.raw.on_entries_fetched(context);
+        }
+    }
+
+    fn step(&mut self, mut message: Message) {
+        match self.check_against_log(&message) {
+            Ok(()) => {}
+            Err(Rejection::CommitPastLog { commit, last }) => {
+                // The leader counts entries this member no longer has (it rejoined with
+                // an empty log, or lost its tail): the heartbeat still says who leads,
+                // but commits only what is here, and the leader is asked for a snapshot.
+                message.commit = last;
+                self.ask_for_snapshot(message.from, commit);
+            }
+            Err(rejection) => {
+                let source = format_args!("member {}", message.from);
+                self.handle.rejections.record(&rejection, &source);
+                return;
+            }
+        }
+        if matches!(
+            message.get_msg_type(),
+            MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
+        ) {
+            // A candidate that saw the leader's process gone may ask before this loop
+            // looked: look now, or the leader lease refuses the vote for a whole timeout.
+            self.notice_leader_gone(self.clock.now());
+            // Someone else is campaigning already: two candidates would split the vote.
+            if message.from != self.config.id {
+                self.campaign_at = None;
+            }
+        }
+        if self.rotation.is_some() {
+            self.last_heard.insert(message.from, self.clock.now());
+        }
+        let proposed_elsewhere =
+            message.get_msg_type() == MessageType::MsgPropose && message.from != self.config.id;
+        if proposed_elsewhere {
+            // A peer's write that this member passes on (ahead to the incoming leader, or
+            // by raft-rs to the leader) goes as this member's own: peers accept a message
+            // only from the member whose connection carries it (crate::validate).
+            message.from = self.config.id;
+        }
+        // A write forwarded ahead to this member as the incoming leader waits for its turn;
+        // one that reaches a leader handing over goes on to the member taking over.
+        if proposed_elsewhere && self.held.len() < HELD_MAX {
+            if let Some((target, until_boundary)) = self.forward_ahead() {
+                if target == self.config.id {
+                    let release = self.clock.now() + until_boundary + self.forward_grace();
+                    self.due_at = Some(self.due_at.map_or(release, |due| due.min(release)));
+                    self.held.push((message, release));
+                    return;
+                }
+                if self.raw.raft.state == StateRole::Leader {
+                    message.to = target;
+                    self.transport.send(vec![message]);
+                    return;
+                }
+            }
+        }
+        if !self.optimistic.is_empty() {
+            self.first_answer(&message);
+        }
+        // Messages for another member, or from a removed one, are not ours to act on.
+        let _ = self.raw.step(message);
+    }
+
+    /// What raft-rs would treat as fatal, checked against the log first
+    /// ([`crate::validate`]).
+    fn check_against_log(&self, message: &Message) -> Result<(), Rejection> {
+        let raft_log = &self.raw.raft.raft_log;
+        let term_at = |index: u64| raft_log.term(index).ok();
+        let view = LogView {
+            term: self.raw.raft.term,
+            leader: self.raw.raft.leader_id,
+            last_index: raft_log.last_index(),
+            committed: raft_log.committed,
+            term_at: &term_at,
+        };
+        check_against_log(message, &view)
+    }
+
+    fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    fn handle_ready(&mut self) -> Result<(), crate::storage::StoreError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            let messages = ready.take_messages();
+            self.note_timeout_now(&messages);
+            self.transport.send(messages);
+        }
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.install_snapshot(&snapshot)?;
+        }
+        let committed = ready.take_committed_entries();
+        self.apply(committed);
+        let hard_state = ready.hs().cloned();
+        // Entries, a term and a vote must be on disk before the messages that rest on them
+        // go out; a commit index alone need not be (it is learned again from the leader
+        // after a restart). Syncing a commit-only change cost the leader a second
+        // fdatasync per write, on the loop's path to the next proposal.
+        let stored = self.raw.store().hard_state();
+        let sync = !ready.entries().is_empty()
+            || hard_state
+                .as_ref()
+                .is_some_and(|hs| hs.term != stored.term || hs.vote != stored.vote);
+        if ready.entries().is_empty() && ready.snapshot().is_empty() {
+            // A candidate's vote requests go out while its own term and vote are synced
+            // (Raft thesis §10.2.1): they rest on its log, which is on disk already, and
+            // it counts the answers only after this sync, so it never leads on a vote
+            // it could forget. A handoff's election waits on one sync less.
+            let (early, later): (Vec<Message>, Vec<Message>) =
+                ready.take_persisted_messages().into_iter().partition(|m| {
+                    matches!(
+                        m.get_msg_type(),
+                        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                    )
+                });
+            if !early.is_empty() {
+                self.transport.send(early);
+            }
+            self.raw.mut_store().persist(&[], hard_state.as_ref(), sync)?;
+            if !later.is_empty() {
+                self.transport.send(later);
+            }
+        } else {
+            self.raw.mut_store().persist(ready.entries(), hard_state.as_ref(), sync)?;
+        }
+        if !ready.persisted_messages().is_empty() {
+            self.transport.send(ready.take_persisted_messages());
+        }
+        for state in ready.take_read_states() {
+            let (member, batch) = state.request_ctx.split_at(state.request_ctx.len().min(8));
+            if member != self.config.id.to_be_bytes() {
+                continue;
+            }
+            let batch = u64::from_be_bytes(batch.try_into().unwrap_or_default());
+            for read in self.reads.values_mut().filter(|r| r.batch == batch) {
+                read.read_index = read.read_index.or(Some(state.index));
+            }
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let mut hard_state = self.raw.store().hard_state();
+            hard_state.commit = commit;
+            // The commit index may lag on disk: a restarted member learns it again from the
+            // leader (snapshots sync it first, so it always covers the applied state).
+            self.raw.mut_store().persist(&[], Some(&hard_state), false)?;
+        }
+        if !light.messages().is_empty() {
+            let messages = light.take_messages();
+            self.note_timeout_now(&messages);
+            self.transport.send(messages);
+        }
+        self.apply(light.take_committed_entries());
+        self.raw.advance_apply();
+        self.serve_reads();
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            self.log_bytes_since_snapshot += entry.data.len() as u64;
+            if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                if entry.get_entry_type() != EntryType::EntryNormal {
+                    // Membership is fixed at bootstrap; a conf change entry still advances
+                    // raft's view so it never waits on it.
+                    let mut change = raft::eraftpb::ConfChange::default();
+                    if protobuf::Message::merge_from_bytes(&mut change, &entry.data).is_ok() {
+                        let _ = self.raw.apply_conf_change(&change);
+                    }
+                }
+                self.machine.skip(entry.index);
+                continue;
+            }
+            let Some(proposal) = Proposal::decode(&entry.data) else {
+                // Not ours to interpret; applying nothing keeps every member equal.
+                self.machine.skip(entry.index);
+                continue;
+            };
+            let applied = self.machine.apply(entry.index, &proposal);
+            if matches!(proposal.command, Command::SetSchedule(_)) {
+                self.schedule_changed();
+            }
+            if let Some(write) = self.writes.remove(&proposal.id) {
+                let _ = write.reply.send(Ok(WriteReply { applied, term: self.term() }));
+            }
+        }
+    }
+
+    fn conf_state(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        let status = NodeStatus {
+            id: self.config.id,
+            leader_id: raft.leader_id,
+            term: raft.term,
+            is_leader: raft.state == StateRole::Leader,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.machine.applied_index(),
+            revision: self.machine.store().revision(),
+            store_bytes: self.machine.store().size_bytes(),
+            alarms: self.machine.alarms().to_vec(),
+            pending_writes: self.writes.len(),
+            rejected_total: self.rejected_total,
+            retried_total: self.retried_total,
+            leader_changes_total: self.leader_changes_total,
+            fast_failovers_total: self.fast_failovers_total,
+            snapshot_requests_total: self.snapshot_requests_total,
+            forward_unreachable_total: self.forward_unreachable_total,
+            forwarded_ahead_total: self.forwarded_ahead_total,
+            held_fallback_total: self.held_fallback_total,
+            optimistic_rejected_total: self.optimistic_rejected_total,
+            snapshots_total: self.snapshots_total,
+            snapshot_index: self.last_snapshot_index,
+            reads_off_loop_total: self.raw.store().reads_off_loop(),
+        };
+        *self.handle.status.write().unwrap_or_else(PoisonError::into_inner) = status;
+    }
+}
+
+fn tracing_error(message: &str) {
+    tracing::error!("{message}");
+}
