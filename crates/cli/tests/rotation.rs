@@ -7,13 +7,13 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::ProcessCluster;
 use worknode_server::adminpb::admin_client::AdminClient;
 use worknode_server::adminpb::{TurnRecord, TurnsRequest};
-use worknode_server::pb::PutRequest;
+use worknode_server::pb::{PutRequest, RangeRequest};
 
 /// The two tests each run three members under load; on a 2-CPU machine they run one at
 /// a time so that one's turns are not decided by the other's CPU contention.
@@ -36,37 +36,92 @@ async fn turns(cluster: &ProcessCluster) -> Vec<TurnRecord> {
     merged.into_values().filter(|t| t.leader_after != 0).collect()
 }
 
-/// Writes from `writers` tasks until stopped; counts successes and failures.
-fn load(
-    cluster: &ProcessCluster,
-    runtime_clients: Vec<worknode_server::pb::kv_client::KvClient<tonic::transport::Channel>>,
-) -> (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>, Vec<tokio::task::JoinHandle<()>>) {
-    let _ = cluster;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let tasks = runtime_clients
-        .into_iter()
-        .enumerate()
-        .map(|(writer, mut client)| {
-            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-            tokio::spawn(async move {
-                let mut sequence = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    sequence += 1;
-                    let put = PutRequest {
-                        key: format!("w{writer}-{sequence}").into_bytes(),
-                        value: b"v".to_vec(),
-                        ..Default::default()
-                    };
-                    match tokio::time::timeout(Duration::from_secs(3), client.put(put)).await {
-                        Ok(Ok(_)) => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
+/// Acknowledged puts: key and value.
+type Written = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Writers, one per client, each putting fresh keys until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failed: Arc<AtomicU64>,
+    /// Every acknowledged put: key and value.
+    acknowledged: Arc<Mutex<Written>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(
+        clients: Vec<worknode_server::pb::kv_client::KvClient<tonic::transport::Channel>>,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicU64::new(0));
+        let acknowledged: Arc<Mutex<Written>> = Arc::default();
+        let tasks = clients
+            .into_iter()
+            .enumerate()
+            .map(|(writer, mut client)| {
+                let (stop, failed, acknowledged) =
+                    (stop.clone(), failed.clone(), acknowledged.clone());
+                tokio::spawn(async move {
+                    let mut sequence = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        sequence += 1;
+                        let key = format!("w{writer}-{sequence}").into_bytes();
+                        let value = format!("{writer}:{sequence}").into_bytes();
+                        let put = PutRequest {
+                            key: key.clone(),
+                            value: value.clone(),
+                            ..Default::default()
+                        };
+                        match tokio::time::timeout(Duration::from_secs(3), client.put(put)).await {
+                            Ok(Ok(_)) => acknowledged.lock().unwrap().push((key, value)),
+                            _ => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
             })
-        })
+            .collect();
+        Self { stop, failed, acknowledged, tasks }
+    }
+
+    /// Stops the writers: how many puts were acknowledged and how many failed.
+    async fn finish(self) -> (Written, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let acknowledged = std::mem::take(&mut *self.acknowledged.lock().unwrap());
+        (acknowledged, self.failed.load(Ordering::Relaxed))
+    }
+}
+
+/// Reads every acknowledged put back through member `index` (linearizably): each key
+/// holds its value at version 1 — not lost, and not applied twice.
+async fn assert_reads_back(
+    cluster: &ProcessCluster,
+    index: usize,
+    acknowledged: &[(Vec<u8>, Vec<u8>)],
+) {
+    let range = RangeRequest { key: b"w".to_vec(), range_end: b"x".to_vec(), ..Default::default() };
+    let stored: BTreeMap<Vec<u8>, (Vec<u8>, i64)> = cluster
+        .kv(index)
+        .await
+        .range(range)
+        .await
+        .unwrap()
+        .into_inner()
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, (kv.value, kv.version)))
         .collect();
-    (stop, ok, failed, tasks)
+    for (key, value) in acknowledged {
+        let name = String::from_utf8_lossy(key);
+        let (found, version) =
+            stored.get(key).unwrap_or_else(|| panic!("acknowledged write {name} was lost"));
+        assert_eq!(found, value, "{name} holds another value");
+        assert_eq!(*version, 1, "{name} was applied {version} times");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,12 +133,9 @@ async fn healthy_cluster_leads_on_schedule_without_client_errors() {
     for index in 0..3 {
         clients.push(cluster.kv(index).await);
     }
-    let (stop, ok, failed, tasks) = load(&cluster, clients);
+    let load = Load::start(clients);
     tokio::time::sleep(Duration::from_secs(12)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let (acknowledged, failed) = load.finish().await;
     let turns = turns(&cluster).await;
     let on_schedule = turns.iter().filter(|t| t.leader_after == t.scheduled).count();
     let share = on_schedule as f64 / turns.len().max(1) as f64;
@@ -94,8 +146,8 @@ async fn healthy_cluster_leads_on_schedule_without_client_errors() {
         share * 100.0,
         handoffs.len(),
         handoffs.iter().copied().fold(0.0, f64::max),
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed)
+        acknowledged.len(),
+        failed
     );
     assert!(turns.len() >= 40, "too few turns: {}", turns.len());
     assert!(share >= 0.99, "{:.1}% of turns on schedule", share * 100.0);
@@ -110,7 +162,8 @@ async fn healthy_cluster_leads_on_schedule_without_client_errors() {
             "handoff phases out of order: {turn:?}"
         );
     }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "planned handoffs cost clients errors");
+    assert_eq!(failed, 0, "planned handoffs cost clients errors");
+    assert_reads_back(&cluster, 0, &acknowledged).await;
     // Prometheus counts the same handoffs the turn logs record.
     let (mut counted, mut forwarded) = (0.0, 0.0);
     for member in &cluster.members {
@@ -324,31 +377,29 @@ async fn a_partitioned_scheduled_leader_is_skipped_then_leads_again() {
     // of 20 ms; the favoured member's is 12) and elects a leader among itself.
     let recovery =
         writes_again(&mut clients[0].clone(), cut, "at the majority after the cut").await;
-    let (stop, ok, failed, tasks) = load(&cluster, clients);
+    let load = Load::start(clients);
     let skipped =
         skipped_turns(&cluster, victim_id, "not been heard", "the cut-off member's").await;
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let (acknowledged, failed) = load.finish().await;
     cluster.heal().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = turns(&cluster).await;
     let led_again =
         after.iter().rev().take(8).any(|t| t.scheduled == victim_id && t.leader_after == victim_id);
     println!(
-        "majority wrote again {recovery:?} after the cut; {skipped} turns skipped; {} writes, {} failed; leads again: {led_again}",
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed)
+        "majority wrote again {recovery:?} after the cut; {skipped} turns skipped; {} writes, {failed} failed; leads again: {led_again}",
+        acknowledged.len(),
     );
     assert!(recovery < Duration::from_secs(1), "recovery took {recovery:?}");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "the majority failed writes while cut off");
+    assert_eq!(failed, 0, "the majority failed writes while cut off");
     assert!(
         led_again,
         "the healed member never led its turn again: {:?}",
         after.iter().rev().take(8).collect::<Vec<_>>()
     );
     cluster.assert_converged().await;
+    // Read back through the member that was cut off, once it caught up.
+    assert_reads_back(&cluster, victim, &acknowledged).await;
 }
 
 /// `worknode schedule set` against a cluster; its stdout, or the failure's stderr.
