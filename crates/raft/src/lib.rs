@@ -23,7 +23,7 @@ pub mod transport;
 pub mod validate;
 
 pub use node::{
-    ClientRequest, Clock, Node, NodeConfig, NodeError, NodeHandle, NodeStatus, ReadReply, ReadView,
-    StartError, SystemClock, Transport, WriteReply,
+    ClientRequest, Clock, Node, NodeConfig, NodeCounters, NodeError, NodeHandle, NodeStatus,
+    ReadReply, ReadView, StartError, SystemClock, Transport, WriteReply,
 };
 pub use storage::{EngineStorage, LogStats, LogStore, SnapshotSlot, StoreError};

@@ -1,5 +1,6 @@
 //! `worknode.Admin`: the state digest, and fault injection for tests.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
@@ -198,7 +199,12 @@ impl adminpb::admin_server::Admin for AdminService {
             leader_id: status.leader_id,
             member_id: self.shared.member_id,
             upcoming,
-            leader_changes_total: status.leader_changes_total,
+            leader_changes_total: self
+                .shared
+                .node
+                .counters()
+                .leader_changes
+                .load(Ordering::Relaxed),
             slots_per_turn: settings.slots_per_turn,
             slots_per_epoch: settings.slots_per_epoch,
             pending_change_epoch: pending.unwrap_or(0),

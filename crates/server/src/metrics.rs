@@ -97,6 +97,8 @@ fn family(text: &mut String, name: &str, kind: &str, help: &str) {
 /// The exposition text.
 pub fn render(source: &MetricsSource) -> String {
     let status = source.node.status();
+    let counters = source.node.counters();
+    let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
     let rotation = source.node.rotation_metrics();
     let mut text = String::new();
     for (name, kind, help, value) in [
@@ -119,37 +121,37 @@ pub fn render(source: &MetricsSource) -> String {
             "worknode_requests_rejected_total",
             "counter",
             "Requests refused at a queue bound.",
-            status.rejected_total as f64,
+            count(&counters.rejected) as f64,
         ),
         (
             "worknode_proposals_retried_total",
             "counter",
             "Proposals proposed again after raft-rs dropped or lost them.",
-            status.retried_total as f64,
+            count(&counters.retried) as f64,
         ),
         (
             "worknode_leader_changes_total",
             "counter",
             "Leader changes this member has seen.",
-            status.leader_changes_total as f64,
+            count(&counters.leader_changes) as f64,
         ),
         (
             "worknode_fast_failovers_total",
             "counter",
             "Failovers this member started without waiting out the election timeout, because the leader's host refused connections (its process was gone).",
-            status.fast_failovers_total as f64,
+            count(&counters.fast_failovers) as f64,
         ),
         (
             "worknode_rotation_forward_unreachable_total",
             "counter",
             "Writes in the last part of a turn proposed to the leader instead of the incoming leader, which could not be reached.",
-            status.forward_unreachable_total as f64,
+            count(&counters.forward_unreachable) as f64,
         ),
         (
             "worknode_raft_snapshot_requests_total",
             "counter",
             "Snapshots this member asked the leader for because its log lacked entries the leader counted here (after --rejoin, or a lost log tail).",
-            status.snapshot_requests_total as f64,
+            count(&counters.snapshot_requests) as f64,
         ),
         (
             "worknode_rotation_handoffs_total",
@@ -161,25 +163,25 @@ pub fn render(source: &MetricsSource) -> String {
             "worknode_rotation_forwarded_ahead_total",
             "counter",
             "Writes sent to the incoming leader in the last part of a turn.",
-            status.forwarded_ahead_total as f64,
+            count(&counters.forwarded_ahead) as f64,
         ),
         (
             "worknode_rotation_held_fallback_total",
             "counter",
             "Writes held for this member's turn that went to the actual leader instead.",
-            status.held_fallback_total as f64,
+            count(&counters.held_fallback) as f64,
         ),
         (
             "worknode_raft_optimistic_rejected_total",
             "counter",
             "Followers that lacked entries a new leader sent them before their first answer, probed back as raft-rs does.",
-            status.optimistic_rejected_total as f64,
+            count(&counters.optimistic_rejected) as f64,
         ),
         (
             "worknode_raft_snapshots_total",
             "counter",
             "State-machine snapshots written, taken here or received from the leader.",
-            status.snapshots_total as f64,
+            count(&counters.snapshots) as f64,
         ),
         (
             "worknode_raft_log_reads_off_loop_total",

@@ -230,35 +230,41 @@ pub struct NodeStatus {
     pub alarms: Vec<worknode_kv::AlarmMember>,
     /// Writes waiting to be applied.
     pub pending_writes: usize,
-    /// Requests refused at a queue bound, since start.
-    pub rejected_total: u64,
-    /// Proposals proposed again after raft-rs dropped or lost them, since start.
-    pub retried_total: u64,
-    /// Leader changes seen, since start.
-    pub leader_changes_total: u64,
-    /// Failovers started early because the leader's process was found gone.
-    pub fast_failovers_total: u64,
-    /// Snapshots this member asked the leader for because its log lacked entries the
-    /// leader counted (after `--rejoin`, or a lost tail), since start.
-    pub snapshot_requests_total: u64,
-    /// Writes in the last part of a turn proposed to the leader because the incoming
-    /// leader could not be reached, since start.
-    pub forward_unreachable_total: u64,
-    /// Writes sent to (or, here, kept for) the incoming leader in the last part of a
-    /// turn, since start.
-    pub forwarded_ahead_total: u64,
-    /// Writes held for this member's turn that went to the actual leader instead (the
-    /// transfer did not happen), since start.
-    pub held_fallback_total: u64,
-    /// Followers that, as this member took over, lacked entries it replicated to them at
-    /// once, and were probed back as raft-rs does (since start).
-    pub optimistic_rejected_total: u64,
-    /// State-machine snapshots written (taken or received), since start.
-    pub snapshots_total: u64,
     /// Applied index of the latest durable snapshot (0: none).
     pub snapshot_index: u64,
     /// Log reads for lagging peers done off the loop, since start.
     pub reads_off_loop_total: u64,
+}
+
+/// The loop's event counters since start, each kept in one place: the loop adds, anyone
+/// holding the handle reads (metrics, `worknode status`, tests).
+#[derive(Debug, Default)]
+pub struct NodeCounters {
+    /// Requests refused at a queue bound.
+    pub rejected: AtomicU64,
+    /// Proposals proposed again after raft-rs dropped or lost them.
+    pub retried: AtomicU64,
+    /// Leader changes seen.
+    pub leader_changes: AtomicU64,
+    /// Failovers started early because the leader's process was found gone.
+    pub fast_failovers: AtomicU64,
+    /// Snapshots this member asked the leader for because its log lacked entries the
+    /// leader counted (after `--rejoin`, or a lost tail).
+    pub snapshot_requests: AtomicU64,
+    /// Writes in the last part of a turn proposed to the leader because the incoming
+    /// leader could not be reached.
+    pub forward_unreachable: AtomicU64,
+    /// Writes sent to (or, here, kept for) the incoming leader in the last part of a
+    /// turn.
+    pub forwarded_ahead: AtomicU64,
+    /// Writes held for this member's turn that went to the actual leader instead (the
+    /// transfer did not happen).
+    pub held_fallback: AtomicU64,
+    /// Followers that, as this member took over, lacked entries it replicated to them at
+    /// once, and were probed back as raft-rs does.
+    pub optimistic_rejected: AtomicU64,
+    /// State-machine snapshots written (taken or received).
+    pub snapshots: AtomicU64,
 }
 
 /// The driver's side of the channels, held by servers and transports.
@@ -272,9 +278,15 @@ pub struct NodeHandle {
     pub(super) turns: Arc<Mutex<crate::rotation::TurnLog>>,
     pub(super) schedule: Arc<Mutex<Vec<ScheduleChange>>>,
     pub(super) rejections: Arc<Rejections>,
+    pub(super) counters: Arc<NodeCounters>,
 }
 
 impl NodeHandle {
+    /// The loop's event counters.
+    pub fn counters(&self) -> &NodeCounters {
+        &self.counters
+    }
+
     /// Peer messages rejected before raft-rs saw them, by the readers and the loop.
     pub fn rejections(&self) -> &Arc<Rejections> {
         &self.rejections

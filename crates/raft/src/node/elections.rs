@@ -102,7 +102,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             return;
         }
         self.gone_leader = Some((raft.term, leader));
-        self.fast_failovers_total += 1;
+        self.handle.counters.fast_failovers.fetch_add(1, Ordering::Relaxed);
         let successor = self.successor(leader);
         let raft = &mut self.raw.raft;
         let election = raft.election_timeout();

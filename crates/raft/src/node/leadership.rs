@@ -31,7 +31,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     pub(super) fn forward_ahead_to_reachable(&mut self) -> Option<(u64, Duration)> {
         let (target, until_boundary) = self.forward_ahead()?;
         if target != self.config.id && !self.transport.peer_reachable(target) {
-            self.forward_unreachable_total += 1;
+            self.handle.counters.forward_unreachable.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         Some((target, until_boundary))
@@ -61,7 +61,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         if leader == raft::INVALID_ID {
             return false;
         }
-        self.leader_changes_total += 1;
+        self.handle.counters.leader_changes.fetch_add(1, Ordering::Relaxed);
         let leads = leader == self.config.id;
         if leads {
             self.replicate_at_once();
@@ -134,7 +134,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                     progress.paused = false;
                     progress.next_idx = message.index + 1;
                     progress.ins.reset();
-                    self.optimistic_rejected_total += 1;
+                    self.handle.counters.optimistic_rejected.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

@@ -86,7 +86,6 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     last_snapshot_bytes: u64,
     /// Bytes of entries applied since the latest snapshot began.
     log_bytes_since_snapshot: u64,
-    snapshots_total: u64,
     requests: Receiver<ClientRequest>,
     inbox: Receiver<Message>,
     /// What the producers of all the queues ring (see [`crate::doorbell`]).
@@ -100,8 +99,6 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     /// Linearizable reads not yet covered by a read-index request.
     unasked_reads: Vec<u64>,
     next_read_batch: u64,
-    rejected_total: u64,
-    retried_total: u64,
     rotation: Option<crate::rotation::Rotation>,
     /// When each peer's last message arrived (liveness for handoff decisions).
     last_heard: HashMap<u64, Instant>,
@@ -117,26 +114,18 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     /// The term and role at which the election timeout was last drawn here: raft-rs
     /// draws its own (from `thread_rng`) on every change of either.
     timer_drawn_at: Option<(u64, StateRole)>,
-    forwarded_ahead_total: u64,
-    held_fallback_total: u64,
-    optimistic_rejected_total: u64,
     last_leader: u64,
-    leader_changes_total: u64,
     /// The (term, leader) whose process this follower found gone, once per term.
     gone_leader: Option<(u64, u64)>,
     /// When this member campaigns because its leader's process is gone.
     campaign_at: Option<Instant>,
     /// Until when the successor asks again while its pre-votes go unanswered.
     failover_until: Option<Instant>,
-    fast_failovers_total: u64,
     /// When this member last asked the leader for a snapshot (see
     /// [`Node::ask_for_snapshot`]).
     snapshot_asked_at: Option<Instant>,
-    snapshot_requests_total: u64,
     /// The earliest time a write forwarded ahead must be retried or a held write released.
     due_at: Option<Instant>,
-    /// Writes proposed to the leader because the incoming one could not be reached.
-    forward_unreachable_total: u64,
 }
 
 /// Why a node could not start.
@@ -225,6 +214,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             turns,
             schedule,
             rejections: Arc::default(),
+            counters: Arc::default(),
         };
         let seed = config.seed;
         let mut node = Self {
@@ -239,7 +229,6 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             last_snapshot_index,
             last_snapshot_bytes,
             log_bytes_since_snapshot: 0,
-            snapshots_total: 0,
             requests: request_rx,
             inbox: inbox_rx,
             bell,
@@ -250,28 +239,19 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             next_read_id: 1,
             unasked_reads: Vec::new(),
             next_read_batch: 1,
-            rejected_total: 0,
-            retried_total: 0,
             rotation,
             gone_leader: None,
             campaign_at: None,
             failover_until: None,
-            fast_failovers_total: 0,
             snapshot_asked_at: None,
-            snapshot_requests_total: 0,
             due_at: None,
-            forward_unreachable_total: 0,
             last_heard: HashMap::new(),
             held: Vec::new(),
             optimistic: Vec::new(),
             biased: false,
             draws: crate::draws::Draws::new(seed),
             timer_drawn_at: None,
-            forwarded_ahead_total: 0,
-            held_fallback_total: 0,
-            optimistic_rejected_total: 0,
             last_leader: raft::INVALID_ID,
-            leader_changes_total: 0,
         };
         node.draw_election_timeout();
         Ok((node, handle))
@@ -593,16 +573,6 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             store_bytes: self.machine.store().size_bytes(),
             alarms: self.machine.alarms().to_vec(),
             pending_writes: self.writes.len(),
-            rejected_total: self.rejected_total,
-            retried_total: self.retried_total,
-            leader_changes_total: self.leader_changes_total,
-            fast_failovers_total: self.fast_failovers_total,
-            snapshot_requests_total: self.snapshot_requests_total,
-            forward_unreachable_total: self.forward_unreachable_total,
-            forwarded_ahead_total: self.forwarded_ahead_total,
-            held_fallback_total: self.held_fallback_total,
-            optimistic_rejected_total: self.optimistic_rejected_total,
-            snapshots_total: self.snapshots_total,
             snapshot_index: self.last_snapshot_index,
             reads_off_loop_total: self.raw.store().reads_off_loop(),
         };

@@ -27,7 +27,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         match request {
             ClientRequest::Write { proposal, deadline, reply } => {
                 if self.writes.len() >= PENDING_WRITES_MAX {
-                    self.rejected_total += 1;
+                    self.handle.counters.rejected.fetch_add(1, Ordering::Relaxed);
                     let _ = reply.send(Err(NodeError::TooManyRequests));
                     return;
                 }
@@ -45,7 +45,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                                 &encoded,
                             )]);
                         }
-                        self.forwarded_ahead_total += 1;
+                        self.handle.counters.forwarded_ahead.fetch_add(1, Ordering::Relaxed);
                         let retry = now + until_boundary + self.forward_grace();
                         self.due_at = Some(self.due_at.map_or(retry, |due| due.min(retry)));
                         retry
@@ -63,7 +63,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             }
             ClientRequest::Read { linearizable: true, deadline, reply } => {
                 if self.reads.len() >= PENDING_READS_MAX {
-                    self.rejected_total += 1;
+                    self.handle.counters.rejected.fetch_add(1, Ordering::Relaxed);
                     let _ = reply.send(Err(NodeError::TooManyRequests));
                     return;
                 }
@@ -118,7 +118,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 .partition(|(_, release)| now >= *release);
             self.held = waiting;
             for (message, _) in late {
-                self.held_fallback_total += 1;
+                self.handle.counters.held_fallback.fetch_add(1, Ordering::Relaxed);
                 let _ = self.raw.step(message);
             }
         }
@@ -131,7 +131,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 retried += 1;
             }
         }
-        self.retried_total += retried;
+        self.handle.counters.retried.fetch_add(retried as u64, Ordering::Relaxed);
         let expired: Vec<u64> =
             self.reads.iter().filter(|(_, r)| now >= r.deadline).map(|(id, _)| *id).collect();
         for id in expired {

@@ -25,7 +25,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             return;
         }
         self.snapshot_asked_at = Some(now);
-        self.snapshot_requests_total += 1;
+        self.handle.counters.snapshot_requests.fetch_add(1, Ordering::Relaxed);
         let raft_log = &self.raw.raft.raft_log;
         let last = raft_log.last_index();
         tracing::info!(
@@ -79,7 +79,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 self.last_snapshot_index = snapshot.get_metadata().index;
                 self.last_snapshot_bytes = snapshot.get_data().len() as u64;
                 self.log_bytes_since_snapshot = 0;
-                self.snapshots_total += 1;
+                self.handle.counters.snapshots.fetch_add(1, Ordering::Relaxed);
                 self.schedule_changed();
             }
             Err(error) => {
@@ -179,7 +179,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         self.raw.mut_store().snapshot_taken(snapshot, job.compact_to)?;
         self.last_snapshot_index = job.index;
         self.last_snapshot_bytes = bytes as u64;
-        self.snapshots_total += 1;
+        self.handle.counters.snapshots.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             index = job.index,
             bytes,
