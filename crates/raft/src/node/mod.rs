@@ -262,55 +262,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         self.bell.answer_here();
         let mut next_tick = self.clock.now() + self.config.tick;
         while !self.handle.stop.load(Ordering::Relaxed) {
-            let mut timeout =
-                next_tick.saturating_duration_since(self.clock.now()).min(self.config.tick);
-            if let Some(rotation) = &self.rotation {
-                if self.raw.raft.state == StateRole::Leader {
-                    timeout = timeout.min(rotation.next_wakeup(self.clock.unix_ns()));
-                }
-            }
-            if let Some(at) = self.campaign_at {
-                timeout = timeout.min(at.saturating_duration_since(self.clock.now()));
-            }
-            if let Some(at) = self.due_at {
-                timeout = timeout.min(at.saturating_duration_since(self.clock.now()));
-            }
+            let timeout = self.until_due(next_tick);
             self.wait_for_input(timeout);
-            self.ask_read_index();
-            let now = self.clock.now();
-            self.notice_leader_gone(now);
-            let due = self.due_at.is_some_and(|at| now >= at);
-            let ticked = now >= next_tick;
-            if ticked {
-                self.draw_election_timeout();
-                self.raw.tick();
-                next_tick += self.config.tick;
-                if next_tick < now {
-                    next_tick = now + self.config.tick;
-                }
-            }
-            if ticked || due {
-                // On every tick, and the moment a write forwarded ahead or held for a turn
-                // falls due (the boundary passed without the handoff it waited for): a tick
-                // later would add up to a tick to those writes.
-                if due {
-                    self.due_at = None;
-                }
-                self.expire_and_retry(now);
-            }
-            self.maybe_snapshot()?;
-            self.handle_ready()?;
-            if self.follow_leadership(now) {
-                // What it proposed on taking over goes out now, not on the next input.
-                self.handle_ready()?;
-            }
-            self.draw_election_timeout();
-            self.bias_election();
-            if self.rotate(now) {
-                // The transfer's messages go out in this turn, not the next.
-                self.handle_ready()?;
-            }
-            self.publish_status();
+            self.turn(&mut next_tick)?;
         }
         self.finish_snapshot()?;
         for (_, write) in self.writes.drain() {
@@ -319,6 +273,67 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         for (_, read) in std::mem::take(&mut self.reads) {
             let _ = read.reply.send(Err(NodeError::Stopped));
         }
+        Ok(())
+    }
+
+    /// How long the loop may wait for input before a tick, a turn boundary, a failover
+    /// campaign or a forwarded write falls due.
+    fn until_due(&self, next_tick: Instant) -> Duration {
+        let mut timeout =
+            next_tick.saturating_duration_since(self.clock.now()).min(self.config.tick);
+        if let Some(rotation) = &self.rotation {
+            if self.raw.raft.state == StateRole::Leader {
+                timeout = timeout.min(rotation.next_wakeup(self.clock.unix_ns()));
+            }
+        }
+        if let Some(at) = self.campaign_at {
+            timeout = timeout.min(at.saturating_duration_since(self.clock.now()));
+        }
+        if let Some(at) = self.due_at {
+            timeout = timeout.min(at.saturating_duration_since(self.clock.now()));
+        }
+        timeout
+    }
+
+    /// One turn, after the input that arrived was taken: the tick if one is due, retries
+    /// and expiries, snapshots, `Ready`, leadership changes, the schedule's handoffs, and
+    /// the status it publishes. Reads the time once, from the node's clock.
+    fn turn(&mut self, next_tick: &mut Instant) -> Result<(), crate::storage::StoreError> {
+        self.ask_read_index();
+        let now = self.clock.now();
+        self.notice_leader_gone(now);
+        let due = self.due_at.is_some_and(|at| now >= at);
+        let ticked = now >= *next_tick;
+        if ticked {
+            self.draw_election_timeout();
+            self.raw.tick();
+            *next_tick += self.config.tick;
+            if *next_tick < now {
+                *next_tick = now + self.config.tick;
+            }
+        }
+        if ticked || due {
+            // On every tick, and the moment a write forwarded ahead or held for a turn
+            // falls due (the boundary passed without the handoff it waited for): a tick
+            // later would add up to a tick to those writes.
+            if due {
+                self.due_at = None;
+            }
+            self.expire_and_retry(now);
+        }
+        self.maybe_snapshot()?;
+        self.handle_ready()?;
+        if self.follow_leadership(now) {
+            // What it proposed on taking over goes out now, not on the next input.
+            self.handle_ready()?;
+        }
+        self.draw_election_timeout();
+        self.bias_election();
+        if self.rotate(now) {
+            // The transfer's messages go out in this turn, not the next.
+            self.handle_ready()?;
+        }
+        self.publish_status();
         Ok(())
     }
 
