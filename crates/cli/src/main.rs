@@ -23,9 +23,8 @@ mod svg;
 mod top_cmd;
 
 /// mimalloc instead of glibc's malloc: every request allocates (gRPC frames, proposals,
-/// Raft messages) on several threads, and glibc spent 3-4% of a 16-client run in
-/// malloc, free and arena trimming (mprotect on the Raft loop several hundred times a
-/// second).
+/// Raft messages) on several threads, and glibc's arenas trim and re-protect memory on
+/// the Raft loop's path as they shrink and grow.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

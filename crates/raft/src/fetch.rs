@@ -1,10 +1,11 @@
 //! Catch-up reads off the Raft loop.
 //!
 //! A leader sends a lagging follower entries the entry cache no longer holds: raft-engine
-//! reads, decodes and checksums them from the log files, about 2.5 ms per 256 KiB message
-//! on this VM. Done on the loop, that is a stall for every client: a follower in probe
+//! reads, decodes and checksums them from the log files, milliseconds per 256 KiB
+//! message. Done on the loop, that is a stall for every client: a follower in probe
 //! state is sent a fresh probe on each heartbeat answer (and linearizable reads make a
-//! heartbeat round each), so a restarted member cost the leader 30-60 such reads in a row.
+//! heartbeat round each), so a restarted member costs the leader dozens of such reads in
+//! a row.
 //!
 //! raft-rs lets storage answer a read for an append with `LogTemporarilyUnavailable` and
 //! be called back (`RawNode::on_entries_fetched`) once the entries are in memory, as TiKV

@@ -80,8 +80,8 @@ impl SnapshotFile {
         let temporary = self.path.with_extension("bin.tmp");
         let mut file = File::create(&temporary).map_err(|e| self.io(e))?;
         // Flushed a chunk at a time: one flush of the whole file (megabytes) holds the disk
-        // long enough to stall every Raft log fdatasync queued behind it — measured here
-        // as 5-18 ms stalls on every member sharing the disk.
+        // long enough to stall every Raft log fdatasync queued behind it, on every member
+        // sharing the disk.
         for chunk in bytes.chunks(SYNC_CHUNK) {
             file.write_all(chunk).map_err(|e| self.io(e))?;
             file.sync_data().map_err(|e| self.io(e))?;

@@ -111,8 +111,8 @@ pub trait LogStore: raft::Storage + Send {
     }
 }
 
-/// Upper bounds (seconds) of the log sync duration histogram's buckets: a flush on a
-/// good SSD takes tens of microseconds, one on this VM's shared virtual disk 0.1-0.4 ms.
+/// Upper bounds (seconds) of the log sync duration histogram's buckets: from a good
+/// SSD's tens of microseconds to a slow shared virtual disk's hundreds of milliseconds.
 pub const LOG_SYNC_BUCKETS_S: [f64; 12] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 

@@ -117,9 +117,8 @@ pub fn serve(config: ServerConfig, start: StartOptions) -> Result<(), ServeError
 
 /// The net worknode's runtime: with one thread, a current-thread runtime on the worknode's
 /// own thread (a multi-thread runtime runs its tasks on worker threads of its own and
-/// wakes another worker for each task it hands over; two workers per member cost 8-20%
-/// of writes at 16 clients on a loaded host); with more, that many workers, each
-/// inheriting the worknode's CPUs.
+/// wakes another worker for each task it hands over, a thread wake-up on every
+/// request's path); with more, that many workers, each inheriting the worknode's CPUs.
 fn run(
     config: ServerConfig,
     threads: usize,

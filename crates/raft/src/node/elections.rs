@@ -77,8 +77,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 // Asked again while the pre-vote goes unanswered: a follower whose own
                 // connection has not yet been refused still holds the leader lease and
                 // ignores the pre-vote without a word, and raft-rs would ask again only
-                // at its election timeout (kill -9 of the leader stalled writes 158-300 ms
-                // in 4 of 28 trials that way).
+                // at its election timeout: a whole timeout of stalled writes.
                 // A pre-vote changes no term, so asking again disturbs nobody.
                 if (self.failing_over() && state == StateRole::Follower)
                     || (within && state == StateRole::PreCandidate)

@@ -168,9 +168,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             }
         }
         // The leader keeps one pending request per context and ignores another with the
-        // same one: the context must be unique in the cluster, not only here (member
-        // counters all start at 1, and a follower's first reads were dropped for a
-        // collision with the leader's own, then waited out two retries, 600 ms).
+        // same one: the context must be unique in the cluster, not only here (every
+        // member's counter starts at 1, so a follower's first reads would collide with
+        // the leader's own and wait out retries).
         let mut context = self.config.id.to_be_bytes().to_vec();
         context.extend_from_slice(&batch.to_be_bytes());
         self.raw.read_index(context);

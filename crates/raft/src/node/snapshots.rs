@@ -105,8 +105,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let interval =
             self.config.snapshot_entries + self.config.snapshot_entries * (self.config.id % 4) / 8;
         // A snapshot encodes the whole state (with its history until compacted), so taking
-        // one every `interval` entries costs more per write as the state grows: at 50k
-        // revisions each took 0.5-1.3 s of a CPU every 4 s under load. Waiting also until
+        // one every `interval` entries costs more per write as the state grows, without
+        // bound. Waiting also until
         // the log since the last one is as large as that snapshot keeps the encoding to
         // about one byte per byte written, and a restart still replays at most a
         // snapshot's worth of log (as Redis rewrites its AOF at 100% growth).
@@ -119,8 +119,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let term = self.raw.raft.raft_log.term(applied).unwrap_or(0);
         let started = Instant::now();
         // The state machine's collections are persistent: this clone is O(1), and the
-        // writes applied while the thread encodes it copy only what they touch. (Encoding
-        // in the loop cost 15-60 ms at 10-30k keys on this VM, a stall for every client.)
+        // writes applied while the thread encodes it copy only what they touch. Encoding
+        // grows with the state, and in the loop it would stall every client.
         let machine = self.machine.clone();
         let mut snapshot = Snapshot::default();
         let metadata = snapshot.mut_metadata();
