@@ -88,6 +88,7 @@ fn a_short_demo_without_faults_rotates_with_no_failed_writes() {
     assert!(summary_number(&text, "writes", " ok") > 0);
     assert_eq!(summary_number(&text, "writes", " failed"), 0, "{text}");
     assert_eq!(summary_number(&text, "reads", " failed"), 0, "{text}");
+    assert!(text.contains("read back with their values; none lost"), "{text}");
     assert!(summary_number(&text, "turns", " handoffs") >= 3, "leadership did not rotate:\n{text}");
     let plot = std::fs::read_to_string(&svg).unwrap();
     assert!(plot.starts_with("<svg") && plot.contains("write latency"), "not a timeline plot");
@@ -111,6 +112,8 @@ fn a_killed_member_costs_no_failed_writes_and_comes_back() {
     assert!(text.contains("killed with SIGKILL") && text.contains("restarted"), "{text}");
     assert!(text.contains("members up     3 of 3"), "{text}");
     assert_eq!(summary_number(&text, "writes", " failed"), 0, "{text}");
+    // Through the kill -9 and the restart, every acknowledged write is still there.
+    assert!(text.contains("read back with their values; none lost"), "{text}");
 }
 
 /// Starts a long demo on `dir` and waits for its turn table to begin.

@@ -33,6 +33,22 @@ pub(crate) struct Completion {
     pub(crate) ok: bool,
     /// Attempts that failed before the last one (each was retried on another member).
     pub(crate) retried: u32,
+    /// For a write, its key: `demo/w{writer}/{sequence}` (see [`written_key`]).
+    pub(crate) writer: usize,
+    pub(crate) sequence: u64,
+}
+
+/// The key a writer's `sequence`-th write puts.
+pub(crate) fn written_key(writer: usize, sequence: u64) -> Vec<u8> {
+    format!("demo/w{writer}/{sequence}").into_bytes()
+}
+
+/// The value it puts: its own key, padded, so a value read back names the write it came
+/// from.
+pub(crate) fn written_value(writer: usize, sequence: u64) -> Vec<u8> {
+    let mut value = written_key(writer, sequence);
+    value.resize(VALUE_BYTES.max(value.len()), b'.');
+    value
 }
 
 /// Running clients.
@@ -105,11 +121,7 @@ async fn run_client(
     let mut sequence = 0u64;
     while !stop.load(Ordering::Relaxed) {
         sequence += 1;
-        let key = if write {
-            format!("demo/w{writer}/{sequence}").into_bytes()
-        } else {
-            format!("demo/w{writer}/1").into_bytes()
-        };
+        let key = written_key(writer, if write { sequence } else { 1 });
         let started = Instant::now();
         let mut retried = 0u32;
         let ok = loop {
@@ -118,7 +130,7 @@ async fn run_client(
                 if write {
                     let put = PutRequest {
                         key: key.clone(),
-                        value: vec![b'x'; VALUE_BYTES],
+                        value: written_value(writer, sequence),
                         ..Default::default()
                     };
                     client.put(put).await.map(drop)
@@ -141,8 +153,80 @@ async fn run_client(
             // Abandoned because the demo is ending, not failed by the cluster.
             break;
         }
-        let completion =
-            Completion { at_unix_ns: unix_ns(), latency: started.elapsed(), write, ok, retried };
+        let completion = Completion {
+            at_unix_ns: unix_ns(),
+            latency: started.elapsed(),
+            write,
+            ok,
+            retried,
+            writer,
+            sequence,
+        };
         completions.lock().unwrap_or_else(PoisonError::into_inner).push(completion);
     }
+}
+
+/// What reading every acknowledged write back found.
+#[derive(Debug, Default)]
+pub(crate) struct ReadBack {
+    pub(crate) checked: usize,
+    /// Acknowledged writes missing, or holding another value, or applied more often than
+    /// they were sent: the first few keys, and how many in all.
+    pub(crate) wrong: Vec<String>,
+    pub(crate) wrong_total: usize,
+}
+
+/// Reads every acknowledged write back (one linearizable range over the demo's keys,
+/// through the first member that answers): each key must hold its own value, at version
+/// 1 — or at most one more per retry, since a retry on another member is a new request
+/// that etcd's API cannot tell from the first.
+pub(crate) async fn read_back(
+    members: &[SocketAddr],
+    acknowledged: &[Completion],
+) -> Result<ReadBack, String> {
+    let range = RangeRequest {
+        key: b"demo/w".to_vec(),
+        range_end: b"demo/x".to_vec(),
+        ..Default::default()
+    };
+    let mut stored = None;
+    let mut failures = Vec::new();
+    for address in members {
+        let endpoint =
+            Endpoint::from_shared(format!("http://{address}")).map_err(|e| e.to_string())?;
+        let attempt = async {
+            let channel = endpoint.connect_timeout(Duration::from_secs(1)).connect().await?;
+            let client = KvClient::new(channel).max_decoding_message_size(usize::MAX);
+            Ok::<_, Box<dyn std::error::Error>>(
+                client.clone().range(range.clone()).await?.into_inner(),
+            )
+        };
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
+            Ok(Ok(response)) => {
+                stored = Some(response);
+                break;
+            }
+            Ok(Err(error)) => failures.push(format!("{address}: {error}")),
+            Err(_) => failures.push(format!("{address}: timed out")),
+        }
+    }
+    let stored = stored.ok_or_else(|| format!("no member answered: {}", failures.join("; ")))?;
+    let stored: std::collections::HashMap<Vec<u8>, (Vec<u8>, i64)> =
+        stored.kvs.into_iter().map(|kv| (kv.key, (kv.value, kv.version))).collect();
+    let mut result = ReadBack::default();
+    for write in acknowledged.iter().filter(|c| c.write && c.ok) {
+        result.checked += 1;
+        let key = written_key(write.writer, write.sequence);
+        let fine = stored.get(&key).is_some_and(|(value, version)| {
+            *value == written_value(write.writer, write.sequence)
+                && (1..=i64::from(write.retried) + 1).contains(version)
+        });
+        if !fine {
+            result.wrong_total += 1;
+            if result.wrong.len() < 3 {
+                result.wrong.push(String::from_utf8_lossy(&key).into_owned());
+            }
+        }
+    }
+    Ok(result)
 }

@@ -21,7 +21,7 @@ use worknode_server::pb::maintenance_client::MaintenanceClient;
 use worknode_server::pb::StatusRequest;
 
 use self::cluster::{ClusterSettings, LocalCluster, MemberCpus};
-use self::load::{unix_ns, Completion, Load};
+use self::load::{read_back, unix_ns, Completion, Load};
 use crate::CliError;
 
 /// How long the members may take to elect a first leader.
@@ -415,6 +415,8 @@ async fn demo(
     let load_start_unix = unix_ns();
     let load_start = Instant::now();
     let load = Load::start(&addresses, args.writers as usize, args.readers as usize);
+    // Every write the cluster acknowledged, to read back at the end.
+    let mut acknowledged = Vec::new();
     let duration = Duration::from_secs(args.duration);
     let fault_at = (!args.no_faults).then(|| duration / 2);
     let restart_after = (duration / 4).clamp(Duration::from_millis(1_500), Duration::from_secs(4));
@@ -487,6 +489,9 @@ async fn demo(
         for completion in load.take() {
             totals.add(&completion);
             add_to_turn(&mut book.stats, turn_of(completion.at_unix_ns), &completion);
+            if completion.write && completion.ok {
+                acknowledged.push(completion);
+            }
         }
         if ticks.is_multiple_of(TURNS_POLL_EVERY) || finished {
             collect_turns(&channels, cluster, &mut book.records).await;
@@ -521,6 +526,9 @@ async fn demo(
     for completion in load.stop().await {
         totals.add(&completion);
         add_to_turn(&mut book.stats, turn_of(completion.at_unix_ns), &completion);
+        if completion.write && completion.ok {
+            acknowledged.push(completion);
+        }
     }
     // The last turn that overlapped the load.
     let load_end = load_start_unix + duration.as_nanos() as u64;
@@ -540,6 +548,30 @@ async fn demo(
     }
     let summary = Summary::new(&rows, &totals, up, duration);
     summary.print(out)?;
+    // Every write the cluster acknowledged, read back: the proof that nothing acknowledged
+    // was lost (through the kill too) or applied twice.
+    let checked = read_back(&addresses, &acknowledged).await;
+    let lost = match &checked {
+        Ok(found) if found.wrong_total == 0 => {
+            writeln!(
+                out,
+                "  {:<14} {} acknowledged writes read back with their values; none lost",
+                "verified", found.checked
+            )?;
+            None
+        }
+        Ok(found) => {
+            let text = format!(
+                "{} of {} acknowledged writes missing or wrong (e.g. {})",
+                found.wrong_total,
+                found.checked,
+                found.wrong.join(", ")
+            );
+            writeln!(out, "  {:<14} {text}", "verified")?;
+            Some(text)
+        }
+        Err(error) => Some(format!("acknowledged writes could not be read back: {error}")),
+    };
     if let Some(path) = &args.svg {
         let names: Vec<String> = cluster.members.iter().map(|m| m.name.clone()).collect();
         let svg = plot::timeline(
@@ -554,7 +586,10 @@ async fn demo(
         writeln!(out, "timeline written to {}", path.display())?;
     }
     out.flush()?;
-    Ok(())
+    match lost {
+        None => Ok(()),
+        Some(text) => Err(CliError::runtime(text)),
+    }
 }
 
 fn event_line(
