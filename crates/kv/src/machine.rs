@@ -545,6 +545,33 @@ mod restore_tests {
         assert!(error.0.contains("deduplication"), "{error}");
     }
 
+    #[test]
+    fn alarms_survive_a_snapshot_and_a_state_from_before_alarms_restores() {
+        let mut machine = written();
+        let digest_without = machine.digest();
+        // The layout before alarms: the same fields without the last.
+        let before = postcard::to_allocvec(&(
+            &machine.store,
+            machine.applied_index,
+            &machine.recent,
+            &machine.answers,
+            &machine.schedule,
+        ))
+        .unwrap();
+        assert_eq!(StateMachine::restore(&before).unwrap(), machine);
+
+        let no_space = AlarmMember { member_id: 2, alarm: AlarmType::NoSpace };
+        let index = machine.applied_index() + 1;
+        let raise = Proposal {
+            id: RequestId { session: 8, sequence: 1 },
+            command: Command::RaiseAlarm(no_space),
+        };
+        machine.apply(index, &raise);
+        let restored = StateMachine::restore(&machine.snapshot()).unwrap();
+        assert_eq!(restored.alarms(), &[no_space]);
+        assert_ne!(restored.digest(), digest_without);
+    }
+
     proptest! {
         #[test]
         fn damaged_snapshots_are_refused_or_usable(
@@ -571,140 +598,5 @@ mod restore_tests {
                 exercise(machine);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod alarm_tests {
-    use super::*;
-    use crate::ENTRY_OVERHEAD_BYTES;
-
-    fn proposal(sequence: u64, command: Command) -> Proposal {
-        Proposal { id: RequestId { session: 3, sequence }, command }
-    }
-
-    fn put(key: &str, value: &str) -> Command {
-        Command::Put(PutRequest { key: key.into(), value: value.into(), ..PutRequest::default() })
-    }
-
-    const NO_SPACE: AlarmMember = AlarmMember { member_id: 2, alarm: AlarmType::NoSpace };
-
-    #[test]
-    fn the_size_counts_history_until_compaction_drops_it() {
-        let mut machine = StateMachine::new();
-        machine.apply(1, &proposal(1, put("key", "12345")));
-        let one = ENTRY_OVERHEAD_BYTES + 3 + 5;
-        assert_eq!(machine.store().size_bytes(), one);
-        machine.apply(2, &proposal(2, put("key", "1234567890")));
-        assert_eq!(machine.store().size_bytes(), one + one + 5);
-        let restored = StateMachine::restore(&machine.snapshot()).unwrap();
-        assert_eq!(restored.store().size_bytes(), machine.store().size_bytes());
-        machine.apply(3, &proposal(3, Command::Compact { revision: 3 }));
-        assert_eq!(machine.store().size_bytes(), one + 5);
-    }
-
-    #[test]
-    fn with_no_space_raised_only_writes_that_add_data_are_refused() {
-        let mut machine = StateMachine::new();
-        machine.apply(1, &proposal(1, put("a", "1")));
-        let raised = machine.apply(2, &proposal(2, Command::RaiseAlarm(NO_SPACE)));
-        assert_eq!(raised.outcome, Outcome::Alarm(Some(NO_SPACE)));
-        let again = machine.apply(3, &proposal(3, Command::RaiseAlarm(NO_SPACE)));
-        assert_eq!(again.outcome, Outcome::Alarm(None));
-        assert_eq!(machine.alarms(), &[NO_SPACE]);
-
-        let refused = machine.apply(4, &proposal(4, put("b", "2")));
-        assert_eq!(refused.outcome, Outcome::Error(KvError::NoSpace));
-        // A put in a branch that would not run still counts, as in etcd.
-        let guarded = TxnRequest {
-            failure: vec![RequestOp::Put(PutRequest { key: "c".into(), ..Default::default() })],
-            ..TxnRequest::default()
-        };
-        let refused = machine.apply(5, &proposal(5, Command::Txn(guarded)));
-        assert_eq!(refused.outcome, Outcome::Error(KvError::NoSpace));
-        let delete = DeleteRangeRequest { key: "a".into(), ..Default::default() };
-        let deleted = machine.apply(6, &proposal(6, Command::DeleteRange(delete)));
-        assert!(matches!(deleted.outcome, Outcome::DeleteRange(_)), "{deleted:?}");
-        let compacted = machine.apply(7, &proposal(7, Command::Compact { revision: 3 }));
-        assert_eq!(compacted.outcome, Outcome::Compact);
-
-        let cleared = machine.apply(8, &proposal(8, Command::ClearAlarm(NO_SPACE)));
-        assert_eq!(cleared.outcome, Outcome::Alarm(Some(NO_SPACE)));
-        assert!(machine.alarms().is_empty());
-        assert!(matches!(machine.apply(9, &proposal(9, put("b", "2"))).outcome, Outcome::Put(_)));
-    }
-
-    #[test]
-    fn alarms_survive_a_snapshot_and_a_state_from_before_alarms_restores() {
-        let mut machine = StateMachine::new();
-        machine.apply(1, &proposal(1, put("a", "1")));
-        let digest_without = machine.digest();
-        #[derive(Serialize)]
-        struct Before<'a> {
-            store: &'a Store,
-            applied_index: u64,
-            recent: &'a Vector<RequestId>,
-            answers: &'a OrdMap<RequestId, (Outcome, i64)>,
-            schedule: &'a Vec<ScheduleChange>,
-        }
-        let before = postcard::to_allocvec(&Before {
-            store: &machine.store,
-            applied_index: machine.applied_index,
-            recent: &machine.recent,
-            answers: &machine.answers,
-            schedule: &machine.schedule,
-        })
-        .unwrap();
-        assert_eq!(StateMachine::restore(&before).unwrap(), machine);
-
-        machine.apply(2, &proposal(2, Command::RaiseAlarm(NO_SPACE)));
-        let restored = StateMachine::restore(&machine.snapshot()).unwrap();
-        assert_eq!(restored.alarms(), &[NO_SPACE]);
-        assert_ne!(restored.digest(), digest_without);
-    }
-}
-
-#[cfg(test)]
-mod window_tests {
-    use super::*;
-
-    fn put(sequence: u64) -> Proposal {
-        Proposal {
-            id: RequestId { session: 9, sequence },
-            command: Command::Put(PutRequest {
-                key: b"k".to_vec(),
-                value: sequence.to_le_bytes().to_vec(),
-                ..PutRequest::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn a_retry_within_the_window_gets_the_first_answer_and_one_past_it_applies_again() {
-        let mut machine = StateMachine::new();
-        let first = machine.apply(1, &put(0));
-        // The first id and DEDUP_WINDOW - 1 later ones fill the window exactly.
-        for sequence in 1..DEDUP_WINDOW as u64 {
-            machine.apply(sequence + 1, &put(sequence));
-        }
-        let mut index = DEDUP_WINDOW as u64 + 1;
-        let retried = machine.apply(index, &put(0));
-        assert!(retried.duplicate, "a retry inside the window applied again");
-        assert_eq!(retried.outcome, first.outcome);
-        assert_eq!(retried.revision, first.revision);
-        let revision = machine.store().revision();
-        // One more id evicts the first: its retry now applies as a new write.
-        index += 1;
-        machine.apply(index, &put(DEDUP_WINDOW as u64));
-        index += 1;
-        let late = machine.apply(index, &put(0));
-        assert!(!late.duplicate, "a retry past the window was answered from memory");
-        assert_eq!(machine.store().revision(), revision + 2);
-        // That new write took a place in the window too, evicting the second id; the
-        // third is still inside.
-        index += 1;
-        assert!(!machine.apply(index, &put(1)).duplicate);
-        index += 1;
-        assert!(machine.apply(index, &put(3)).duplicate);
     }
 }

@@ -343,36 +343,17 @@ async fn reader(stream: TcpStream, remote: SocketAddr, mut ticket: Ticket) {
     let mut reassembly = Reassembly::default();
     loop {
         loop {
-            let messages = match frame::decode(&buffer) {
-                Ok(Some((decoded, used))) => {
-                    buffer.drain(..used);
-                    match decoded {
-                        Frame::Messages(_) | Frame::Hello { .. } if reassembly.in_progress() => {
-                            refuse(&inbound.stats, remote, &"a frame inside a split message");
-                            return;
-                        }
-                        Frame::Messages(messages) => messages,
-                        Frame::Part { total, bytes } => match reassembly.push(total, bytes) {
-                            Ok(message) => message.into_iter().collect(),
-                            Err(error) => {
-                                refuse(&inbound.stats, remote, &format_args!("bad part ({error})"));
-                                return;
-                            }
-                        },
-                        Frame::Hello { .. } => {
-                            refuse(&inbound.stats, remote, &"a second hello");
-                            return;
-                        }
+            match next_messages(&mut buffer, &mut reassembly) {
+                Ok(Some(messages)) => {
+                    if !messages.is_empty() && !deliver(&inbound, sender, remote, messages) {
+                        return;
                     }
                 }
                 Ok(None) => break,
-                Err(error) => {
-                    refuse(&inbound.stats, remote, &format_args!("bad frame ({error})"));
+                Err(reason) => {
+                    refuse(&inbound.stats, remote, &reason);
                     return;
                 }
-            };
-            if !messages.is_empty() && !deliver(&inbound, sender, remote, messages) {
-                return;
             }
         }
         // A member's connection carries heartbeats while it leads and answers while it
@@ -385,6 +366,32 @@ async fn reader(stream: TcpStream, remote: SocketAddr, mut ticket: Ticket) {
                 return;
             }
         }
+    }
+}
+
+/// Takes the next frame off the front of `buffer`: the messages it completes (none for a
+/// part of a split message that is not the last), `None` when more bytes are needed, or
+/// why the connection must close.
+fn next_messages(
+    buffer: &mut Vec<u8>,
+    reassembly: &mut Reassembly,
+) -> Result<Option<Vec<Vec<u8>>>, String> {
+    let (decoded, used) = match frame::decode(buffer) {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Ok(None),
+        Err(error) => return Err(format!("bad frame ({error})")),
+    };
+    buffer.drain(..used);
+    match decoded {
+        Frame::Messages(_) | Frame::Hello { .. } if reassembly.in_progress() => {
+            Err("a frame inside a split message".to_owned())
+        }
+        Frame::Messages(messages) => Ok(Some(messages)),
+        Frame::Part { total, bytes } => match reassembly.push(total, bytes) {
+            Ok(message) => Ok(Some(message.into_iter().collect())),
+            Err(error) => Err(format!("bad part ({error})")),
+        },
+        Frame::Hello { .. } => Err("a second hello".to_owned()),
     }
 }
 
