@@ -13,7 +13,9 @@ use tokio::sync::oneshot;
 use worknode_kv::{Command, Outcome, Proposal, PutRequest, RangeRequest, RequestId};
 use worknode_raft::member::{open_member, MemberSpec};
 use worknode_raft::transport::serve_peers;
-use worknode_raft::{ClientRequest, NodeConfig, NodeError, NodeHandle, ReadReply, WriteReply};
+use worknode_raft::{
+    ClientRequest, NodeConfig, NodeError, NodeHandle, ReadReply, ReadView, WriteReply,
+};
 
 const CLUSTER: u64 = 0xC1;
 
@@ -239,14 +241,21 @@ impl Cluster {
     }
 
     fn get(&self, index: usize, key: &str) -> Result<ReadReply, NodeError> {
-        let (reply, answer) = oneshot::channel();
         let request = RangeRequest { key: key.into(), ..Default::default() };
-        self.handle(index).submit(ClientRequest::Read {
-            linearizable: true,
-            deadline: Instant::now() + Duration::from_secs(5),
-            reply,
-        })?;
+        let answer = self.submit_read(index, Duration::from_secs(5))?;
         answer.blocking_recv().unwrap_or(Err(NodeError::Stopped))?.serve(&request)
+    }
+
+    /// Submits a linearizable read without waiting; its view comes on the returned channel.
+    fn submit_read(
+        &self,
+        index: usize,
+        timeout: Duration,
+    ) -> Result<oneshot::Receiver<Result<ReadView, NodeError>>, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        self.handle(index).submit(ClientRequest::Read { linearizable: true, deadline, reply })?;
+        Ok(answer)
     }
 
     fn digest(&self, index: usize) -> (u64, u64) {
@@ -408,15 +417,7 @@ fn a_cut_off_leader_never_answers_a_linearizable_read_with_a_stale_value() {
     }
     // Whether the old leader still believes it leads or has stepped down, a linearizable
     // read there must wait (and time out) rather than answer "old".
-    let (reply, answer) = oneshot::channel();
-    cluster
-        .handle(old)
-        .submit(ClientRequest::Read {
-            linearizable: true,
-            deadline: Instant::now() + Duration::from_millis(500),
-            reply,
-        })
-        .unwrap();
+    let answer = cluster.submit_read(old, Duration::from_millis(500)).unwrap();
     let request = RangeRequest { key: "k".into(), ..Default::default() };
     match answer.blocking_recv().unwrap() {
         Ok(view) => {
@@ -709,18 +710,7 @@ fn first_reads_at_every_member_need_no_retry() {
     for round in 0..3 {
         let answers: Vec<_> = (0..3)
             .flat_map(|member| (0..4).map(move |_| member))
-            .map(|member| {
-                let (reply, answer) = oneshot::channel();
-                cluster
-                    .handle(member)
-                    .submit(ClientRequest::Read {
-                        linearizable: true,
-                        deadline: Instant::now() + Duration::from_secs(5),
-                        reply,
-                    })
-                    .unwrap();
-                (member, answer)
-            })
+            .map(|member| (member, cluster.submit_read(member, Duration::from_secs(5)).unwrap()))
             .collect();
         for (member, answer) in answers {
             let reply = answer.blocking_recv().unwrap();

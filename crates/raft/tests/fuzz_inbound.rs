@@ -117,7 +117,7 @@ fn arbitrary_peer_messages_never_stop_the_raft_loop() {
     // A fixed seed by default, so the suite's run is the same every time; longer runs take
     // WORKNODE_FUZZ_SEED=random or a number.
     let seed: u64 = match std::env::var("WORKNODE_FUZZ_SEED").ok().as_deref() {
-        Some("random") => rand_seed(),
+        Some("random") => worknode_raft::draws::Draws::entropy_seed(),
         Some(number) => number.parse().unwrap(),
         None => 0x5EED,
     };
@@ -139,11 +139,6 @@ fn arbitrary_peer_messages_never_stop_the_raft_loop() {
          {leader_rounds} rounds; the loop ran on in every round"
     );
     assert!(reached > u64::from(frames) / 4, "too few messages passed the checks: {reached}");
-}
-
-fn rand_seed() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 /// Grants the member member 2's pre-vote and vote until it leads (it campaigns on its own

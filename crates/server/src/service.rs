@@ -41,6 +41,12 @@ impl Shared {
         header(self.cluster_id, self.member_id, revision, term)
     }
 
+    /// A header at the member's current revision and term, for answers that change nothing.
+    fn current_header(&self) -> pb::ResponseHeader {
+        let status = self.node.status();
+        self.header(status.revision, status.term)
+    }
+
     pub(crate) async fn write(&self, command: kv::Command) -> Result<WriteReply, Status> {
         let id = kv::RequestId {
             session: self.session,
@@ -289,9 +295,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             Ok(action @ (AlarmAction::Activate | AlarmAction::Deactivate)) => {
                 let Some(alarm) = kind else {
                     // etcd raises or clears nothing for NONE and answers with no alarms.
-                    let status = self.0.node.status();
                     return Ok(Response::new(pb::AlarmResponse {
-                        header: Some(self.0.header(status.revision, status.term)),
+                        header: Some(self.0.current_header()),
                         alarms: Vec::new(),
                     }));
                 };
@@ -335,10 +340,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         _request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
-        let status = self.0.node.status();
-        Ok(Response::new(pb::DefragmentResponse {
-            header: Some(self.0.header(status.revision, status.term)),
-        }))
+        Ok(Response::new(pb::DefragmentResponse { header: Some(self.0.current_header()) }))
     }
 
     async fn status(
