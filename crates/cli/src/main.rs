@@ -17,6 +17,7 @@ mod demo;
 mod jitter_cmd;
 mod schedule_cmd;
 mod serve_cmd;
+mod sim_cmd;
 mod stakes_input;
 mod status_cmd;
 mod svg;
@@ -62,6 +63,9 @@ enum Command {
     Top(cluster_top_cmd::ClusterTopArgs),
     /// Run one member of a cluster (etcd v3 API on its client address).
     Serve(serve_cmd::ServeArgs),
+    /// Simulate a whole cluster in one thread from a seed, with faults, and check what
+    /// its clients saw (linearizability, no lost writes, one leader per term, liveness).
+    Sim(sim_cmd::SimArgs),
     /// CPU isolation: show the topology, audit the host, plan worknode placement.
     #[command(subcommand)]
     Cores(cores_cmd::CoresCommand),
@@ -145,6 +149,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
         Command::Top(args) => cluster_top_cmd::run(args, &mut out).map(|()| ExitCode::SUCCESS),
         Command::Serve(args) => serve_cmd::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Sim(args) => sim_cmd::run(args, &mut out),
         Command::Certs(command) => certs_cmd::run(command, &mut out).map(|()| ExitCode::SUCCESS),
         Command::Cores(command) => cores_cmd::run(command, &mut out).map(|outcome| match outcome {
             cores_cmd::CoresOutcome::Done => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod log_tail;
 pub mod member;
 pub mod node;
+pub mod planted;
 mod raft_log;
 pub mod rotation;
 pub mod snapshot_file;
@@ -26,4 +27,5 @@ pub use node::{
     ClientRequest, Clock, Node, NodeConfig, NodeCounters, NodeError, NodeHandle, NodeStatus,
     ReadReply, ReadView, StartError, SystemClock, Transport, WriteReply,
 };
+pub use planted::PlantedBug;
 pub use storage::{EngineStorage, LogStats, LogStore, SnapshotSlot, StoreError};

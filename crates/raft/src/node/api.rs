@@ -102,6 +102,9 @@ pub struct NodeConfig {
     pub cores: Option<Arc<worknode_cores::CoreAuthority>>,
     /// The seed of the node's random draws (election timeouts, failover spreads).
     pub seed: u64,
+    /// A bug planted on purpose by the simulator ([`crate::planted`]); always `None` in
+    /// a server.
+    pub planted: Option<crate::PlantedBug>,
 }
 
 impl NodeConfig {
@@ -119,6 +122,7 @@ impl NodeConfig {
             rotation: None,
             cores: None,
             seed: crate::draws::Draws::entropy_seed(),
+            planted: None,
         }
     }
 

@@ -4,19 +4,26 @@
 use super::*;
 
 impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
-    /// Replaces raft-rs's draw of the election timeout, made whenever the term or role
-    /// changed, with one from the node's seeded draws.
+    /// Replaces raft-rs's draw of the election timeout, made whenever it resets its
+    /// timer (a change of term or role), with one from the node's seeded draws. A reset
+    /// shows as a new term or role, or as a timeout other than the one set here last.
     pub(super) fn draw_election_timeout(&mut self) {
-        let raft = &mut self.raw.raft;
-        let now = (raft.term, raft.state);
+        let raft = &self.raw.raft;
+        let now = (raft.term, raft.state, raft.randomized_election_timeout());
         if self.timer_drawn_at == Some(now) {
             return;
         }
-        self.timer_drawn_at = Some(now);
         let timeout = self.draws.election_timeout(raft.election_timeout());
-        raft.set_randomized_election_timeout(timeout);
+        self.set_election_timeout(timeout);
         // A favoured timeout set before this change no longer holds.
         self.biased = false;
+    }
+
+    /// Sets raft-rs's election timeout, remembering it as the node's own.
+    fn set_election_timeout(&mut self, ticks: usize) {
+        let raft = &mut self.raw.raft;
+        raft.set_randomized_election_timeout(ticks);
+        self.timer_drawn_at = Some((raft.term, raft.state, ticks));
     }
 
     /// Elections favour the scheduled member: its election timeout is E + 2 ticks, while
@@ -33,20 +40,20 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             return;
         };
         let unix_ns = self.clock.unix_ns();
-        let raft = &mut self.raw.raft;
+        let raft = &self.raw.raft;
+        let election = raft.election_timeout();
         if rotation.favoured(unix_ns, raft.leader_id) == Some(raft.id) {
-            let election = raft.election_timeout();
             // raft-rs accepts [E, 2E); with E < 3 ticks the bias is E itself.
             let favoured = if election >= 3 { election + 2 } else { election };
             if raft.randomized_election_timeout() != favoured {
-                raft.set_randomized_election_timeout(favoured);
+                self.set_election_timeout(favoured);
             }
             self.biased = true;
         } else if self.biased {
             // No longer favoured: draw at random again, or two members could both sit at
             // E + 2 and split the vote.
-            let timeout = self.draws.election_timeout(raft.election_timeout());
-            raft.set_randomized_election_timeout(timeout);
+            let timeout = self.draws.election_timeout(election);
+            self.set_election_timeout(timeout);
             self.biased = false;
         }
     }
@@ -112,9 +119,10 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             let spread = election.saturating_sub(3).max(1) as u64;
             let draw = self.draws.below(spread);
             let timeout = (election + 2 + draw as usize).min(2 * election - 1);
-            raft.set_randomized_election_timeout(timeout.max(election));
+            self.set_election_timeout(timeout.max(election));
         }
-        if successor == raft.id {
+        let (me, term) = (self.raw.raft.id, self.raw.raft.term);
+        if successor == me {
             // Usually long enough for the other followers' connections to see the same
             // refusal; if not, it asks again every FAILOVER_RETRY for an election timeout.
             self.campaign_at = Some(now + Self::FAILOVER_RETRY.min(self.config.tick));
@@ -122,7 +130,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
         tracing::info!(
             leader,
-            term = raft.term,
+            term,
             successor,
             "the leader's process is gone (its host refuses connections): failing over"
         );

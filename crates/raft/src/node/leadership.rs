@@ -159,7 +159,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             !transport.peer_gone(id)
                 && heard.get(&id).is_some_and(|at| now.duration_since(*at) <= window)
         };
-        match rotation.decide(&self.raw.raft, unix_ns, now, heard_recently) {
+        let checked = self.config.planted != Some(crate::PlantedBug::UncheckedHandoff);
+        match rotation.decide(&self.raw.raft, unix_ns, now, heard_recently, checked) {
             Some(target) => {
                 self.raw.transfer_leader(target);
                 true

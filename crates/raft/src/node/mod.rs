@@ -13,6 +13,7 @@
 //! state machine applies each request id at most once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -34,16 +35,28 @@ use crate::validate::{check_against_log, LogView, Rejection, Rejections};
 /// Proposals an incoming leader holds for its turn; beyond it they go to the leader.
 const HELD_MAX: usize = 4_096;
 
-/// A proposal addressed to `to` (raft-rs forwards proposals the same way).
+/// Marks a proposal forwarded ahead to the incoming leader. A member whose view of the
+/// turn differs (its clock, or the transfer it saw) passes such a proposal to the leader
+/// through raft-rs, which keeps the mark, and the leader never sends a marked proposal
+/// ahead again: without the mark the two would bounce it between them for as long as
+/// their views differ, and a network that duplicates messages multiplies every bounce.
+const AHEAD: &[u8] = b"ahead";
+
+/// A proposal forwarded ahead to `to` (raft-rs forwards proposals the same way).
 fn propose_message(from: u64, to: u64, data: &[u8]) -> Message {
     let entry = Entry { data: data.to_vec().into(), ..Entry::default() };
     let mut message = Message::default();
     message.set_msg_type(MessageType::MsgPropose);
     message.from = from;
     message.to = to;
+    message.set_context(AHEAD.to_vec().into());
     message.mut_entries().push(entry);
     message
 }
+
+/// A hasher without a per-process key: the loop's maps iterate in the same order in
+/// every run with the same inputs, so a simulated run replays from its seed.
+type FixedHasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
 /// Client requests waiting for the Raft loop.
 pub const REQUEST_QUEUE_MAX: usize = 8_192;
@@ -93,7 +106,8 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     /// First indexes of the log reads for lagging peers that finished off the loop.
     fetched: Receiver<u64>,
     handle: NodeHandle,
-    writes: HashMap<RequestId, PendingWrite>,
+    /// Fixed hashing: retries go out in an order the inputs alone decide (simulation).
+    writes: HashMap<RequestId, PendingWrite, FixedHasher>,
     reads: BTreeMap<u64, PendingRead>,
     next_read_id: u64,
     /// Linearizable reads not yet covered by a read-index request.
@@ -101,7 +115,7 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     next_read_batch: u64,
     rotation: Option<crate::rotation::Rotation>,
     /// When each peer's last message arrived (liveness for handoff decisions).
-    last_heard: HashMap<u64, Instant>,
+    last_heard: HashMap<u64, Instant, FixedHasher>,
     /// Proposals forwarded ahead to this member (the incoming leader), until it leads.
     held: Vec<(Message, Instant)>,
     /// Followers this new leader replicates to before their first answer (see
@@ -111,9 +125,9 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     biased: bool,
     /// The node's random draws, from `NodeConfig::seed`.
     draws: crate::draws::Draws,
-    /// The term and role at which the election timeout was last drawn here: raft-rs
-    /// draws its own (from `thread_rng`) on every change of either.
-    timer_drawn_at: Option<(u64, StateRole)>,
+    /// The term, role and election timeout last set here: raft-rs draws its own (from
+    /// `thread_rng`) on every change of term or role.
+    timer_drawn_at: Option<(u64, StateRole, usize)>,
     last_leader: u64,
     /// The (term, leader) whose process this follower found gone, once per term.
     gone_leader: Option<(u64, u64)>,
@@ -126,6 +140,8 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     snapshot_asked_at: Option<Instant>,
     /// The earliest time a write forwarded ahead must be retried or a held write released.
     due_at: Option<Instant>,
+    /// When raft-rs ticks next.
+    next_tick: Instant,
 }
 
 /// Why a node could not start.
@@ -164,35 +180,10 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         if let Some(snapshot) = snapshot {
             slot.lock().unwrap_or_else(PoisonError::into_inner).latest = Some(snapshot);
         }
-        let raft_config = raft::Config {
-            id: config.id,
-            election_tick: config.election_ticks,
-            heartbeat_tick: config.heartbeat_ticks,
-            applied: machine.applied_index(),
-            max_size_per_msg: 256 * 1024,
-            max_inflight_msgs: 32,
-            check_quorum: true,
-            pre_vote: true,
-            read_only_option: ReadOnlyOption::Safe,
-            max_uncommitted_size: 64 * 1024 * 1024,
-            ..raft::Config::default()
-        };
+        let raft_config = raft_config(&config, machine.applied_index());
         raft_config.validate()?;
-        // Entries for a lagging follower are read off the loop (crate::fetch).
         let bell = Arc::new(Doorbell::default());
-        let (fetched_tx, fetched_rx) = crossbeam_channel::unbounded();
-        let fetched_tx = LoopSender::new(fetched_tx, Arc::clone(&bell));
-        let cores = config.cores.clone();
-        let setup = Box::new(move || {
-            if let Err(error) = worknode_cores::make_current_background(cores.as_deref(), 10) {
-                tracing::warn!("the log reader stays where the Raft loop runs: {error}");
-            }
-        });
-        if let Err(error) = storage.fetch_off_loop(fetched_tx, setup) {
-            tracing::warn!(
-                "cannot start the log reader; lagging peers are read for on the loop: {error}"
-            );
-        }
+        let fetched = start_log_reader(&config, &mut storage, &bell);
         let raw = RawNode::new(&raft_config, storage, &crate::raft_log::logger())?;
         let mut rotation =
             config.rotation.clone().map(crate::rotation::Rotation::new).transpose()?;
@@ -216,7 +207,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             rejections: Arc::default(),
             counters: Arc::default(),
         };
-        let seed = config.seed;
+        let (seed, tick, now) = (config.seed, config.tick, clock.now());
         let mut node = Self {
             config,
             clock,
@@ -232,9 +223,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             requests: request_rx,
             inbox: inbox_rx,
             bell,
-            fetched: fetched_rx,
+            fetched,
             handle: handle.clone(),
-            writes: HashMap::new(),
+            writes: HashMap::default(),
             reads: BTreeMap::new(),
             next_read_id: 1,
             unasked_reads: Vec::new(),
@@ -245,13 +236,14 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             failover_until: None,
             snapshot_asked_at: None,
             due_at: None,
-            last_heard: HashMap::new(),
+            last_heard: HashMap::default(),
             held: Vec::new(),
             optimistic: Vec::new(),
             biased: false,
             draws: crate::draws::Draws::new(seed),
             timer_drawn_at: None,
             last_leader: raft::INVALID_ID,
+            next_tick: now + tick,
         };
         node.draw_election_timeout();
         Ok((node, handle))
@@ -260,11 +252,10 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     /// Runs until [`NodeHandle::stop`]; then answers what is left with `Stopped`.
     pub fn run(mut self) -> Result<(), crate::storage::StoreError> {
         self.bell.answer_here();
-        let mut next_tick = self.clock.now() + self.config.tick;
         while !self.handle.stop.load(Ordering::Relaxed) {
-            let timeout = self.until_due(next_tick);
+            let timeout = self.until_due();
             self.wait_for_input(timeout);
-            self.turn(&mut next_tick)?;
+            self.turn()?;
         }
         self.finish_snapshot()?;
         for (_, write) in self.writes.drain() {
@@ -278,9 +269,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
 
     /// How long the loop may wait for input before a tick, a turn boundary, a failover
     /// campaign or a forwarded write falls due.
-    fn until_due(&self, next_tick: Instant) -> Duration {
+    fn until_due(&self) -> Duration {
         let mut timeout =
-            next_tick.saturating_duration_since(self.clock.now()).min(self.config.tick);
+            self.next_tick.saturating_duration_since(self.clock.now()).min(self.config.tick);
         if let Some(rotation) = &self.rotation {
             if self.raw.raft.state == StateRole::Leader {
                 timeout = timeout.min(rotation.next_wakeup(self.clock.unix_ns()));
@@ -298,18 +289,18 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     /// One turn, after the input that arrived was taken: the tick if one is due, retries
     /// and expiries, snapshots, `Ready`, leadership changes, the schedule's handoffs, and
     /// the status it publishes. Reads the time once, from the node's clock.
-    fn turn(&mut self, next_tick: &mut Instant) -> Result<(), crate::storage::StoreError> {
+    fn turn(&mut self) -> Result<(), crate::storage::StoreError> {
         self.ask_read_index();
         let now = self.clock.now();
         self.notice_leader_gone(now);
         let due = self.due_at.is_some_and(|at| now >= at);
-        let ticked = now >= *next_tick;
+        let ticked = now >= self.next_tick;
         if ticked {
             self.draw_election_timeout();
             self.raw.tick();
-            *next_tick += self.config.tick;
-            if *next_tick < now {
-                *next_tick = now + self.config.tick;
+            self.next_tick += self.config.tick;
+            if self.next_tick < now {
+                self.next_tick = now + self.config.tick;
             }
         }
         if ticked || due {
@@ -335,6 +326,15 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
         self.publish_status();
         Ok(())
+    }
+
+    /// Runs the loop once without waiting, for a simulator that owns time: takes the input
+    /// that arrived, runs a turn, and says when the loop must run again if nothing more
+    /// arrives.
+    pub fn poll(&mut self) -> Result<Instant, crate::storage::StoreError> {
+        self.take_input();
+        self.turn()?;
+        Ok(self.clock.now() + self.until_due())
     }
 
     /// Takes what the queues hold; when they are empty, sleeps until something arrives,
@@ -428,8 +428,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                     self.held.push((message, release));
                     return;
                 }
-                if self.raw.raft.state == StateRole::Leader {
+                if self.raw.raft.state == StateRole::Leader && message.get_context() != AHEAD {
                     message.to = target;
+                    message.set_context(AHEAD.to_vec().into());
                     self.transport.send(vec![message]);
                     return;
                 }
@@ -455,6 +456,11 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             term_at: &term_at,
         };
         check_against_log(message, &view)
+    }
+
+    /// Whether the simulator planted `bug` in this member ([`crate::planted`]).
+    fn planted(&self, bug: crate::PlantedBug) -> bool {
+        self.config.planted == Some(bug)
     }
 
     fn term(&self) -> u64 {
@@ -561,7 +567,13 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 self.machine.skip(entry.index);
                 continue;
             };
-            let applied = self.machine.apply(entry.index, &proposal);
+            let applied = if self.planted(crate::PlantedBug::SkipDedup) {
+                // A request id no one used: the deduplication window never matches.
+                let id = RequestId { session: u64::MAX, sequence: entry.index };
+                self.machine.apply(entry.index, &Proposal { id, ..proposal.clone() })
+            } else {
+                self.machine.apply(entry.index, &proposal)
+            };
             if matches!(proposal.command, Command::SetSchedule(_)) {
                 self.schedule_changed();
             }
@@ -593,6 +605,44 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         };
         *self.handle.status.write().unwrap_or_else(PoisonError::into_inner) = status;
     }
+}
+
+/// raft-rs's settings for this member.
+fn raft_config(config: &NodeConfig, applied: u64) -> raft::Config {
+    raft::Config {
+        id: config.id,
+        election_tick: config.election_ticks,
+        heartbeat_tick: config.heartbeat_ticks,
+        applied,
+        max_size_per_msg: 256 * 1024,
+        max_inflight_msgs: 32,
+        check_quorum: true,
+        pre_vote: true,
+        read_only_option: ReadOnlyOption::Safe,
+        max_uncommitted_size: 64 * 1024 * 1024,
+        ..raft::Config::default()
+    }
+}
+
+/// Starts reading entries for lagging followers off the loop ([`crate::fetch`]), on the
+/// housekeeping CPUs; the receiver yields the first index of each finished read.
+fn start_log_reader<S: LogStore>(
+    config: &NodeConfig,
+    storage: &mut S,
+    bell: &Arc<Doorbell>,
+) -> Receiver<u64> {
+    let (fetched_tx, fetched_rx) = crossbeam_channel::unbounded();
+    let fetched_tx = LoopSender::new(fetched_tx, Arc::clone(bell));
+    let cores = config.cores.clone();
+    let setup = Box::new(move || {
+        if let Err(error) = worknode_cores::make_current_background(cores.as_deref(), 10) {
+            tracing::warn!("the log reader stays where the Raft loop runs: {error}");
+        }
+    });
+    if let Err(error) = storage.fetch_off_loop(fetched_tx, setup) {
+        tracing::warn!("cannot start the log reader; lagging peers are read for on the loop: {error}");
+    }
+    fetched_rx
 }
 
 fn tracing_error(message: &str) {

@@ -58,10 +58,12 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 self.writes
                     .insert(proposal.id, PendingWrite { encoded, deadline, next_retry, reply });
             }
-            ClientRequest::Read { linearizable: false, reply, .. } => {
+            ClientRequest::Read { linearizable, reply, .. }
+                if !linearizable || self.planted(crate::PlantedBug::ReadWithoutReadIndex) =>
+            {
                 let _ = reply.send(Ok(self.read_view()));
             }
-            ClientRequest::Read { linearizable: true, deadline, reply } => {
+            ClientRequest::Read { deadline, reply, .. } => {
                 if self.reads.len() >= PENDING_READS_MAX {
                     self.handle.counters.rejected.fetch_add(1, Ordering::Relaxed);
                     let _ = reply.send(Err(NodeError::TooManyRequests));

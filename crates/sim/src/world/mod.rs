@@ -1,0 +1,542 @@
+//! The simulated world: members running the real Raft driver and state machine on a
+//! simulated disk, network and clocks, clients, and the fault plan — all in one thread,
+//! advanced from event to event, so a run is a function of its seed.
+
+pub mod clock;
+pub mod disk;
+pub mod net;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use worknode_kv::{ScheduleSettings, StateMachine};
+use worknode_raft::rotation::RotationConfig;
+use worknode_raft::snapshot_file::SnapshotFile;
+use worknode_raft::{ClientRequest, Node, NodeConfig, NodeHandle, PlantedBug, SnapshotSlot};
+
+use crate::check::Observer;
+use crate::faults::{FaultEvent, Plan};
+use crate::trace::Trace;
+use crate::workload::{Answer, Client, Operation, REQUEST_TIMEOUT};
+use crate::RunConfig;
+use clock::{nanos_since, Nanos, SimClock, MS, WALL_START_UNIX_NS};
+use disk::{Disk, SimStore};
+use net::{Envelope, Links, Network, SimTransport};
+
+type SimNode = Node<SimClock, SimTransport, SimStore>;
+
+/// One member: its process (absent while down) and what outlives it.
+struct Member {
+    id: u64,
+    node: Option<(SimNode, NodeHandle)>,
+    /// When its loop must run next (if nothing arrives before).
+    wake_at: Nanos,
+    cursor: Arc<AtomicU64>,
+    wall_offset: Arc<AtomicI64>,
+    disk: Arc<Mutex<Disk>>,
+    outbox: Arc<Mutex<Vec<Envelope>>>,
+    /// Starts so far (a restart draws new timeouts).
+    starts: u64,
+    /// Digest requests waiting for the loop.
+    digests: Vec<oneshot::Receiver<StateMachine>>,
+}
+
+/// The whole simulated cluster and its clients.
+#[allow(missing_debug_implementations, reason = "the members' raft state has no useful Debug")]
+pub struct World {
+    config: RunConfig,
+    base: Instant,
+    /// Now, on the cluster's timeline.
+    pub now: Nanos,
+    members: Vec<Member>,
+    /// Messages in flight.
+    pub network: Network,
+    clients: Vec<Client>,
+    /// Every operation the clients called, in call order.
+    pub history: Vec<Operation>,
+    next_value: u32,
+    plan: std::collections::VecDeque<(Nanos, FaultEvent)>,
+    /// What happened, hashed, and the latest events.
+    pub trace: Trace,
+    /// The checks made while the run goes.
+    pub observer: Observer,
+    /// Whether clients still call.
+    pub calling: bool,
+    next_sample: Nanos,
+}
+
+/// How often each member's state-machine digest is sampled.
+const SAMPLE_EVERY: Nanos = 250 * MS;
+/// Clients calling at once.
+const CLIENTS: u32 = 4;
+/// Messages in flight that only a storm explains: a healthy cluster of five with every
+/// client busy has a few hundred.
+const STORM: usize = 20_000;
+
+impl World {
+    /// The cluster of `config`, fresh, with the fault plan `plan`.
+    pub fn new(config: RunConfig, plan: Plan) -> Self {
+        let ids: Vec<u64> = (1..=config.members as u64).collect();
+        let seed = config.seed;
+        let members = ids
+            .iter()
+            .map(|&id| Member {
+                id,
+                node: None,
+                wake_at: 0,
+                cursor: Arc::default(),
+                wall_offset: Arc::default(),
+                disk: Arc::new(Mutex::new(Disk::new(&ids, mix(seed, 0xD15C, id)))),
+                outbox: Arc::default(),
+                starts: 0,
+                digests: Vec::new(),
+            })
+            .collect();
+        let clients =
+            (0..CLIENTS).map(|id| Client::new(id, mix(seed, 0xC11E, u64::from(id)))).collect();
+        let trace = Trace::new(config.trace);
+        let mut world = Self {
+            base: Instant::now(),
+            now: 0,
+            members,
+            network: Network::new(mix(seed, 0x4E7, 0)),
+            clients,
+            history: Vec::new(),
+            next_value: 0,
+            plan: plan.events.into(),
+            trace,
+            observer: Observer::default(),
+            calling: true,
+            next_sample: SAMPLE_EVERY,
+            config,
+        };
+        for index in 0..world.members.len() {
+            world.start(index);
+        }
+        world
+    }
+
+    /// Member ids.
+    pub fn ids(&self) -> Vec<u64> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    fn node_config(&self, member: &Member) -> NodeConfig {
+        let ids = self.ids();
+        let mut config = NodeConfig::new(member.id, ids.clone());
+        config.seed = mix(self.config.seed, member.id, member.starts);
+        // No snapshots: the simulated disk keeps the whole log (see disk::SimStore).
+        config.snapshot_entries = 1 << 40;
+        config.log_keep_entries = 1 << 40;
+        config.retry_interval = config.election_timeout() / 2;
+        config.planted = self.config.bug;
+        config.rotation = self.config.rotation.then(|| RotationConfig {
+            base: ScheduleSettings {
+                rotation: true,
+                algorithm: "fair".into(),
+                stakes: ids.iter().map(|id| (*id, 1)).collect(),
+                slot_ms: 100,
+                slots_per_turn: 4,
+                slots_per_epoch: 432_000,
+                seed: self.config.seed,
+            },
+            genesis_unix_ns: WALL_START_UNIX_NS,
+            handoff_lead: Duration::from_millis(10),
+            max_lag_entries: 128,
+            forward_ahead: Duration::from_millis(10),
+        });
+        config
+    }
+
+    /// Starts member `index`'s process from its disk.
+    fn start(&mut self, index: usize) {
+        let config = self.node_config(&self.members[index]);
+        let links = Arc::clone(&self.network.links);
+        let now = self.now;
+        let bug = self.config.bug;
+        let member = &mut self.members[index];
+        if member.starts > 0 && bug == Some(PlantedBug::ForgetHardState) {
+            member.disk.lock().unwrap_or_else(PoisonError::into_inner).forget_hard_state();
+        }
+        member.starts += 1;
+        member.cursor.store(now, Ordering::Relaxed);
+        let clock = SimClock::new(self.base, Arc::clone(&member.cursor), Arc::clone(&member.wall_offset));
+        let transport =
+            SimTransport::new(member.id, Arc::clone(&member.outbox), Arc::clone(&member.cursor), Arc::clone(&links));
+        let store = SimStore::open(
+            Arc::clone(&member.disk),
+            Arc::clone(&member.cursor),
+            bug == Some(PlantedBug::AckBeforeSync),
+        );
+        // Never written: members take no snapshots here.
+        let snapshot_file = SnapshotFile::in_dir(std::path::Path::new("/nonexistent/worknode-sim"));
+        let slot = Arc::new(Mutex::new(SnapshotSlot::default()));
+        match Node::new(config, clock, transport, store, None, snapshot_file, slot) {
+            Ok(started) => {
+                member.node = Some(started);
+                member.wake_at = now;
+                links.lock().unwrap_or_else(PoisonError::into_inner).down.remove(&member.id);
+                self.trace.event(now, format_args!("member {} starts", member.id));
+            }
+            Err(error) => {
+                let id = member.id;
+                self.fail(format!("member {id} cannot start: {error}"));
+            }
+        }
+    }
+
+    fn crash(&mut self, index: usize) {
+        let now = self.now;
+        let member = &mut self.members[index];
+        if member.node.take().is_none() {
+            return;
+        }
+        member.digests.clear();
+        member.outbox.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let lost = member.disk.lock().unwrap_or_else(PoisonError::into_inner).crash();
+        self.network.links.lock().unwrap_or_else(PoisonError::into_inner).down.insert(member.id);
+        let id = member.id;
+        self.trace.event(now, format_args!("member {id} crashes ({lost} unsynced writes lost)"));
+    }
+
+    fn fail(&mut self, why: String) {
+        self.trace.event(self.now, format_args!("FAILED: {why}"));
+        self.observer.fail(why);
+    }
+
+    /// Runs until `until` (simulated) or the first failed check.
+    pub fn run_until(&mut self, until: Nanos) {
+        while self.observer.failure.is_none() {
+            let next = self.next_event().min(until);
+            if next > until || (next == until && self.now == until) {
+                break;
+            }
+            self.now = self.now.max(next);
+            self.apply_faults();
+            self.deliver();
+            self.call();
+            self.run_members();
+            if self.network.in_flight() > STORM {
+                let kinds = self.network.in_flight_kinds();
+                let top: Vec<String> = kinds.iter().take(3).map(|(k, n)| format!("{n} {k}")).collect();
+                self.fail(format!(
+                    "message storm: {} messages in flight ({})",
+                    self.network.in_flight(),
+                    top.join(", ")
+                ));
+            }
+            if self.now >= self.next_sample {
+                self.next_sample = self.now + SAMPLE_EVERY;
+                self.sample_digests();
+            }
+            if self.now >= until {
+                break;
+            }
+        }
+    }
+
+    fn next_event(&self) -> Nanos {
+        let mut next = Nanos::MAX;
+        for member in self.members.iter().filter(|m| m.node.is_some()) {
+            next = next.min(member.wake_at);
+        }
+        if let Some(at) = self.network.next_arrival() {
+            next = next.min(at);
+        }
+        if let Some((at, _)) = self.plan.front() {
+            next = next.min(*at);
+        }
+        if self.calling {
+            for client in self.clients.iter().filter(|c| c.waiting.is_none()) {
+                next = next.min(client.next_call);
+            }
+        }
+        next.min(self.next_sample)
+    }
+
+    fn index_of(&self, id: u64) -> Option<usize> {
+        self.members.iter().position(|m| m.id == id)
+    }
+
+    fn apply_faults(&mut self) {
+        while self.plan.front().is_some_and(|(at, _)| *at <= self.now) {
+            let Some((_, event)) = self.plan.pop_front() else {
+                break;
+            };
+            self.trace.event(self.now, format_args!("fault: {event:?}"));
+            self.apply_fault(event);
+        }
+    }
+
+    fn apply_fault(&mut self, event: FaultEvent) {
+        match event {
+            FaultEvent::Crash(ids) => {
+                let indexes: Vec<usize> = ids.iter().filter_map(|id| self.index_of(*id)).collect();
+                for index in indexes {
+                    self.crash(index);
+                }
+            }
+            FaultEvent::Restart(ids) => {
+                let indexes: Vec<usize> = ids.iter().filter_map(|id| self.index_of(*id)).collect();
+                for index in indexes {
+                    if self.members[index].node.is_none() {
+                        self.start(index);
+                    }
+                }
+            }
+            FaultEvent::Cut(links) => {
+                let mut shared = self.network.links.lock().unwrap_or_else(PoisonError::into_inner);
+                shared.cut.extend(links);
+            }
+            FaultEvent::Mend(links) => {
+                let mut shared = self.network.links.lock().unwrap_or_else(PoisonError::into_inner);
+                for link in links {
+                    shared.cut.remove(&link);
+                }
+            }
+            FaultEvent::Weather(weather) => self.network.weather = weather,
+            FaultEvent::Skew(id, offset) => {
+                if let Some(index) = self.index_of(id) {
+                    self.members[index].wall_offset.store(offset, Ordering::Relaxed);
+                }
+            }
+            FaultEvent::SlowDisk(id, slow) => {
+                if let Some(index) = self.index_of(id) {
+                    self.members[index].disk.lock().unwrap_or_else(PoisonError::into_inner).slow_ns = slow;
+                }
+            }
+            FaultEvent::HealAll => self.heal_all(),
+        }
+    }
+
+    fn heal_all(&mut self) {
+        *self.network.links.lock().unwrap_or_else(PoisonError::into_inner) = Links {
+            down: self.members.iter().filter(|m| m.node.is_none()).map(|m| m.id).collect(),
+            cut: Default::default(),
+        };
+        self.network.weather = net::Weather::default();
+        for index in 0..self.members.len() {
+            let member = &self.members[index];
+            member.wall_offset.store(0, Ordering::Relaxed);
+            member.disk.lock().unwrap_or_else(PoisonError::into_inner).slow_ns = 0;
+            if member.node.is_none() {
+                self.start(index);
+            }
+        }
+    }
+
+    fn deliver(&mut self) {
+        while let Some(envelope) = self.network.arrived(self.now) {
+            let to = envelope.message.to;
+            self.trace.message(self.now, &envelope);
+            let Some(index) = self.index_of(to) else {
+                continue;
+            };
+            let member = &mut self.members[index];
+            if let Some((_, handle)) = &member.node {
+                handle.deliver(envelope.message);
+                let ready = member.cursor.load(Ordering::Relaxed).max(self.now);
+                member.wake_at = member.wake_at.min(ready);
+            }
+        }
+    }
+
+    fn call(&mut self) {
+        if !self.calling {
+            return;
+        }
+        let ids = self.ids();
+        for index in 0..self.clients.len() {
+            let client = &mut self.clients[index];
+            if client.waiting.is_some() || client.next_call > self.now {
+                continue;
+            }
+            let (member, key, call) = client.pick(&ids, &mut self.next_value);
+            let deadline = self.base + Duration::from_nanos(self.now + REQUEST_TIMEOUT);
+            let (request, waiting) = client.request(key, &call, deadline);
+            let operation = Operation {
+                client: client.id,
+                member,
+                key,
+                call,
+                called: self.now,
+                answered: None,
+                answer: Answer::Unknown,
+            };
+            let Some(member_index) = ids.iter().position(|id| *id == member) else {
+                continue;
+            };
+            let target = &mut self.members[member_index];
+            let Some((_, handle)) = &target.node else {
+                // The member is down: the connection is refused; nothing was asked.
+                client.rest(self.now);
+                continue;
+            };
+            self.trace.event(self.now, format_args!("client {} calls member {member}: {:?} k{key}", client.id, operation.call));
+            if handle.submit(request).is_err() {
+                client.rest(self.now);
+                continue;
+            }
+            client.waiting = Some((self.history.len(), waiting));
+            self.history.push(operation);
+            let ready = target.cursor.load(Ordering::Relaxed).max(self.now);
+            target.wake_at = target.wake_at.min(ready);
+        }
+    }
+
+    /// Submits a request to member `id` from outside the clients (final reads, probes).
+    pub fn submit(&mut self, id: u64, request: ClientRequest) -> bool {
+        let now = self.now;
+        let Some(member) = self.index_of(id).map(|index| &mut self.members[index]) else {
+            return false;
+        };
+        let Some((_, handle)) = &member.node else {
+            return false;
+        };
+        let submitted = handle.submit(request).is_ok();
+        member.wake_at = member.wake_at.min(member.cursor.load(Ordering::Relaxed).max(now));
+        submitted
+    }
+
+    fn run_members(&mut self) {
+        for index in 0..self.members.len() {
+            let due = {
+                let member = &self.members[index];
+                member.node.is_some() && member.wake_at <= self.now
+            };
+            if due {
+                self.run_member(index);
+            }
+        }
+    }
+
+    fn run_member(&mut self, index: usize) {
+        let now = self.now;
+        let base = self.base;
+        let member = &mut self.members[index];
+        let id = member.id;
+        let start = member.cursor.load(Ordering::Relaxed).max(now);
+        member.cursor.store(start, Ordering::Relaxed);
+        let Some((node, handle)) = member.node.as_mut() else {
+            return;
+        };
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| node.poll()));
+        let after = member.cursor.load(Ordering::Relaxed);
+        match polled {
+            Ok(Ok(next)) => {
+                member.wake_at = nanos_since(base, next).max(after).max(now + 1_000);
+            }
+            Ok(Err(error)) => {
+                let why = format!("member {id} stopped: {error}");
+                self.crash(index);
+                self.fail(why);
+                return;
+            }
+            Err(_) => {
+                let why = format!("member {id} panicked: {}", crate::trace::last_panic());
+                self.crash(index);
+                self.fail(why);
+                return;
+            }
+        }
+        let status = handle.status();
+        self.trace.poll(id, start);
+        let outbox = std::mem::take(&mut *member.outbox.lock().unwrap_or_else(PoisonError::into_inner));
+        let digests = std::mem::take(&mut member.digests);
+        let mut waiting_digests = Vec::new();
+        for mut receiver in digests {
+            match receiver.try_recv() {
+                Ok(machine) => self.observer.digest(id, &machine),
+                Err(oneshot::error::TryRecvError::Empty) => waiting_digests.push(receiver),
+                Err(oneshot::error::TryRecvError::Closed) => {}
+            }
+        }
+        self.members[index].digests = waiting_digests;
+        for envelope in outbox {
+            self.network.send(envelope);
+        }
+        if let Some(event) = self.observer.status(after, &status) {
+            self.trace.event(after, format_args!("{event}"));
+        }
+        self.collect_answers(id, after);
+    }
+
+    fn collect_answers(&mut self, member: u64, at: Nanos) {
+        for client in &mut self.clients {
+            let Some((operation, _)) = &client.waiting else {
+                continue;
+            };
+            let operation = *operation;
+            if self.history[operation].member != member {
+                continue;
+            }
+            if let Some(answer) = client.poll_answer(&self.history[operation]) {
+                self.trace.event(at, format_args!("client {} answered: {answer:?}", client.id));
+                let recorded = &mut self.history[operation];
+                recorded.answered = Some(at);
+                recorded.answer = answer;
+                client.rest(at);
+            }
+        }
+    }
+
+    /// Clients waiting on a member that went down learn so (their connection breaks).
+    pub fn settle_orphans(&mut self) {
+        for client in &mut self.clients {
+            let Some((operation, _)) = &client.waiting else {
+                continue;
+            };
+            let operation = *operation;
+            if let Some(answer) = client.poll_answer(&self.history[operation]) {
+                let recorded = &mut self.history[operation];
+                recorded.answered = Some(self.now);
+                recorded.answer = answer;
+                client.rest(self.now);
+            }
+        }
+    }
+
+    fn sample_digests(&mut self) {
+        self.settle_orphans();
+        for member in &mut self.members {
+            let Some((_, handle)) = &member.node else {
+                continue;
+            };
+            let (reply, receiver) = oneshot::channel();
+            if handle.submit(ClientRequest::Digest { reply }).is_ok() {
+                member.digests.push(receiver);
+                member.wake_at = member.wake_at.min(member.cursor.load(Ordering::Relaxed).max(self.now));
+            }
+        }
+    }
+
+    /// Members' handles, for the checks at the end (down members have none).
+    pub fn handles(&self) -> Vec<(u64, NodeHandle)> {
+        self.members
+            .iter()
+            .filter_map(|m| m.node.as_ref().map(|(_, handle)| (m.id, handle.clone())))
+            .collect()
+    }
+
+    /// Disk counters: syncs and writes lost to crashes, summed over members.
+    pub fn disk_totals(&self) -> (u64, u64) {
+        self.members.iter().fold((0, 0), |(syncs, lost), member| {
+            let disk = member.disk.lock().unwrap_or_else(PoisonError::into_inner);
+            (syncs + disk.syncs, lost + disk.lost_writes)
+        })
+    }
+
+    /// The instant simulated time `at` stands for.
+    pub fn instant(&self, at: Nanos) -> Instant {
+        self.base + Duration::from_nanos(at)
+    }
+}
+
+/// A seed for one purpose of one run: the run's seed, a purpose tag and an index mixed.
+pub fn mix(seed: u64, tag: u64, index: u64) -> u64 {
+    let mut draws = worknode_raft::draws::Draws::new(seed ^ tag.rotate_left(32) ^ index.wrapping_mul(0x9E37_79B9));
+    draws.next_u64()
+}
