@@ -43,6 +43,9 @@ pub(crate) struct SimArgs {
     /// Print every event of the run (one seed).
     #[arg(long)]
     trace: bool,
+    /// With --trace: every message delivered too.
+    #[arg(long, requires = "trace")]
+    messages: bool,
     /// Plant a known bug (testing the checks): ack-before-sync, skip-dedup,
     /// read-without-read-index, forget-hard-state, unchecked-handoff.
     #[arg(long)]
@@ -67,7 +70,8 @@ impl SimArgs {
             3 | 5 => self.members,
             other => return Err(CliError::input(format!("--members {other}: 3 or 5"))),
         };
-        let duration = worknode_sim::report::parse_duration(&self.duration).map_err(CliError::input)?;
+        let duration =
+            worknode_sim::report::parse_duration(&self.duration).map_err(CliError::input)?;
         let faults = FaultKind::parse_list(&self.faults).map_err(CliError::input)?;
         let rotation = match self.rotation.as_str() {
             "on" => true,
@@ -75,7 +79,10 @@ impl SimArgs {
             other => return Err(CliError::input(format!("--rotation {other:?}: on or off"))),
         };
         let bug = match &self.inject_bug {
-            Some(name) => Some(name.parse::<PlantedBug>().map_err(|e| CliError::input(format!("--inject-bug: {e}")))?),
+            Some(name) => Some(
+                name.parse::<PlantedBug>()
+                    .map_err(|e| CliError::input(format!("--inject-bug: {e}")))?,
+            ),
             None => None,
         };
         let seeds = match (&self.seed, &self.seeds) {
@@ -87,7 +94,16 @@ impl SimArgs {
             return Err(CliError::input("--trace prints one run: give one --seed"));
         }
         Ok(seeds
-            .map(|seed| RunConfig { seed, members, duration, faults: faults.clone(), bug, rotation, trace: self.trace })
+            .map(|seed| RunConfig {
+                seed,
+                members,
+                duration,
+                faults: faults.clone(),
+                bug,
+                rotation,
+                trace: self.trace,
+                trace_messages: self.messages,
+            })
             .collect())
     }
 }
@@ -120,13 +136,15 @@ fn regression_configs(path: &PathBuf) -> Result<Vec<RunConfig>, CliError> {
         let words = std::iter::once("sim").chain(line.split_whitespace());
         let args = SimArgs::try_parse_from(words).map_err(|e| {
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid").trim_start_matches("error: ").to_string();
+            let first =
+                text.lines().next().unwrap_or("invalid").trim_start_matches("error: ").to_string();
             CliError::input(format!("{}: {first}", at()))
         })?;
         if args.regressions.is_some() || args.seed.is_none() {
             return Err(CliError::input(format!("{}: each line names one --seed", at())));
         }
-        let mut config = args.configs().map_err(|e| CliError::input(format!("{}: {}", at(), e.message)))?;
+        let mut config =
+            args.configs().map_err(|e| CliError::input(format!("{}: {}", at(), e.message)))?;
         configs.append(&mut config);
     }
     if configs.is_empty() {
@@ -136,7 +154,10 @@ fn regression_configs(path: &PathBuf) -> Result<Vec<RunConfig>, CliError> {
 }
 
 /// Runs `worknode sim`.
-pub(crate) fn run(args: &SimArgs, out: &mut impl Write) -> Result<std::process::ExitCode, CliError> {
+pub(crate) fn run(
+    args: &SimArgs,
+    out: &mut impl Write,
+) -> Result<std::process::ExitCode, CliError> {
     let configs = args.configs()?;
     worknode_sim::trace::catch_panics_quietly();
     let jobs = if args.trace {
@@ -213,7 +234,12 @@ pub(crate) fn run(args: &SimArgs, out: &mut impl Write) -> Result<std::process::
     Ok(code)
 }
 
-fn print_report(out: &mut impl Write, report: &Report, json: bool, expected_failure: bool) -> Result<(), CliError> {
+fn print_report(
+    out: &mut impl Write,
+    report: &Report,
+    json: bool,
+    expected_failure: bool,
+) -> Result<(), CliError> {
     if json {
         writeln!(out, "{}", report.json())?;
     } else {
@@ -250,7 +276,8 @@ impl Totals {
     }
 
     fn print(&self, out: &mut impl Write) -> Result<(), CliError> {
-        let faults: Vec<String> = self.faults.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+        let faults: Vec<String> =
+            self.faults.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
         writeln!(
             out,
             "{} seeds, {} failed · {:.2} simulated hours ({:.0}x real time per run) · {} operations · faults: {}",

@@ -160,16 +160,24 @@ pub fn plan(seed: u64, members: &[u64], kinds: &[FaultKind], heal_at: Nanos) -> 
             FaultKind::OneWay => {
                 (FaultEvent::Cut(vec![(member, other)]), FaultEvent::Mend(vec![(member, other)]))
             }
-            FaultKind::Loss => weather(Weather { loss_ppm: 10_000 + draws.below(290_000), ..Weather::default() }),
-            FaultKind::Duplicate => weather(Weather { duplicate_ppm: 10_000 + draws.below(290_000), ..Weather::default() }),
-            FaultKind::Delay => weather(Weather { jitter_ns: MS + draws.below(50 * MS), ..Weather::default() }),
+            FaultKind::Loss => {
+                weather(Weather { loss_ppm: 10_000 + draws.below(290_000), ..Weather::default() })
+            }
+            FaultKind::Duplicate => weather(Weather {
+                duplicate_ppm: 10_000 + draws.below(290_000),
+                ..Weather::default()
+            }),
+            FaultKind::Delay => {
+                weather(Weather { jitter_ns: MS + draws.below(50 * MS), ..Weather::default() })
+            }
             FaultKind::Skew => {
                 let offset = (draws.below(4 * SECOND) as i64) - 2 * SECOND as i64;
                 (FaultEvent::Skew(member, offset), FaultEvent::Skew(member, 0))
             }
-            FaultKind::SlowDisk => {
-                (FaultEvent::SlowDisk(member, MS + draws.below(100 * MS)), FaultEvent::SlowDisk(member, 0))
-            }
+            FaultKind::SlowDisk => (
+                FaultEvent::SlowDisk(member, MS + draws.below(100 * MS)),
+                FaultEvent::SlowDisk(member, 0),
+            ),
         };
         plan.events.push((at, start));
         plan.events.push((end, stop));

@@ -19,7 +19,7 @@ use worknode_raft::{ClientRequest, PlantedBug};
 
 use faults::FaultKind;
 use workload::{Answer, Call, Operation, KEYS};
-use world::clock::{Nanos, SECOND, WALL_START_UNIX_NS};
+use world::clock::{Nanos, SECOND};
 use world::World;
 
 /// One run's settings.
@@ -39,6 +39,8 @@ pub struct RunConfig {
     pub rotation: bool,
     /// Print every worded event as it happens.
     pub trace: bool,
+    /// Print every message delivered too.
+    pub trace_messages: bool,
 }
 
 /// One check's result.
@@ -165,6 +167,11 @@ fn final_checks(world: &mut World, config: &RunConfig, heal_at: Nanos) -> Vec<Ch
         name: "serializable reads",
         result: check::serializable_reads(&world.history).map(|()| "only written values".into()),
     });
+    checks.push(CheckResult {
+        name: "availability",
+        result: check::availability(&world.history, &world.troubled)
+            .map(|longest| format!("longest write {:.1} ms outside trouble", longest as f64 / 1e6)),
+    });
     if !config.faults.is_empty() {
         checks.push(CheckResult {
             name: "liveness",
@@ -172,16 +179,31 @@ fn final_checks(world: &mut World, config: &RunConfig, heal_at: Nanos) -> Vec<Ch
                 .map(|took| format!("first write {:.1} ms after the heal", took as f64 / 1e6)),
         });
     }
+    if config.rotation {
+        let turns = world.all_turns();
+        checks.push(CheckResult {
+            name: "down members skipped",
+            result: check::down_members_skipped(
+                &turns,
+                &world.downs,
+                &world.troubled,
+                10 * world::clock::MS,
+            )
+            .map(|judged| format!("{judged} handoff decisions")),
+        });
+    }
     if config.rotation && config.faults.is_empty() {
-        let records: Vec<_> = world.handles().iter().flat_map(|(_, h)| h.turns()).collect();
-        // From two seconds in (the first election) to the end of the workload.
-        let from_us = (WALL_START_UNIX_NS + 2 * SECOND) / 1_000;
-        let to_us = (WALL_START_UNIX_NS + config.duration) / 1_000;
-        let expected = ((config.duration.saturating_sub(2 * SECOND)) / (400 * world::clock::MS)) as usize;
+        // The turns that begin after the one in which the first leader was elected, until
+        // the workload ends: 400 ms turns of four 100 ms slots from slot 0 at the start.
+        let turn_slots = 4;
+        let elected = world.observer.first_leader_at.unwrap_or(config.duration);
+        let first = (elected / world::TURN + 2) * turn_slots;
+        let last = config.duration / world::TURN * turn_slots;
+        let expected: Vec<u64> = (first..last).step_by(turn_slots as usize).collect();
         checks.push(CheckResult {
             name: "turns on schedule",
-            result: check::turns_on_schedule(&records, from_us, to_us, expected.saturating_sub(1))
-                .map(|share| format!("{:.1}% of turns", share * 100.0)),
+            result: check::turns_on_schedule(&world.all_turns(), &expected)
+                .map(|share| format!("{:.1}% of {} turns", share * 100.0, expected.len())),
         });
     }
     checks

@@ -21,9 +21,9 @@ pub fn duration_text(nanos: u64) -> String {
 pub fn parse_duration(text: &str) -> Result<u64, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("--duration {text:?}: expected a whole number and a unit (ms, s, m, h)"))?;
+    let number: u64 = number.parse().map_err(|_| {
+        format!("--duration {text:?}: expected a whole number and a unit (ms, s, m, h)")
+    })?;
     let unit_ns = match unit {
         "ms" => MS,
         "s" => SECOND,
@@ -31,11 +31,12 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
         "h" => 3_600 * SECOND,
         _ => return Err(format!("--duration {text:?}: the unit must be ms, s, m or h")),
     };
-    let nanos = number
-        .checked_mul(unit_ns)
-        .ok_or_else(|| format!("--duration {text:?}: too long"))?;
+    let nanos =
+        number.checked_mul(unit_ns).ok_or_else(|| format!("--duration {text:?}: too long"))?;
     if nanos < 2 * SECOND {
-        return Err(format!("--duration {text:?}: at least 2s (the cluster elects a leader first)"));
+        return Err(format!(
+            "--duration {text:?}: at least 2s (the cluster elects a leader first)"
+        ));
     }
     Ok(nanos)
 }

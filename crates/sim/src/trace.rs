@@ -2,9 +2,9 @@
 //! the latest events kept in words for a failure report, and all of them printed with
 //! `--trace`.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt::{self, Write as _};
-use std::cell::RefCell;
 
 use crate::world::clock::Nanos;
 use crate::world::net::Envelope;
@@ -20,6 +20,7 @@ pub struct Trace {
     pub events: u64,
     recent: VecDeque<String>,
     print: bool,
+    print_messages: bool,
     line: String,
 }
 
@@ -27,9 +28,17 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 impl Trace {
-    /// An empty trace; `print` writes every worded event to stdout as it happens.
-    pub fn new(print: bool) -> Self {
-        Self { digest: FNV_OFFSET, events: 0, recent: VecDeque::new(), print, line: String::new() }
+    /// An empty trace; `print` writes every worded event to stdout as it happens, and
+    /// `print_messages` every message delivered.
+    pub fn new(print: bool, print_messages: bool) -> Self {
+        Self {
+            digest: FNV_OFFSET,
+            events: 0,
+            recent: VecDeque::new(),
+            print,
+            print_messages,
+            line: String::new(),
+        }
     }
 
     fn fold(&mut self, bytes: &[u8]) {
@@ -63,7 +72,31 @@ impl Trace {
     /// A message delivered.
     pub fn message(&mut self, at: Nanos, envelope: &Envelope) {
         let m = &envelope.message;
-        self.fold_numbers(&[at, envelope.from, m.to, m.get_msg_type() as u64, m.term, m.index, m.commit]);
+        self.fold_numbers(&[
+            at,
+            envelope.from,
+            m.to,
+            m.get_msg_type() as u64,
+            m.term,
+            m.index,
+            m.commit,
+        ]);
+        if self.print_messages {
+            let reject =
+                if m.reject { format!(" reject hint {}", m.reject_hint) } else { String::new() };
+            println!(
+                "{:>10.3} ms    {} -> {} {:?} term {} index {} log_term {} commit {} entries {}{reject}",
+                at as f64 / 1e6,
+                envelope.from,
+                m.to,
+                m.get_msg_type(),
+                m.term,
+                m.index,
+                m.log_term,
+                m.commit,
+                m.entries.len(),
+            );
+        }
     }
 
     /// A loop turn of a member.

@@ -207,7 +207,9 @@ impl Client {
             (_, Answer::Read(value)) => *seen = value.map(|(id, _)| id),
             (Call::Put(value), Answer::Written(_)) => *seen = Some(*value),
             (Call::Delete, Answer::Written(_)) => *seen = None,
-            (Call::CompareAndPut { value, .. }, Answer::Written(Some(true))) => *seen = Some(*value),
+            (Call::CompareAndPut { value, .. }, Answer::Written(Some(true))) => {
+                *seen = Some(*value)
+            }
             _ => {}
         }
     }

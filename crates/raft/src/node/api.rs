@@ -286,6 +286,26 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
+    pub(super) fn new(
+        id: u64,
+        requests: LoopSender<ClientRequest>,
+        inbox: LoopSender<Message>,
+        turns: Arc<Mutex<crate::rotation::TurnLog>>,
+        schedule: Arc<Mutex<Vec<ScheduleChange>>>,
+    ) -> Self {
+        Self {
+            requests,
+            inbox,
+            status: Arc::new(RwLock::new(NodeStatus { id, ..NodeStatus::default() })),
+            stop: Arc::new(AtomicBool::new(false)),
+            dropped_inbound: Arc::new(AtomicU64::new(0)),
+            turns,
+            schedule,
+            rejections: Arc::default(),
+            counters: Arc::default(),
+        }
+    }
+
     /// The loop's event counters.
     pub fn counters(&self) -> &NodeCounters {
         &self.counters

@@ -26,6 +26,8 @@ pub struct Observer {
     last_leader: (u64, u64),
     /// Times a member was seen to lead a new term.
     pub leader_changes: u64,
+    /// When the first leader was seen.
+    pub first_leader_at: Option<Nanos>,
     digests: BTreeMap<u64, (u64, u64)>,
     /// Digest samples compared.
     pub digests_compared: u64,
@@ -44,10 +46,11 @@ impl Observer {
 
     /// A member's status after a turn: at most one leader per term. Returns a line for
     /// the trace when a new leader appears.
-    pub fn status(&mut self, _at: Nanos, status: &NodeStatus) -> Option<String> {
+    pub fn status(&mut self, at: Nanos, status: &NodeStatus) -> Option<String> {
         if !status.is_leader {
             return None;
         }
+        self.first_leader_at.get_or_insert(at);
         let leader = *self.leaders.entry(status.term).or_insert(status.id);
         if leader != status.id {
             self.fail(format!(
@@ -162,6 +165,88 @@ pub fn serializable_reads(history: &[Operation]) -> Result<(), String> {
     Ok(())
 }
 
+/// How long after trouble ends writes are exempt from [`availability`]: elections that
+/// trouble started may still be finishing.
+pub const SETTLE: Nanos = 2 * SECOND;
+/// Longest wait of a write outside trouble: a crashed leader is replaced within
+/// milliseconds (its host refuses connections), and a handoff within a round trip.
+pub const AVAILABILITY_BOUND: Nanos = 600 * crate::world::clock::MS;
+
+/// Availability: a write called at least [`SETTLE`] after any trouble (see
+/// [`crate::world::World::troubled`]) and answered before the next is acknowledged within
+/// [`AVAILABILITY_BOUND`], crashes of a minority notwithstanding. Returns the longest wait.
+pub fn availability(history: &[Operation], troubled: &[(Nanos, Nanos)]) -> Result<Nanos, String> {
+    let mut longest = 0;
+    for op in history {
+        let (Answer::Written(_), Some(answered)) = (&op.answer, op.answered) else {
+            continue;
+        };
+        let clear = troubled
+            .iter()
+            .all(|&(from, to)| answered < from || op.called >= to.saturating_add(SETTLE));
+        if !clear {
+            continue;
+        }
+        let waited = answered - op.called;
+        if waited > AVAILABILITY_BOUND {
+            return Err(format!(
+                "client {}'s {:?} of k{} at member {} waited {:.0} ms (called {:.3} s) with at most a minority down and nothing else wrong; bound {} ms",
+                op.client,
+                op.call,
+                op.key,
+                op.member,
+                waited as f64 / 1e6,
+                op.called as f64 / 1e9,
+                AVAILABILITY_BOUND / crate::world::clock::MS
+            ));
+        }
+        longest = longest.max(waited);
+    }
+    Ok(longest)
+}
+
+/// How long a member must have been down for its turn to be skipped: the leader's
+/// liveness window (half an election timeout) and a tick.
+pub const DOWN_BEFORE_TURN: Nanos = 600 * crate::world::clock::MS;
+
+/// Scheduled leadership skips a member that is down: no leader starts a handoff to a
+/// member down since [`DOWN_BEFORE_TURN`] before the handoff (outside trouble, where the
+/// leader's clock and network are sound). Returns the turns judged.
+pub fn down_members_skipped(
+    turns: &[TurnRecord],
+    downs: &[(u64, Nanos, Nanos)],
+    troubled: &[(Nanos, Nanos)],
+    handoff_lead: Nanos,
+) -> Result<usize, String> {
+    let mut judged = 0;
+    for turn in turns {
+        let boundary =
+            (turn.boundary_unix_us * 1_000).saturating_sub(crate::world::clock::WALL_START_UNIX_NS);
+        let decided = boundary.saturating_sub(handoff_lead);
+        let attempted = turn.scheduled != turn.leader_before
+            && (turn.skipped.is_none() || turn.skip_kind == Some("transfer_failed"));
+        let sound = troubled.iter().all(|&(from, to)| decided < from || decided >= to);
+        if !sound || turn.scheduled == turn.leader_before {
+            continue;
+        }
+        judged += 1;
+        let down_long = downs.iter().any(|&(member, from, to)| {
+            member == turn.scheduled && from + DOWN_BEFORE_TURN <= decided && decided < to
+        });
+        if attempted && down_long {
+            return Err(format!(
+                "member {} handed member {} the turn at slot {} ({:.3} s) although it had been down for over {} ms",
+                turn.leader_before,
+                turn.scheduled,
+                turn.first_slot,
+                boundary as f64 / 1e9,
+                DOWN_BEFORE_TURN / crate::world::clock::MS
+            ));
+        }
+    }
+    Ok(judged)
+}
+
 /// Liveness: once the faults heal at `healed`, a write is acknowledged within
 /// [`LIVENESS_BOUND`]. Returns how long the first one took.
 pub fn liveness(history: &[Operation], healed: Nanos) -> Result<Nanos, String> {
@@ -185,42 +270,34 @@ pub fn liveness(history: &[Operation], healed: Nanos) -> Result<Nanos, String> {
     }
 }
 
-/// In a fault-free run, at least [`ON_SCHEDULE_MIN`] of the `expected` turns that began
-/// in `[from_us, to_us)` (wall µs) were led by their scheduled member; a turn no leader
-/// recorded counts as missed. Returns the share.
-pub fn turns_on_schedule(
-    records: &[TurnRecord],
-    from_us: u64,
-    to_us: u64,
-    expected: usize,
-) -> Result<f64, String> {
-    let mut by_slot: BTreeMap<u64, &TurnRecord> = BTreeMap::new();
-    for record in records.iter().filter(|r| (from_us..to_us).contains(&r.boundary_unix_us)) {
-        by_slot.insert(record.first_slot, record);
+/// In a fault-free run, at least [`ON_SCHEDULE_MIN`] of the turns beginning at the
+/// `expected` first slots were led by their scheduled member; a turn no leader recorded
+/// counts as missed. Returns the share.
+pub fn turns_on_schedule(records: &[TurnRecord], expected: &[u64]) -> Result<f64, String> {
+    let by_slot: BTreeMap<u64, &TurnRecord> = records.iter().map(|r| (r.first_slot, r)).collect();
+    if expected.is_empty() {
+        return Err("the run is too short to judge turns".into());
     }
-    if by_slot.is_empty() {
-        return Err("no turns were recorded".into());
+    let mut off = Vec::new();
+    for slot in expected {
+        match by_slot.get(slot) {
+            Some(record) if record.leader_after == record.scheduled => {}
+            Some(record) => off.push(format!(
+                "slot {slot} scheduled {} led by {} ({})",
+                record.scheduled,
+                record.leader_after,
+                record.skipped.as_deref().unwrap_or("no reason recorded")
+            )),
+            None => off.push(format!("slot {slot}: no leader recorded the turn")),
+        }
     }
-    let on = by_slot.values().filter(|r| r.leader_after == r.scheduled).count();
-    let turns = by_slot.len().max(expected);
-    let share = on as f64 / turns as f64;
+    let on = expected.len() - off.len();
+    let share = on as f64 / expected.len() as f64;
     if share < ON_SCHEDULE_MIN {
-        let off: Vec<String> = by_slot
-            .values()
-            .filter(|r| r.leader_after != r.scheduled)
-            .take(5)
-            .map(|r| {
-                format!(
-                    "slot {} scheduled {} led by {} ({})",
-                    r.first_slot,
-                    r.scheduled,
-                    r.leader_after,
-                    r.skipped.as_deref().unwrap_or("no reason recorded")
-                )
-            })
-            .collect();
+        off.truncate(5);
         return Err(format!(
-            "{on} of {turns} turns led by their scheduled member ({:.1}%, at least {:.0}% wanted): {}",
+            "{on} of {} turns led by their scheduled member ({:.1}%, at least {:.0}% wanted): {}",
+            expected.len(),
             share * 100.0,
             ON_SCHEDULE_MIN * 100.0,
             off.join("; ")

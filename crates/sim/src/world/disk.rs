@@ -257,7 +257,9 @@ impl LogStore for SimStore {
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
         let meta = snapshot.get_metadata();
         self.sync(0);
-        for image in [&mut self.live, &mut self.disk.lock().unwrap_or_else(PoisonError::into_inner).durable] {
+        for image in
+            [&mut self.live, &mut self.disk.lock().unwrap_or_else(PoisonError::into_inner).durable]
+        {
             image.reset_to(meta.index, meta.term);
             image.hard_state.commit = image.hard_state.commit.max(meta.index);
             image.conf_state = meta.get_conf_state().clone();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use worknode_kv::{ScheduleSettings, StateMachine};
-use worknode_raft::rotation::RotationConfig;
+use worknode_raft::rotation::{RotationConfig, TurnRecord};
 use worknode_raft::snapshot_file::SnapshotFile;
 use worknode_raft::{ClientRequest, Node, NodeConfig, NodeHandle, PlantedBug, SnapshotSlot};
 
@@ -65,11 +65,21 @@ pub struct World {
     pub observer: Observer,
     /// Whether clients still call.
     pub calling: bool,
+    /// Stretches when more than crashes of a minority were in force (a network fault, a
+    /// skewed clock, a slow disk, or a majority down), as (from, to); the last may be open.
+    pub troubled: Vec<(Nanos, Nanos)>,
+    /// When members were down: (member, from, to); `to` is `Nanos::MAX` while down.
+    pub downs: Vec<(u64, Nanos, Nanos)>,
+    /// Turn records of members' processes that crashed (the live ones keep theirs).
+    pub turns: Vec<TurnRecord>,
     next_sample: Nanos,
 }
 
 /// How often each member's state-machine digest is sampled.
 const SAMPLE_EVERY: Nanos = 250 * MS;
+/// A turn of scheduled leadership: four slots of 100 ms.
+pub const TURN: Nanos = 400 * MS;
+
 /// Clients calling at once.
 const CLIENTS: u32 = 4;
 /// Messages in flight that only a storm explains: a healthy cluster of five with every
@@ -97,7 +107,7 @@ impl World {
             .collect();
         let clients =
             (0..CLIENTS).map(|id| Client::new(id, mix(seed, 0xC11E, u64::from(id)))).collect();
-        let trace = Trace::new(config.trace);
+        let trace = Trace::new(config.trace, config.trace_messages);
         let mut world = Self {
             base: Instant::now(),
             now: 0,
@@ -110,6 +120,10 @@ impl World {
             trace,
             observer: Observer::default(),
             calling: true,
+            // The first election: no leader yet.
+            troubled: vec![(0, 0)],
+            downs: Vec::new(),
+            turns: Vec::new(),
             next_sample: SAMPLE_EVERY,
             config,
         };
@@ -163,9 +177,14 @@ impl World {
         }
         member.starts += 1;
         member.cursor.store(now, Ordering::Relaxed);
-        let clock = SimClock::new(self.base, Arc::clone(&member.cursor), Arc::clone(&member.wall_offset));
-        let transport =
-            SimTransport::new(member.id, Arc::clone(&member.outbox), Arc::clone(&member.cursor), Arc::clone(&links));
+        let clock =
+            SimClock::new(self.base, Arc::clone(&member.cursor), Arc::clone(&member.wall_offset));
+        let transport = SimTransport::new(
+            member.id,
+            Arc::clone(&member.outbox),
+            Arc::clone(&member.cursor),
+            Arc::clone(&links),
+        );
         let store = SimStore::open(
             Arc::clone(&member.disk),
             Arc::clone(&member.cursor),
@@ -178,6 +197,10 @@ impl World {
             Ok(started) => {
                 member.node = Some(started);
                 member.wake_at = now;
+                for down in self.downs.iter_mut().filter(|d| d.0 == member.id && d.2 == Nanos::MAX)
+                {
+                    down.2 = now;
+                }
                 links.lock().unwrap_or_else(PoisonError::into_inner).down.remove(&member.id);
                 self.trace.event(now, format_args!("member {} starts", member.id));
             }
@@ -191,9 +214,11 @@ impl World {
     fn crash(&mut self, index: usize) {
         let now = self.now;
         let member = &mut self.members[index];
-        if member.node.take().is_none() {
+        let Some((_, handle)) = member.node.take() else {
             return;
-        }
+        };
+        self.turns.extend(handle.turns());
+        self.downs.push((member.id, now, Nanos::MAX));
         member.digests.clear();
         member.outbox.lock().unwrap_or_else(PoisonError::into_inner).clear();
         let lost = member.disk.lock().unwrap_or_else(PoisonError::into_inner).crash();
@@ -221,7 +246,8 @@ impl World {
             self.run_members();
             if self.network.in_flight() > STORM {
                 let kinds = self.network.in_flight_kinds();
-                let top: Vec<String> = kinds.iter().take(3).map(|(k, n)| format!("{n} {k}")).collect();
+                let top: Vec<String> =
+                    kinds.iter().take(3).map(|(k, n)| format!("{n} {k}")).collect();
                 self.fail(format!(
                     "message storm: {} messages in flight ({})",
                     self.network.in_flight(),
@@ -268,6 +294,33 @@ impl World {
             };
             self.trace.event(self.now, format_args!("fault: {event:?}"));
             self.apply_fault(event);
+            self.note_trouble();
+        }
+    }
+
+    /// Opens or closes a troubled stretch after a fault event.
+    fn note_trouble(&mut self) {
+        let troubled = {
+            let links = self.network.links.lock().unwrap_or_else(PoisonError::into_inner);
+            let down = self.members.iter().filter(|m| m.node.is_none()).count();
+            let disks_slow = self.members.iter().any(|m| {
+                m.wall_offset.load(Ordering::Relaxed) != 0
+                    || m.disk.lock().unwrap_or_else(PoisonError::into_inner).slow_ns != 0
+            });
+            !links.cut.is_empty()
+                || self.network.weather != net::Weather::default()
+                || disks_slow
+                || down > self.members.len() / 2
+        };
+        let open = self.troubled.last().is_some_and(|(_, to)| *to == Nanos::MAX);
+        match (troubled, open) {
+            (true, false) => self.troubled.push((self.now, Nanos::MAX)),
+            (false, true) => {
+                if let Some(last) = self.troubled.last_mut() {
+                    last.1 = self.now;
+                }
+            }
+            _ => {}
         }
     }
 
@@ -305,7 +358,11 @@ impl World {
             }
             FaultEvent::SlowDisk(id, slow) => {
                 if let Some(index) = self.index_of(id) {
-                    self.members[index].disk.lock().unwrap_or_else(PoisonError::into_inner).slow_ns = slow;
+                    self.members[index]
+                        .disk
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .slow_ns = slow;
                 }
             }
             FaultEvent::HealAll => self.heal_all(),
@@ -375,7 +432,13 @@ impl World {
                 client.rest(self.now);
                 continue;
             };
-            self.trace.event(self.now, format_args!("client {} calls member {member}: {:?} k{key}", client.id, operation.call));
+            self.trace.event(
+                self.now,
+                format_args!(
+                    "client {} calls member {member}: {:?} k{key}",
+                    client.id, operation.call
+                ),
+            );
             if handle.submit(request).is_err() {
                 client.rest(self.now);
                 continue;
@@ -444,7 +507,8 @@ impl World {
         }
         let status = handle.status();
         self.trace.poll(id, start);
-        let outbox = std::mem::take(&mut *member.outbox.lock().unwrap_or_else(PoisonError::into_inner));
+        let outbox =
+            std::mem::take(&mut *member.outbox.lock().unwrap_or_else(PoisonError::into_inner));
         let digests = std::mem::take(&mut member.digests);
         let mut waiting_digests = Vec::new();
         for mut receiver in digests {
@@ -508,9 +572,17 @@ impl World {
             let (reply, receiver) = oneshot::channel();
             if handle.submit(ClientRequest::Digest { reply }).is_ok() {
                 member.digests.push(receiver);
-                member.wake_at = member.wake_at.min(member.cursor.load(Ordering::Relaxed).max(self.now));
+                member.wake_at =
+                    member.wake_at.min(member.cursor.load(Ordering::Relaxed).max(self.now));
             }
         }
+    }
+
+    /// Every turn record: those of crashed processes and of the live ones.
+    pub fn all_turns(&self) -> Vec<TurnRecord> {
+        let mut turns = self.turns.clone();
+        turns.extend(self.handles().iter().flat_map(|(_, handle)| handle.turns()));
+        turns
     }
 
     /// Members' handles, for the checks at the end (down members have none).
@@ -537,6 +609,8 @@ impl World {
 
 /// A seed for one purpose of one run: the run's seed, a purpose tag and an index mixed.
 pub fn mix(seed: u64, tag: u64, index: u64) -> u64 {
-    let mut draws = worknode_raft::draws::Draws::new(seed ^ tag.rotate_left(32) ^ index.wrapping_mul(0x9E37_79B9));
+    let mut draws = worknode_raft::draws::Draws::new(
+        seed ^ tag.rotate_left(32) ^ index.wrapping_mul(0x9E37_79B9),
+    );
     draws.next_u64()
 }

@@ -60,6 +60,8 @@ pub struct Network {
     pub duplicated: u64,
     /// Messages dropped at a cut link or a down member.
     pub cut: u64,
+    /// The latest arrival scheduled on each link: a healthy link delivers in order.
+    last_arrival: BTreeMap<(u64, u64), Nanos>,
 }
 
 /// One-way delay on a healthy link: 50–250 µs, a LAN's.
@@ -78,6 +80,7 @@ impl Network {
             lost: 0,
             duplicated: 0,
             cut: 0,
+            last_arrival: BTreeMap::new(),
         }
     }
 
@@ -108,9 +111,17 @@ impl Network {
         self.enqueue(envelope);
     }
 
+    /// A healthy link is a TCP connection: messages arrive in the order sent. Under the
+    /// delay fault they may overtake each other (as across a reconnection).
     fn enqueue(&mut self, envelope: Envelope) {
-        let jitter = BASE_JITTER_NS + self.weather.jitter_ns;
-        let arrives = envelope.at + BASE_DELAY_NS + self.draws.below(jitter);
+        let link = (envelope.from, envelope.message.to);
+        let mut arrives =
+            envelope.at + BASE_DELAY_NS + self.draws.below(BASE_JITTER_NS + self.weather.jitter_ns);
+        if self.weather.jitter_ns == 0 {
+            let last = self.last_arrival.entry(link).or_default();
+            arrives = arrives.max(*last);
+            *last = arrives;
+        }
         self.sequence += 1;
         self.in_flight.insert((arrives, self.sequence), envelope);
     }
