@@ -10,7 +10,7 @@ use crate::{Report, RunConfig};
 
 /// `--duration` as the replay command writes it.
 pub fn duration_text(nanos: u64) -> String {
-    if nanos % SECOND == 0 {
+    if nanos.is_multiple_of(SECOND) {
         format!("{}s", nanos / SECOND)
     } else {
         format!("{}ms", nanos / MS)

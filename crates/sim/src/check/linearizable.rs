@@ -171,7 +171,7 @@ impl<'a> Search<'a> {
                 return Verdict::Undecided;
             }
             let op = event / 2;
-            if event % 2 == 0 {
+            if event.is_multiple_of(2) {
                 if let Some(after) = self.history[op].op.step(state) {
                     if seen.insert((placed ^ keys[op], after)) {
                         placed ^= keys[op];

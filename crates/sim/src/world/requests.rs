@@ -1,0 +1,119 @@
+//! Requests from outside the members: the clients' calls and their answers, digest
+//! samples, and the final checks' own requests.
+
+use super::*;
+
+impl World {
+    pub(super) fn call(&mut self) {
+        if !self.calling {
+            return;
+        }
+        let ids = self.ids();
+        for index in 0..self.clients.len() {
+            let client = &mut self.clients[index];
+            if client.waiting.is_some() || client.next_call > self.now {
+                continue;
+            }
+            let (member, key, call) = client.pick(&ids, &mut self.next_value);
+            let deadline = self.base + Duration::from_nanos(self.now + REQUEST_TIMEOUT);
+            let (request, waiting) = client.request(key, &call, deadline);
+            let operation = Operation {
+                client: client.id,
+                member,
+                key,
+                call,
+                called: self.now,
+                answered: None,
+                answer: Answer::Unknown,
+            };
+            let Some(member_index) = ids.iter().position(|id| *id == member) else {
+                continue;
+            };
+            let target = &mut self.members[member_index];
+            let Some((_, handle)) = &target.node else {
+                // The member is down: the connection is refused; nothing was asked.
+                client.rest(self.now);
+                continue;
+            };
+            self.trace.event(
+                self.now,
+                format_args!(
+                    "client {} calls member {member}: {:?} k{key}",
+                    client.id, operation.call
+                ),
+            );
+            if handle.submit(request).is_err() {
+                client.rest(self.now);
+                continue;
+            }
+            client.waiting = Some((self.history.len(), waiting));
+            self.history.push(operation);
+            let ready = target.cursor.load(Ordering::Relaxed).max(self.now);
+            target.wake_at = target.wake_at.min(ready);
+        }
+    }
+
+    /// Submits a request to member `id` from outside the clients (final reads, probes).
+    pub fn submit(&mut self, id: u64, request: ClientRequest) -> bool {
+        let now = self.now;
+        let Some(member) = self.index_of(id).map(|index| &mut self.members[index]) else {
+            return false;
+        };
+        let Some((_, handle)) = &member.node else {
+            return false;
+        };
+        let submitted = handle.submit(request).is_ok();
+        member.wake_at = member.wake_at.min(member.cursor.load(Ordering::Relaxed).max(now));
+        submitted
+    }
+
+    pub(super) fn collect_answers(&mut self, member: u64, at: Nanos) {
+        for client in &mut self.clients {
+            let Some((operation, _)) = &client.waiting else {
+                continue;
+            };
+            let operation = *operation;
+            if self.history[operation].member != member {
+                continue;
+            }
+            if let Some(answer) = client.poll_answer(&self.history[operation]) {
+                self.trace.event(at, format_args!("client {} answered: {answer:?}", client.id));
+                let recorded = &mut self.history[operation];
+                recorded.answered = Some(at);
+                recorded.answer = answer;
+                client.rest(at);
+            }
+        }
+    }
+
+    /// Clients waiting on a member that went down learn so (their connection breaks).
+    pub fn settle_orphans(&mut self) {
+        for client in &mut self.clients {
+            let Some((operation, _)) = &client.waiting else {
+                continue;
+            };
+            let operation = *operation;
+            if let Some(answer) = client.poll_answer(&self.history[operation]) {
+                let recorded = &mut self.history[operation];
+                recorded.answered = Some(self.now);
+                recorded.answer = answer;
+                client.rest(self.now);
+            }
+        }
+    }
+
+    pub(super) fn sample_digests(&mut self) {
+        self.settle_orphans();
+        for member in &mut self.members {
+            let Some((_, handle)) = &member.node else {
+                continue;
+            };
+            let (reply, receiver) = oneshot::channel();
+            if handle.submit(ClientRequest::Digest { reply }).is_ok() {
+                member.digests.push(receiver);
+                member.wake_at =
+                    member.wake_at.min(member.cursor.load(Ordering::Relaxed).max(self.now));
+            }
+        }
+    }
+}
