@@ -8,6 +8,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use protobuf::Message as _;
 use raft::eraftpb::{Snapshot, SnapshotMetadata};
@@ -40,16 +41,29 @@ pub enum SnapshotFileError {
     },
 }
 
-/// The snapshot file of one data directory.
+/// The snapshot file of one data directory (or, in the simulator, its bytes in memory).
 #[derive(Clone, Debug)]
 pub struct SnapshotFile {
     path: PathBuf,
+    memory: Option<Arc<Mutex<Option<Vec<u8>>>>>,
 }
 
 impl SnapshotFile {
     /// The snapshot file in `dir`.
     pub fn in_dir(dir: &Path) -> Self {
-        Self { path: dir.join("snapshot.bin") }
+        Self { path: dir.join("snapshot.bin"), memory: None }
+    }
+
+    /// A snapshot kept in memory, in the same format: the simulator's members, whose
+    /// disk outlives their process but is not a file. The driver writes such a snapshot
+    /// on its loop (no thread may decide when a simulated snapshot is done).
+    pub fn in_memory() -> Self {
+        Self { path: PathBuf::from("<memory>"), memory: Some(Arc::default()) }
+    }
+
+    /// Whether this is [`SnapshotFile::in_memory`].
+    pub fn is_in_memory(&self) -> bool {
+        self.memory.is_some()
     }
 
     /// The file's path.
@@ -64,19 +78,11 @@ impl SnapshotFile {
     /// Writes `snapshot` durably: a temporary file flushed every [`SYNC_CHUNK`], fsync,
     /// rename, fsync of the directory.
     pub fn save(&self, snapshot: &Snapshot) -> Result<(), SnapshotFileError> {
-        let metadata = snapshot
-            .get_metadata()
-            .write_to_bytes()
-            .unwrap_or_else(|error| unreachable!("encoding cannot fail: {error}"));
-        let data = snapshot.get_data();
-        let mut bytes = Vec::with_capacity(MAGIC.len() + 4 + metadata.len() + 8 + data.len() + 4);
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&(metadata.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(&metadata);
-        bytes.extend_from_slice(&(data.len() as u64).to_be_bytes());
-        bytes.extend_from_slice(data);
-        let checksum = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(&checksum.to_be_bytes());
+        let bytes = encode(snapshot);
+        if let Some(memory) = &self.memory {
+            *memory.lock().unwrap_or_else(PoisonError::into_inner) = Some(bytes);
+            return Ok(());
+        }
         let temporary = self.path.with_extension("bin.tmp");
         let mut file = File::create(&temporary).map_err(|e| self.io(e))?;
         // Flushed a chunk at a time: one flush of the whole file (megabytes) holds the disk
@@ -96,10 +102,18 @@ impl SnapshotFile {
 
     /// Reads the snapshot; `Ok(None)` when there is none yet.
     pub fn load(&self) -> Result<Option<Snapshot>, SnapshotFileError> {
-        let bytes = match fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(self.io(error)),
+        let stored = match &self.memory {
+            Some(memory) => Some(memory.lock().unwrap_or_else(PoisonError::into_inner).clone()),
+            None => None,
+        };
+        let bytes = match stored {
+            Some(Some(bytes)) => bytes,
+            Some(None) => return Ok(None),
+            None => match fs::read(&self.path) {
+                Ok(bytes) => bytes,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(error) => return Err(self.io(error)),
+            },
         };
         decode(&bytes).map(Some).map_err(|(offset, reason)| SnapshotFileError::Damaged {
             path: self.path.display().to_string(),
@@ -107,6 +121,24 @@ impl SnapshotFile {
             reason,
         })
     }
+}
+
+/// The file's bytes: magic, metadata length and metadata, data length and data, CRC32.
+fn encode(snapshot: &Snapshot) -> Vec<u8> {
+    let metadata = snapshot
+        .get_metadata()
+        .write_to_bytes()
+        .unwrap_or_else(|error| unreachable!("encoding cannot fail: {error}"));
+    let data = snapshot.get_data();
+    let mut bytes = Vec::with_capacity(MAGIC.len() + 4 + metadata.len() + 8 + data.len() + 4);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&(metadata.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&metadata);
+    bytes.extend_from_slice(&(data.len() as u64).to_be_bytes());
+    bytes.extend_from_slice(data);
+    let checksum = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&checksum.to_be_bytes());
+    bytes
 }
 
 fn decode(bytes: &[u8]) -> Result<Snapshot, (usize, String)> {

@@ -75,6 +75,8 @@ pub struct Report {
     pub leader_changes: u64,
     /// Completed handoffs.
     pub handoffs: u64,
+    /// Snapshots taken or installed, and those sent to lagging members.
+    pub snapshots: (u64, u64),
     /// The checks.
     pub checks: Vec<CheckResult>,
     /// The trace digest: equal for equal runs.
@@ -142,6 +144,15 @@ pub fn run(config: &RunConfig) -> Report {
         lost_writes,
         leader_changes: world.observer.leader_changes,
         handoffs,
+        snapshots: (
+            world.snapshots
+                + world
+                    .handles()
+                    .iter()
+                    .map(|(_, h)| h.counters().snapshots.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum::<u64>(),
+            world.snapshots_sent,
+        ),
         checks,
         trace_digest: world.trace.digest(),
         trace_events: world.trace.events,

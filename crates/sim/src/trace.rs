@@ -117,15 +117,29 @@ impl Trace {
 
 thread_local! {
     static LAST_PANIC: RefCell<String> = const { RefCell::new(String::new()) };
+    static IN_MEMBER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Panics inside a simulated member are failures the run reports with its seed: keep
 /// their message (per thread: seeds run on several) for the report instead of printing it
-/// where it happens.
+/// where it happens. Any other panic (the simulator's own) prints as usual.
 pub fn catch_panics_quietly() {
-    std::panic::set_hook(Box::new(|info| {
-        LAST_PANIC.with(|last| *last.borrow_mut() = info.to_string());
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if IN_MEMBER.with(std::cell::Cell::get) {
+            LAST_PANIC.with(|last| *last.borrow_mut() = info.to_string());
+        } else {
+            default(info);
+        }
     }));
+}
+
+/// Runs `f` as a member's code: a panic in it is caught and kept for the report.
+pub fn as_member<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    IN_MEMBER.with(|flag| flag.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_MEMBER.with(|flag| flag.set(false));
+    result
 }
 
 /// The message of this thread's latest panic.

@@ -11,7 +11,33 @@ pub(super) struct SnapshotJob {
     pub(super) started: Instant,
     /// Time the loop spent (cloning the state, syncing the hard state).
     pub(super) encoded: Duration,
-    pub(super) thread: std::thread::JoinHandle<Result<Snapshot, String>>,
+    pub(super) writer: Writer,
+}
+
+type Written = Result<Snapshot, String>;
+
+/// Who writes a snapshot: a thread, or (for a snapshot kept in memory, the simulator's)
+/// the loop itself, already done.
+pub(super) enum Writer {
+    Thread(std::thread::JoinHandle<Written>),
+    Done(Written),
+}
+
+impl Writer {
+    fn is_finished(&self) -> bool {
+        match self {
+            Self::Thread(thread) => thread.is_finished(),
+            Self::Done(_) => true,
+        }
+    }
+
+    /// Waits for the write; `Err` if the thread panicked.
+    pub(super) fn join(self) -> Result<Written, ()> {
+        match self {
+            Self::Thread(thread) => thread.join().map_err(|_| ()),
+            Self::Done(written) => Ok(written),
+        }
+    }
 }
 
 impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
@@ -64,7 +90,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 // A local snapshot still being written is older than this one: let it finish
                 // (one writer of the file at a time) and drop it.
                 if let Some(job) = self.snapshot_job.take() {
-                    let _ = job.thread.join();
+                    let _ = job.writer.join();
                 }
                 // Durable first: a restart must find this state even if the log was cleaned.
                 // raft-rs has taken the snapshot as this member's state: not keeping it
@@ -93,7 +119,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
 
     pub(super) fn maybe_snapshot(&mut self) -> Result<(), crate::storage::StoreError> {
         if let Some(job) = &self.snapshot_job {
-            if !job.thread.is_finished() {
+            if !job.writer.is_finished() {
                 return Ok(());
             }
             self.finish_snapshot()?;
@@ -134,24 +160,36 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let encoded = started.elapsed();
         self.log_bytes_since_snapshot = 0;
         let file = self.snapshot_file.clone();
-        let cores = self.config.cores.clone();
-        let thread = std::thread::Builder::new().name("snapshot".into()).spawn(move || {
-            // Born with the loop's mask and policy: off its core, below its priority.
-            if let Err(error) = worknode_cores::make_current_background(cores.as_deref(), 10) {
-                tracing::warn!("the snapshot thread stays where the Raft loop runs: {error}");
-            }
+        let write = move || {
             snapshot.set_data(machine.snapshot().into());
             drop(machine);
             file.save(&snapshot).map(|()| snapshot).map_err(|error| error.to_string())
-        });
-        match thread {
-            Ok(thread) => {
+        };
+        let writer = if self.snapshot_file.is_in_memory() {
+            Ok(Writer::Done(write()))
+        } else {
+            let cores = self.config.cores.clone();
+            std::thread::Builder::new()
+                .name("snapshot".into())
+                .spawn(move || {
+                    // Born with the loop's mask and policy: off its core, below its priority.
+                    if let Err(error) =
+                        worknode_cores::make_current_background(cores.as_deref(), 10)
+                    {
+                        tracing::warn!("the snapshot thread stays where the Raft loop runs: {error}");
+                    }
+                    write()
+                })
+                .map(Writer::Thread)
+        };
+        match writer {
+            Ok(writer) => {
                 self.snapshot_job = Some(SnapshotJob {
                     index: applied,
                     compact_to: applied.saturating_sub(self.config.log_keep_entries).max(1),
                     started,
                     encoded,
-                    thread,
+                    writer,
                 });
             }
             Err(error) => tracing_error(&format!("cannot start the snapshot writer: {error}")),
@@ -164,7 +202,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let Some(job) = self.snapshot_job.take() else {
             return Ok(());
         };
-        let snapshot = match job.thread.join() {
+        let snapshot = match job.writer.join() {
             Ok(Ok(snapshot)) => snapshot,
             Ok(Err(error)) => {
                 tracing_error(&format!("writing the snapshot failed, keeping the log: {error}"));

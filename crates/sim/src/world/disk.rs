@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use worknode_raft::draws::Draws;
-use worknode_raft::{LogStore, StoreError};
+use worknode_raft::{LogStore, SnapshotSlot, StoreError};
 
 use super::clock::{Nanos, MS};
 
@@ -123,9 +123,11 @@ impl Disk {
         std::mem::take(&mut self.unsynced)
     }
 
-    /// Planted bug: a restarted member has lost its hard state (term, vote, commit).
+    /// Planted bug: a restarted member has lost its term and vote (it keeps its commit
+    /// index, which its snapshot may need).
     pub fn forget_hard_state(&mut self) {
-        self.durable.hard_state = HardState::default();
+        self.durable.hard_state.term = 0;
+        self.durable.hard_state.vote = 0;
     }
 
     /// How long one sync takes: a fast SSD's tens of microseconds to a millisecond,
@@ -142,15 +144,23 @@ pub struct SimStore {
     unsynced: Vec<Write>,
     disk: Arc<Mutex<Disk>>,
     cursor: Arc<AtomicU64>,
+    /// The latest snapshot, shared with the driver, which takes them.
+    slot: Arc<Mutex<SnapshotSlot>>,
     /// Planted bug: a sync leaves the write it was asked for unsynced.
     ack_before_sync: bool,
 }
 
 impl SimStore {
-    /// Opens what `disk` holds. `cursor` is the member's place in time, which syncs move.
-    pub fn open(disk: Arc<Mutex<Disk>>, cursor: Arc<AtomicU64>, ack_before_sync: bool) -> Self {
+    /// Opens what `disk` holds. `cursor` is the member's place in time, which syncs move;
+    /// `slot` the snapshot the driver keeps for lagging followers.
+    pub fn open(
+        disk: Arc<Mutex<Disk>>,
+        cursor: Arc<AtomicU64>,
+        slot: Arc<Mutex<SnapshotSlot>>,
+        ack_before_sync: bool,
+    ) -> Self {
         let live = disk.lock().unwrap_or_else(PoisonError::into_inner).durable.clone();
-        Self { live, unsynced: Vec::new(), disk, cursor, ack_before_sync }
+        Self { live, unsynced: Vec::new(), disk, cursor, slot, ack_before_sync }
     }
 
     fn with_disk<R>(&self, f: impl FnOnce(&mut Disk) -> R) -> R {
@@ -220,8 +230,15 @@ impl raft::Storage for SimStore {
         Ok(self.live.last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Simulated members keep their whole log (no snapshot is ever needed to catch up).
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(snapshot) =
+            slot.latest.as_ref().filter(|s| s.get_metadata().index >= request_index)
+        {
+            return Ok(snapshot.clone());
+        }
+        // The driver takes one on its next turn; raft-rs asks again.
+        slot.wanted_index = Some(request_index);
         Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
     }
 }
@@ -267,7 +284,8 @@ impl LogStore for SimStore {
         Ok(())
     }
 
-    fn snapshot_taken(&mut self, _snapshot: Snapshot, compact_to: u64) -> Result<(), StoreError> {
+    fn snapshot_taken(&mut self, snapshot: Snapshot, compact_to: u64) -> Result<(), StoreError> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner).latest = Some(snapshot);
         self.sync(0);
         self.live.compact_to(compact_to);
         self.with_disk(|disk| disk.durable.compact_to(compact_to));
@@ -297,7 +315,7 @@ mod tests {
 
     fn store(ack_before_sync: bool) -> (SimStore, Arc<Mutex<Disk>>) {
         let disk = Arc::new(Mutex::new(Disk::new(&[1, 2, 3], 1)));
-        (SimStore::open(Arc::clone(&disk), Arc::default(), ack_before_sync), disk)
+        (SimStore::open(Arc::clone(&disk), Arc::default(), Arc::default(), ack_before_sync), disk)
     }
 
     #[test]
@@ -308,7 +326,7 @@ mod tests {
         assert_eq!(raft::Storage::last_index(&store).unwrap(), 3);
         drop(store);
         assert_eq!(disk.lock().unwrap().crash(), 1);
-        let reopened = SimStore::open(disk, Arc::default(), false);
+        let reopened = SimStore::open(disk, Arc::default(), Arc::default(), false);
         assert_eq!(raft::Storage::last_index(&reopened).unwrap(), 2);
     }
 
@@ -328,7 +346,7 @@ mod tests {
         store.persist(&[entry(2, 1)], None, true).unwrap();
         drop(store);
         assert_eq!(disk.lock().unwrap().crash(), 1);
-        let reopened = SimStore::open(disk, Arc::default(), false);
+        let reopened = SimStore::open(disk, Arc::default(), Arc::default(), false);
         assert_eq!(raft::Storage::last_index(&reopened).unwrap(), 1);
     }
 

@@ -7,7 +7,6 @@ pub mod disk;
 pub mod net;
 mod requests;
 
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -38,6 +37,8 @@ struct Member {
     cursor: Arc<AtomicU64>,
     wall_offset: Arc<AtomicI64>,
     disk: Arc<Mutex<Disk>>,
+    /// The member's snapshot, which outlives its process as the disk does.
+    snapshot_file: SnapshotFile,
     outbox: Arc<Mutex<Vec<Envelope>>>,
     /// Starts so far (a restart draws new timeouts).
     starts: u64,
@@ -73,11 +74,18 @@ pub struct World {
     pub downs: Vec<(u64, Nanos, Nanos)>,
     /// Turn records of members' processes that crashed (the live ones keep theirs).
     pub turns: Vec<TurnRecord>,
+    /// Snapshots members took or installed, their crashed processes' included.
+    pub snapshots: u64,
+    /// Snapshots delivered from a leader to a member that lagged.
+    pub snapshots_sent: u64,
     next_sample: Nanos,
 }
 
 /// How often each member's state-machine digest is sampled.
 const SAMPLE_EVERY: Nanos = 250 * MS;
+/// Applied entries between snapshots (at least; see `Node::maybe_snapshot`).
+const SNAPSHOT_ENTRIES: u64 = 300;
+
 /// A turn of scheduled leadership: four slots of 100 ms.
 pub const TURN: Nanos = 400 * MS;
 
@@ -101,6 +109,7 @@ impl World {
                 cursor: Arc::default(),
                 wall_offset: Arc::default(),
                 disk: Arc::new(Mutex::new(Disk::new(&ids, mix(seed, 0xD15C, id)))),
+                snapshot_file: SnapshotFile::in_memory(),
                 outbox: Arc::default(),
                 starts: 0,
                 digests: Vec::new(),
@@ -125,6 +134,8 @@ impl World {
             troubled: vec![(0, 0)],
             downs: Vec::new(),
             turns: Vec::new(),
+            snapshots: 0,
+            snapshots_sent: 0,
             next_sample: SAMPLE_EVERY,
             config,
         };
@@ -143,9 +154,10 @@ impl World {
         let ids = self.ids();
         let mut config = NodeConfig::new(member.id, ids.clone());
         config.seed = mix(self.config.seed, member.id, member.starts);
-        // No snapshots: the simulated disk keeps the whole log (see disk::SimStore).
-        config.snapshot_entries = 1 << 40;
-        config.log_keep_entries = 1 << 40;
+        // Snapshots every few hundred entries, keeping a quarter behind: a member down
+        // for a second or two catches up from a snapshot.
+        config.snapshot_entries = SNAPSHOT_ENTRIES;
+        config.log_keep_entries = SNAPSHOT_ENTRIES / 4;
         config.retry_interval = config.election_timeout() / 2;
         config.planted = self.config.bug;
         config.rotation = self.config.rotation.then(|| RotationConfig {
@@ -186,15 +198,32 @@ impl World {
             Arc::clone(&member.cursor),
             Arc::clone(&links),
         );
+        let slot = Arc::new(Mutex::new(SnapshotSlot::default()));
         let store = SimStore::open(
             Arc::clone(&member.disk),
             Arc::clone(&member.cursor),
+            Arc::clone(&slot),
             bug == Some(PlantedBug::AckBeforeSync),
         );
-        // Never written: members take no snapshots here.
-        let snapshot_file = SnapshotFile::in_dir(std::path::Path::new("/nonexistent/worknode-sim"));
-        let slot = Arc::new(Mutex::new(SnapshotSlot::default()));
-        match Node::new(config, clock, transport, store, None, snapshot_file, slot) {
+        let snapshot = match member.snapshot_file.load() {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                let id = member.id;
+                self.fail(format!("member {id}'s snapshot does not load: {error}"));
+                return;
+            }
+        };
+        let file = member.snapshot_file.clone();
+        let started = crate::trace::as_member(|| {
+            Node::new(config, clock, transport, store, snapshot, file, slot)
+        });
+        let started = started.unwrap_or_else(|_| {
+            Err(worknode_raft::StartError::Snapshot(format!(
+                "panicked: {}",
+                crate::trace::last_panic()
+            )))
+        });
+        match started {
             Ok(started) => {
                 member.node = Some(started);
                 member.wake_at = now;
@@ -219,6 +248,7 @@ impl World {
             return;
         };
         self.turns.extend(handle.turns());
+        self.snapshots += handle.counters().snapshots.load(Ordering::Relaxed);
         self.downs.push((member.id, now, Nanos::MAX));
         member.digests.clear();
         member.outbox.lock().unwrap_or_else(PoisonError::into_inner).clear();
@@ -390,6 +420,9 @@ impl World {
         while let Some(envelope) = self.network.arrived(self.now) {
             let to = envelope.message.to;
             self.trace.message(self.now, &envelope);
+            if envelope.message.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                self.snapshots_sent += 1;
+            }
             let Some(index) = self.index_of(to) else {
                 continue;
             };
@@ -424,7 +457,7 @@ impl World {
         let Some((node, handle)) = member.node.as_mut() else {
             return;
         };
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| node.poll()));
+        let polled = crate::trace::as_member(|| node.poll());
         let after = member.cursor.load(Ordering::Relaxed);
         match polled {
             Ok(Ok(next)) => {
