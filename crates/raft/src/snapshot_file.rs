@@ -102,10 +102,10 @@ impl SnapshotFile {
 
     /// Reads the snapshot; `Ok(None)` when there is none yet.
     pub fn load(&self) -> Result<Option<Snapshot>, SnapshotFileError> {
-        let stored = match &self.memory {
-            Some(memory) => Some(memory.lock().unwrap_or_else(PoisonError::into_inner).clone()),
-            None => None,
-        };
+        let stored = self
+            .memory
+            .as_ref()
+            .map(|memory| memory.lock().unwrap_or_else(PoisonError::into_inner).clone());
         let bytes = match stored {
             Some(Some(bytes)) => bytes,
             Some(None) => return Ok(None),

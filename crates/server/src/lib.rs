@@ -44,6 +44,7 @@ pub mod authority;
 pub mod config;
 pub mod convert;
 pub mod kv_routes;
+pub mod local_cluster;
 pub mod metrics;
 pub mod serve;
 pub mod service;

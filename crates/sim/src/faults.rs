@@ -8,6 +8,9 @@ use worknode_raft::draws::Draws;
 use crate::world::clock::{Nanos, MS, SECOND};
 use crate::world::net::Weather;
 
+/// The largest wall-clock offset the skew fault gives a member.
+pub const SKEW_MAX: Nanos = 2 * SECOND;
+
 /// A kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FaultKind {
@@ -26,13 +29,16 @@ pub enum FaultKind {
     Delay,
     /// A member's wall clock off by up to two seconds, or jumping.
     Skew,
-    /// A member's syncs slowed by up to 100 ms.
+    /// A member's syncs slowed by up to 100 ms, or stalled for up to two seconds.
     SlowDisk,
+    /// A member's disk full: its next write fails and the member stops (fail-stop); it
+    /// starts again once there is space.
+    DiskFull,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Crash,
         Self::Partition,
         Self::OneWay,
@@ -41,6 +47,7 @@ impl FaultKind {
         Self::Delay,
         Self::Skew,
         Self::SlowDisk,
+        Self::DiskFull,
     ];
 
     /// The name `--faults` takes.
@@ -54,6 +61,7 @@ impl FaultKind {
             Self::Delay => "delay",
             Self::Skew => "skew",
             Self::SlowDisk => "slow-disk",
+            Self::DiskFull => "disk-full",
         }
     }
 
@@ -104,6 +112,8 @@ pub enum FaultEvent {
     Skew(u64, i64),
     /// The member's syncs take this much longer from now on.
     SlowDisk(u64, Nanos),
+    /// The member's disk is full (`true`) or has space again.
+    DiskFull(u64, bool),
     /// Every fault ends: members restart, links mend, weather clears, clocks agree.
     HealAll,
 }
@@ -171,13 +181,21 @@ pub fn plan(seed: u64, members: &[u64], kinds: &[FaultKind], heal_at: Nanos) -> 
                 weather(Weather { jitter_ns: MS + draws.below(50 * MS), ..Weather::default() })
             }
             FaultKind::Skew => {
-                let offset = (draws.below(4 * SECOND) as i64) - 2 * SECOND as i64;
+                let offset = (draws.below(2 * SKEW_MAX) as i64) - SKEW_MAX as i64;
                 (FaultEvent::Skew(member, offset), FaultEvent::Skew(member, 0))
             }
-            FaultKind::SlowDisk => (
-                FaultEvent::SlowDisk(member, MS + draws.below(100 * MS)),
-                FaultEvent::SlowDisk(member, 0),
-            ),
+            FaultKind::SlowDisk => {
+                // Mostly slow; one time in five a stall (a disk's firmware, a full queue).
+                let slow = if draws.below(5) == 0 {
+                    500 * MS + draws.below(1_500 * MS)
+                } else {
+                    MS + draws.below(100 * MS)
+                };
+                (FaultEvent::SlowDisk(member, slow), FaultEvent::SlowDisk(member, 0))
+            }
+            FaultKind::DiskFull => {
+                (FaultEvent::DiskFull(member, true), FaultEvent::DiskFull(member, false))
+            }
         };
         plan.events.push((at, start));
         plan.events.push((end, stop));

@@ -6,9 +6,8 @@
 //! it if the demo dies without cleaning up. Dropping the cluster stops every member
 //! (SIGTERM, then SIGKILL after a grace period) and removes a temporary directory.
 
-use std::fmt::Write as _;
 use std::fs::OpenOptions;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,19 +62,6 @@ pub(crate) struct LocalCluster {
     pub(crate) members: Vec<LocalMember>,
 }
 
-/// Loopback addresses with free ports, all held until every one is chosen.
-fn free_addresses(count: usize) -> Result<Vec<SocketAddr>, CliError> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CliError::runtime(format!("cannot find a free port on 127.0.0.1: {e}")))?;
-    listeners
-        .iter()
-        .map(TcpListener::local_addr)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| CliError::runtime(format!("cannot read a listener's address: {e}")))
-}
-
 impl LocalCluster {
     /// Writes three member configurations under `dir` (a new temporary directory when
     /// `None`; an existing one must be empty).
@@ -98,7 +84,8 @@ impl LocalCluster {
             .map_err(|e| CliError::input(format!("--data {}: {e}", dir.display())))?;
         let binary = std::env::current_exe()
             .map_err(|e| CliError::runtime(format!("cannot find the worknode binary: {e}")))?;
-        let addresses = free_addresses(9)?;
+        let addresses = worknode_server::local_cluster::loopback_members(3)
+            .map_err(|e| CliError::runtime(format!("cannot find free ports on 127.0.0.1: {e}")))?;
         let mut cluster = Self {
             dir,
             remove_dir,
@@ -107,22 +94,15 @@ impl LocalCluster {
             binary,
             members: Vec::new(),
         };
-        let mut member_tables = String::new();
-        for id in 1..=3u64 {
-            let base = (id as usize - 1) * 3;
-            let (client, peer, metrics) =
-                (addresses[base], addresses[base + 1], addresses[base + 2]);
-            let _ = write!(
-                member_tables,
-                "\n[[member]]\nid = {id}\nname = \"n{id}\"\npeer = \"{peer}\"\nclient = \"{client}\"\nmetrics = \"{metrics}\"\n"
-            );
+        let member_tables = worknode_server::local_cluster::member_tables(&addresses);
+        for member in &addresses {
             cluster.members.push(LocalMember {
-                id,
-                name: format!("n{id}"),
-                client,
-                metrics,
-                config: cluster.dir.join(format!("n{id}.toml")),
-                log: cluster.dir.join(format!("n{id}.log")),
+                id: member.id,
+                name: member.name.clone(),
+                client: member.client,
+                metrics: member.metrics,
+                config: cluster.dir.join(format!("{}.toml", member.name)),
+                log: cluster.dir.join(format!("{}.log", member.name)),
                 child: None,
             });
         }

@@ -2,7 +2,7 @@
 
 #![allow(dead_code, reason = "each test binary uses part of the harness")]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,14 +14,8 @@ use worknode_server::pb::kv_client::KvClient;
 use worknode_server::pb::maintenance_client::MaintenanceClient;
 use worknode_server::pb::StatusRequest;
 
-/// One member's addresses.
-#[derive(Clone, Debug)]
-pub(crate) struct MemberAddr {
-    pub(crate) id: u64,
-    pub(crate) peer: SocketAddr,
-    pub(crate) client: SocketAddr,
-    pub(crate) metrics: SocketAddr,
-}
+/// One member's addresses (shared with `worknode demo`).
+pub(crate) type MemberAddr = worknode_server::local_cluster::LoopbackMember;
 
 /// Processes and their configuration.
 pub(crate) struct ProcessCluster {
@@ -31,13 +25,6 @@ pub(crate) struct ProcessCluster {
     /// `worknode certs init` output the members' `[tls]` uses: clients then speak TLS
     /// with its CA and the `admin` certificate.
     pub(crate) client_tls: Option<PathBuf>,
-}
-
-/// `count` distinct free loopback addresses (all held until every one is chosen).
-fn free_ports(count: usize) -> Vec<SocketAddr> {
-    let held: Vec<TcpListener> =
-        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    held.iter().map(|l| l.local_addr().unwrap()).collect()
 }
 
 /// `GET /metrics` from a member: the exposition text.
@@ -89,18 +76,8 @@ impl ProcessCluster {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        let ports = free_ports(size as usize * 3);
-        let members: Vec<MemberAddr> = (1..=size)
-            .zip(ports.chunks(3))
-            .map(|(id, p)| MemberAddr { id, peer: p[0], client: p[1], metrics: p[2] })
-            .collect();
-        let mut list = String::new();
-        for m in &members {
-            list.push_str(&format!(
-                "[[member]]\nid = {}\nname = \"n{}\"\npeer = \"{}\"\nclient = \"{}\"\nmetrics = \"{}\"\n\n",
-                m.id, m.id, m.peer, m.client, m.metrics
-            ));
-        }
+        let members = worknode_server::local_cluster::loopback_members(size).unwrap();
+        let list = worknode_server::local_cluster::member_tables(&members);
         for m in &members {
             // `{name}` in the extra tables is each member's own name (n1, n2, ...).
             let extra = extra.replace("{name}", &format!("n{}", m.id));

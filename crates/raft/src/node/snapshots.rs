@@ -176,7 +176,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                     if let Err(error) =
                         worknode_cores::make_current_background(cores.as_deref(), 10)
                     {
-                        tracing::warn!("the snapshot thread stays where the Raft loop runs: {error}");
+                        tracing::warn!(
+                            "the snapshot thread stays where the Raft loop runs: {error}"
+                        );
                     }
                     write()
                 })

@@ -210,7 +210,7 @@ pub fn availability(history: &[Operation], troubled: &[(Nanos, Nanos)]) -> Resul
 pub const DOWN_BEFORE_TURN: Nanos = 600 * crate::world::clock::MS;
 
 /// Scheduled leadership skips a member that is down: no leader starts a handoff to a
-/// member down since [`DOWN_BEFORE_TURN`] before the handoff (outside trouble, where the
+/// member down since [`DOWN_BEFORE_TURN`] before the handoff (away from trouble, so the
 /// leader's clock and network are sound). Returns the turns judged.
 pub fn down_members_skipped(
     turns: &[TurnRecord],
@@ -225,7 +225,12 @@ pub fn down_members_skipped(
         let decided = boundary.saturating_sub(handoff_lead);
         let attempted = turn.scheduled != turn.leader_before
             && (turn.skipped.is_none() || turn.skip_kind == Some("transfer_failed"));
-        let sound = troubled.iter().all(|&(from, to)| decided < from || decided >= to);
+        // The leader decided by its own clock, which a skew fault may have moved by up to
+        // SKEW_MAX: the decision is judged only if no trouble was that near.
+        let skew = crate::faults::SKEW_MAX;
+        let sound = troubled
+            .iter()
+            .all(|&(from, to)| decided + skew < from || decided >= to.saturating_add(skew));
         if !sound || turn.scheduled == turn.leader_before {
             continue;
         }
@@ -235,12 +240,14 @@ pub fn down_members_skipped(
         });
         if attempted && down_long {
             return Err(format!(
-                "member {} handed member {} the turn at slot {} ({:.3} s) although it had been down for over {} ms",
+                "member {} handed member {} the turn at slot {} ({:.3} s) although it had been down for over {} ms (led after: {}, {})",
                 turn.leader_before,
                 turn.scheduled,
                 turn.first_slot,
                 boundary as f64 / 1e9,
-                DOWN_BEFORE_TURN / crate::world::clock::MS
+                DOWN_BEFORE_TURN / crate::world::clock::MS,
+                turn.leader_after,
+                turn.skipped.as_deref().unwrap_or("not skipped")
             ));
         }
     }

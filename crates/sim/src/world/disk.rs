@@ -95,6 +95,8 @@ pub struct Disk {
     pub durable: Image,
     /// Extra time every sync takes now (a slow-disk fault), nanoseconds.
     pub slow_ns: Nanos,
+    /// The disk is full: writes fail with ENOSPC.
+    pub full: bool,
     /// Syncs so far.
     pub syncs: u64,
     /// Writes a crash dropped because they were not synced.
@@ -110,6 +112,7 @@ impl Disk {
         Self {
             durable: Image::bootstrap(voters),
             slow_ns: 0,
+            full: false,
             syncs: 0,
             lost_writes: 0,
             unsynced: 0,
@@ -250,6 +253,12 @@ impl LogStore for SimStore {
         hard_state: Option<&HardState>,
         sync: bool,
     ) -> Result<(), StoreError> {
+        if self.with_disk(|disk| disk.full) {
+            return Err(StoreError::Engine {
+                dir: "<simulated>".into(),
+                source: raft_engine::Error::Io(std::io::Error::from_raw_os_error(28)),
+            });
+        }
         let mut written = 0;
         if !entries.is_empty() {
             let write = Write::Entries(entries.to_vec());

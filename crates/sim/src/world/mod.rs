@@ -22,7 +22,7 @@ use crate::faults::{FaultEvent, Plan};
 use crate::trace::Trace;
 use crate::workload::{Answer, Client, Operation, REQUEST_TIMEOUT};
 use crate::RunConfig;
-use clock::{nanos_since, Nanos, SimClock, MS, WALL_START_UNIX_NS};
+use clock::{nanos_since, Nanos, SimClock, MS, SECOND, WALL_START_UNIX_NS};
 use disk::{Disk, SimStore};
 use net::{Envelope, Links, Network, SimTransport};
 
@@ -82,7 +82,7 @@ pub struct World {
 }
 
 /// How often each member's state-machine digest is sampled.
-const SAMPLE_EVERY: Nanos = 250 * MS;
+const SAMPLE_EVERY: Nanos = SECOND;
 /// Applied entries between snapshots (at least; see `Node::maybe_snapshot`).
 const SNAPSHOT_ENTRIES: u64 = 300;
 
@@ -396,6 +396,16 @@ impl World {
                         .slow_ns = slow;
                 }
             }
+            FaultEvent::DiskFull(id, full) => {
+                if let Some(index) = self.index_of(id) {
+                    self.members[index].disk.lock().unwrap_or_else(PoisonError::into_inner).full =
+                        full;
+                    // A member that stopped on the full disk starts again (its supervisor).
+                    if !full && self.members[index].node.is_none() {
+                        self.start(index);
+                    }
+                }
+            }
             FaultEvent::HealAll => self.heal_all(),
         }
     }
@@ -409,7 +419,11 @@ impl World {
         for index in 0..self.members.len() {
             let member = &self.members[index];
             member.wall_offset.store(0, Ordering::Relaxed);
-            member.disk.lock().unwrap_or_else(PoisonError::into_inner).slow_ns = 0;
+            {
+                let mut disk = member.disk.lock().unwrap_or_else(PoisonError::into_inner);
+                disk.slow_ns = 0;
+                disk.full = false;
+            }
             if member.node.is_none() {
                 self.start(index);
             }
@@ -464,9 +478,16 @@ impl World {
                 member.wake_at = nanos_since(base, next).max(after).max(now + 1_000);
             }
             Ok(Err(error)) => {
-                let why = format!("member {id} stopped: {error}");
+                // Fail-stop: a member that cannot write its log stops, as the server does;
+                // only a full disk (the fault) may cause that here.
+                let full = member.disk.lock().unwrap_or_else(PoisonError::into_inner).full;
                 self.crash(index);
-                self.fail(why);
+                self.note_trouble();
+                if full {
+                    self.trace.event(now, format_args!("member {id} stops: {error}"));
+                } else {
+                    self.fail(format!("member {id} stopped: {error}"));
+                }
                 return;
             }
             Err(_) => {
