@@ -71,6 +71,21 @@ pub struct SnapshotSlot {
     pub wanted_index: Option<u64>,
 }
 
+impl SnapshotSlot {
+    /// raft-rs's `Storage::snapshot`: the latest snapshot if it covers `request_index`;
+    /// otherwise the driver is asked for a newer one (it makes it on its next turn) and
+    /// raft-rs, told to wait, asks again.
+    pub fn snapshot_at(&mut self, request_index: u64) -> raft::Result<Snapshot> {
+        if let Some(snapshot) =
+            self.latest.as_ref().filter(|s| s.get_metadata().index >= request_index)
+        {
+            return Ok(snapshot.clone());
+        }
+        self.wanted_index = Some(request_index);
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    }
+}
+
 /// The log store the driver persists to. raft-rs reads it through `raft::Storage`.
 pub trait LogStore: raft::Storage + Send {
     /// Appends entries (truncating any newer suffix) and the hard state, durably when
@@ -416,15 +431,7 @@ impl raft::Storage for EngineStorage {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(snapshot) =
-            slot.latest.as_ref().filter(|s| s.get_metadata().index >= request_index)
-        {
-            return Ok(snapshot.clone());
-        }
-        // The driver makes one on its next turn; raft asks again.
-        slot.wanted_index = Some(request_index);
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner).snapshot_at(request_index)
     }
 }
 

@@ -234,15 +234,7 @@ impl raft::Storage for SimStore {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(snapshot) =
-            slot.latest.as_ref().filter(|s| s.get_metadata().index >= request_index)
-        {
-            return Ok(snapshot.clone());
-        }
-        // The driver takes one on its next turn; raft-rs asks again.
-        slot.wanted_index = Some(request_index);
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner).snapshot_at(request_index)
     }
 }
 

@@ -88,14 +88,16 @@ impl Network {
         self.links.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether the envelope's receiver is down or its link cut.
+    fn blocked(&self, envelope: &Envelope) -> bool {
+        let (from, to) = (envelope.from, envelope.message.to);
+        let links = self.links();
+        links.down.contains(&to) || links.cut.contains(&(from, to))
+    }
+
     /// Puts a sent message on its way, or loses it.
     pub fn send(&mut self, envelope: Envelope) {
-        let (from, to) = (envelope.from, envelope.message.to);
-        let blocked = {
-            let links = self.links();
-            links.down.contains(&to) || links.cut.contains(&(from, to))
-        };
-        if blocked {
+        if self.blocked(&envelope) {
             self.cut += 1;
             return;
         }
@@ -158,12 +160,7 @@ impl Network {
                 return None;
             }
             let envelope = self.in_flight.remove(&(at, sequence))?;
-            let (from, to) = (envelope.from, envelope.message.to);
-            let blocked = {
-                let links = self.links();
-                links.down.contains(&to) || links.cut.contains(&(from, to))
-            };
-            if blocked {
+            if self.blocked(&envelope) {
                 self.cut += 1;
                 continue;
             }
