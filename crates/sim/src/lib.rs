@@ -144,15 +144,7 @@ pub fn run(config: &RunConfig) -> Report {
         lost_writes,
         leader_changes: world.observer.leader_changes,
         handoffs,
-        snapshots: (
-            world.snapshots
-                + world
-                    .handles()
-                    .iter()
-                    .map(|(_, h)| h.counters().snapshots.load(std::sync::atomic::Ordering::Relaxed))
-                    .sum::<u64>(),
-            world.snapshots_sent,
-        ),
+        snapshots: (world.snapshots_taken(), world.snapshots_sent),
         checks,
         trace_digest: world.trace.digest(),
         trace_events: world.trace.events,

@@ -46,6 +46,14 @@ struct Member {
     digests: Vec<oneshot::Receiver<StateMachine>>,
 }
 
+impl Member {
+    /// Input arrived at `now`: the loop runs as soon as it is free (a member busy with a
+    /// sync takes it when the sync is done).
+    fn wake(&mut self, now: Nanos) {
+        self.wake_at = self.wake_at.min(self.cursor.load(Ordering::Relaxed).max(now));
+    }
+}
+
 /// The whole simulated cluster and its clients.
 #[allow(missing_debug_implementations, reason = "the members' raft state has no useful Debug")]
 pub struct World {
@@ -443,8 +451,7 @@ impl World {
             let member = &mut self.members[index];
             if let Some((_, handle)) = &member.node {
                 handle.deliver(envelope.message);
-                let ready = member.cursor.load(Ordering::Relaxed).max(self.now);
-                member.wake_at = member.wake_at.min(ready);
+                member.wake(self.now);
             }
         }
     }
@@ -533,6 +540,16 @@ impl World {
             .iter()
             .filter_map(|m| m.node.as_ref().map(|(_, handle)| (m.id, handle.clone())))
             .collect()
+    }
+
+    /// Snapshots taken or installed by every process, crashed ones included.
+    pub fn snapshots_taken(&self) -> u64 {
+        let live: u64 = self
+            .handles()
+            .iter()
+            .map(|(_, handle)| handle.counters().snapshots.load(Ordering::Relaxed))
+            .sum();
+        self.snapshots + live
     }
 
     /// Disk counters: syncs and writes lost to crashes, summed over members.

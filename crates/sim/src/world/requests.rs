@@ -48,8 +48,7 @@ impl World {
             }
             client.waiting = Some((self.history.len(), waiting));
             self.history.push(operation);
-            let ready = target.cursor.load(Ordering::Relaxed).max(self.now);
-            target.wake_at = target.wake_at.min(ready);
+            target.wake(self.now);
         }
     }
 
@@ -63,7 +62,7 @@ impl World {
             return false;
         };
         let submitted = handle.submit(request).is_ok();
-        member.wake_at = member.wake_at.min(member.cursor.load(Ordering::Relaxed).max(now));
+        member.wake(now);
         submitted
     }
 
@@ -111,8 +110,7 @@ impl World {
             let (reply, receiver) = oneshot::channel();
             if handle.submit(ClientRequest::Digest { reply }).is_ok() {
                 member.digests.push(receiver);
-                member.wake_at =
-                    member.wake_at.min(member.cursor.load(Ordering::Relaxed).max(self.now));
+                member.wake(self.now);
             }
         }
     }
