@@ -23,7 +23,7 @@ case "${1:-}" in
     sim --seeds 1..=50 --duration 30s --faults none | tail -n 1
     echo "== 50 seeds with rotation off"
     sim --seeds 1..=50 --duration 30s --faults all --rotation off | tail -n 1
-    for bug in ack-before-sync skip-dedup read-without-read-index forget-hard-state unchecked-handoff; do
+    for bug in ack-before-sync skip-dedup read-without-read-index forget-hard-state unchecked-handoff no-takeover; do
         echo "== planted bug $bug: caught within 200 seeds"
         sim --seeds 1..=200 --duration 30s --faults all --inject-bug "$bug" --expect-caught | tail -n 1
     done

@@ -531,3 +531,56 @@ async fn a_member_that_is_down_costs_no_stall_at_its_turns() {
         "one member down: a write waited {one_down:?} (all up: {all_up:?})"
     );
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to member `index`'s process.
+fn signal(cluster: &ProcessCluster, index: usize, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &cluster.pid(index).to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+/// A frozen leader (SIGSTOP: a hung process or host) refuses nothing; its successor on the
+/// schedule takes over once it has been silent for three heartbeats instead of waiting
+/// out the election timeout. Woken, the old leader steps down, and a linearizable read
+/// there returns the write the new leader acknowledged (or fails), never an older value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_scheduled_leader_is_taken_over_and_serves_no_stale_read_when_it_wakes() {
+    let _serial = SERIAL.lock().await;
+    // etcd's default timing: 100 ms ticks and heartbeats, a 1 s election timeout.
+    let cluster = ProcessCluster::start_with("rotation-freeze", 3, 100, SCHEDULE);
+    cluster.leader().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let victim = leader_early_in_a_turn(&cluster).await;
+    let mut old_leader = cluster.kv(victim).await;
+    let put = |value: &str| PutRequest {
+        key: b"frozen".to_vec(),
+        value: value.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    old_leader.put(put("before")).await.unwrap();
+    let mut survivor = cluster.kv((victim + 1) % 3).await;
+    signal(&cluster, victim, "STOP");
+    let frozen = Instant::now();
+    let recovery = writes_again(&mut survivor, frozen, "after the leader froze").await;
+    survivor.put(put("after")).await.unwrap();
+    let takeovers: f64 = (0..3)
+        .filter(|&i| i != victim)
+        .map(|i| metric(&support::scrape(cluster.members[i].metrics), "worknode_takeovers_total"))
+        .sum();
+    signal(&cluster, victim, "CONT");
+    let read = RangeRequest { key: b"frozen".to_vec(), ..Default::default() };
+    let answer = tokio::time::timeout(Duration::from_secs(3), old_leader.range(read)).await;
+    println!("writes resumed {recovery:?} after SIGSTOP; takeovers {takeovers}; read at the woken leader: {answer:?}");
+    assert!(takeovers >= 1.0, "no survivor took over from the silent leader");
+    assert!(
+        recovery < Duration::from_secs(1),
+        "recovery took {recovery:?}: no faster than the 1 s election timeout"
+    );
+    if let Ok(Ok(reply)) = answer {
+        let values: Vec<&[u8]> = reply.get_ref().kvs.iter().map(|kv| kv.value.as_slice()).collect();
+        assert_eq!(values, [b"after".as_slice()], "a stale read at the old leader");
+    }
+    cluster.assert_converged().await;
+}

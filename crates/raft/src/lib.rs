@@ -9,6 +9,7 @@
 pub mod datadir;
 pub mod doorbell;
 pub mod draws;
+pub mod engine;
 mod fetch;
 pub mod frame;
 pub mod log_tail;

@@ -21,16 +21,20 @@ pub enum PlantedBug {
     /// The leader hands its turn over without the pre-transfer checks (a silent, lagging
     /// or snapshotting target is not skipped) (driver).
     UncheckedHandoff,
+    /// The schedule's successor never takes over from a silent leader: the cluster waits
+    /// out the election timeout, as plain Raft does (driver).
+    NoTakeover,
 }
 
 impl PlantedBug {
     /// Every planted bug, in the order the simulator tries them.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::AckBeforeSync,
         Self::SkipDedup,
         Self::ReadWithoutReadIndex,
         Self::ForgetHardState,
         Self::UncheckedHandoff,
+        Self::NoTakeover,
     ];
 
     /// The name `--inject-bug` takes.
@@ -41,6 +45,7 @@ impl PlantedBug {
             Self::ReadWithoutReadIndex => "read-without-read-index",
             Self::ForgetHardState => "forget-hard-state",
             Self::UncheckedHandoff => "unchecked-handoff",
+            Self::NoTakeover => "no-takeover",
         }
     }
 }

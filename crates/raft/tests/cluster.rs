@@ -522,6 +522,8 @@ fn leadership_follows_the_schedule_and_writes_never_fail() {
         handoff_lead: Duration::from_millis(5),
         max_lag_entries: 1_000,
         forward_ahead: Duration::from_millis(10),
+        silence_heartbeats: 3,
+        takeover_grace: Duration::from_millis(50),
     };
     let cluster = Cluster::with_rotation("rotation", 3, 10_000, Some(rotation));
     cluster.wait_for_leader();

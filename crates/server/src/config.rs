@@ -64,6 +64,12 @@ fn default_forward_ahead_ms() -> u64 {
 fn default_max_lag() -> u64 {
     128
 }
+/// Three missed heartbeats: a live leader's arrive every heartbeat, so three in a row
+/// missing at every voter is no hiccup.
+const SILENCE_HEARTBEATS_DEFAULT: u32 = 3;
+fn default_takeover_grace_ms() -> u64 {
+    50
+}
 
 /// The `[schedule]` table: identical on every member.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -100,6 +106,16 @@ pub struct ScheduleConfig {
     /// Largest log gap a member may have and still take its turn.
     #[serde(default = "default_max_lag")]
     pub max_lag_entries: u64,
+    /// Heartbeat intervals without a word from the leader after which its successor on
+    /// the schedule takes over instead of waiting out the election timeout (0: never).
+    /// Default: 3, or fewer where the election timeout is shorter than four heartbeats.
+    #[serde(default)]
+    pub silence_heartbeats: Option<u32>,
+    /// How long past a turn boundary the incoming member waits for the handoff before it
+    /// takes over from a silent leader; also the clock skew voters allow when they check
+    /// that the schedule names the candidate.
+    #[serde(default = "default_takeover_grace_ms")]
+    pub takeover_grace_ms: u64,
 }
 
 fn default_algorithm() -> String {
@@ -119,6 +135,8 @@ impl Default for ScheduleConfig {
             handoff_lead_ms: default_handoff_lead_ms(),
             forward_ahead_ms: default_forward_ahead_ms(),
             max_lag_entries: default_max_lag(),
+            silence_heartbeats: None,
+            takeover_grace_ms: default_takeover_grace_ms(),
         }
     }
 }
@@ -387,7 +405,7 @@ impl ServerConfig {
     /// elect): the line and the message naming the field.
     fn check_bounds(&self, text: &str) -> Result<(), (Option<usize>, String)> {
         let schedule = &self.schedule;
-        let ranges: [(Option<&str>, &str, u64, u64, u64); 13] = [
+        let ranges: [(Option<&str>, &str, u64, u64, u64); 15] = [
             (None, "tick_ms", self.tick_ms, 1, TICK_MS_MAX),
             (None, "heartbeat_ticks", self.heartbeat_ticks as u64, 1, u64::from(u32::MAX)),
             (None, "election_ticks", self.election_ticks as u64, 2, u64::from(u32::MAX)),
@@ -400,6 +418,14 @@ impl ServerConfig {
             (Some("schedule"), "genesis_unix_ms", schedule.genesis_unix_ms, 0, GENESIS_UNIX_MS_MAX),
             (Some("schedule"), "handoff_lead_ms", schedule.handoff_lead_ms, 0, WINDOW_MS_MAX),
             (Some("schedule"), "forward_ahead_ms", schedule.forward_ahead_ms, 0, WINDOW_MS_MAX),
+            (Some("schedule"), "takeover_grace_ms", schedule.takeover_grace_ms, 0, WINDOW_MS_MAX),
+            (
+                Some("schedule"),
+                "silence_heartbeats",
+                u64::from(schedule.silence_heartbeats.unwrap_or(0)),
+                0,
+                u64::from(u32::MAX),
+            ),
             (
                 Some("schedule"),
                 "max_lag_entries",
@@ -423,6 +449,16 @@ impl ServerConfig {
                 format!(
                     "election_ticks ({}) must be greater than heartbeat_ticks ({})",
                     self.election_ticks, self.heartbeat_ticks
+                ),
+            ));
+        }
+        let silence = schedule.silence_heartbeats.unwrap_or(0);
+        if u64::from(silence) * self.heartbeat_ticks as u64 >= self.election_ticks as u64 {
+            return Err((
+                line_of(text, Some("schedule"), "silence_heartbeats"),
+                format!(
+                    "schedule.silence_heartbeats: {silence} heartbeats of {} ticks reach the {}-tick election timeout; a takeover must come before it (0 turns takeovers off)",
+                    self.heartbeat_ticks, self.election_ticks
                 ),
             ));
         }
@@ -547,9 +583,20 @@ impl ServerConfig {
             handoff_lead: Duration::from_millis(schedule.handoff_lead_ms),
             max_lag_entries: schedule.max_lag_entries,
             forward_ahead: Duration::from_millis(schedule.forward_ahead_ms),
+            silence_heartbeats: self.silence_heartbeats(),
+            takeover_grace: Duration::from_millis(schedule.takeover_grace_ms),
         };
         worknode_raft::rotation::Rotation::new(config.clone()).map_err(|e| e.to_string())?;
         Ok(config)
+    }
+
+    /// `schedule.silence_heartbeats`, or its default: three heartbeats, fewer where the
+    /// election timeout would come first (takeovers off if not even one fits).
+    pub fn silence_heartbeats(&self) -> u32 {
+        self.schedule.silence_heartbeats.unwrap_or_else(|| {
+            let fit = (self.election_ticks.saturating_sub(1) / self.heartbeat_ticks.max(1)) as u32;
+            SILENCE_HEARTBEATS_DEFAULT.min(fit)
+        })
     }
 
     /// The request timeout.
@@ -669,6 +716,27 @@ client = "127.0.0.1:22379"
             "{remote}\n[peer_tls]\ncert_file = \"p.pem\"\nkey_file = \"k.pem\"\ntrusted_ca_file = \"ca.pem\"\n"
         );
         assert!(!ServerConfig::parse("c", &tls).unwrap().insecure_peers());
+    }
+
+    #[test]
+    fn takeovers_come_before_the_election_timeout() {
+        let default = ServerConfig::parse("a", GOOD).unwrap();
+        assert_eq!(default.silence_heartbeats(), 3);
+        assert_eq!(default.node_config().rotation.unwrap().takeover_grace.as_millis(), 50);
+        // A short election timeout fits fewer heartbeats: the default shrinks to fit.
+        let short = format!(
+            "election_ticks = 3
+{GOOD}"
+        );
+        assert_eq!(ServerConfig::parse("b", &short).unwrap().silence_heartbeats(), 2);
+        let set = format!("{GOOD}\n[schedule]\nsilence_heartbeats = 10\n");
+        let error = ServerConfig::parse("node.toml", &set).unwrap_err().to_string();
+        assert!(
+            error.contains("schedule.silence_heartbeats: 10 heartbeats of 1 ticks reach the 10-tick election timeout"),
+            "{error}"
+        );
+        let off = format!("{GOOD}\n[schedule]\nsilence_heartbeats = 0\n");
+        assert_eq!(ServerConfig::parse("c", &off).unwrap().silence_heartbeats(), 0);
     }
 
     #[test]

@@ -142,6 +142,12 @@ pub fn render(source: &MetricsSource) -> String {
             count(&counters.fast_failovers) as f64,
         ),
         (
+            "worknode_takeovers_total",
+            "counter",
+            "Takeovers this member began because its leader had been silent for schedule.silence_heartbeats heartbeats and the schedule names it the successor.",
+            count(&counters.takeovers) as f64,
+        ),
+        (
             "worknode_rotation_forward_unreachable_total",
             "counter",
             "Writes in the last part of a turn proposed to the leader instead of the incoming leader, which could not be reached.",

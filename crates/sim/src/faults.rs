@@ -34,11 +34,15 @@ pub enum FaultKind {
     /// A member's disk full: its next write fails and the member stops (fail-stop); it
     /// starts again once there is space.
     DiskFull,
+    /// The leader's process stops without a word (SIGSTOP, a frozen VM, a host that lost
+    /// power) and, unless it crashes, resumes later: its peers' connections stay open, so
+    /// only its silence tells.
+    Freeze,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Crash,
         Self::Partition,
         Self::OneWay,
@@ -48,6 +52,7 @@ impl FaultKind {
         Self::Skew,
         Self::SlowDisk,
         Self::DiskFull,
+        Self::Freeze,
     ];
 
     /// The name `--faults` takes.
@@ -62,6 +67,7 @@ impl FaultKind {
             Self::Skew => "skew",
             Self::SlowDisk => "slow-disk",
             Self::DiskFull => "disk-full",
+            Self::Freeze => "freeze",
         }
     }
 
@@ -114,6 +120,10 @@ pub enum FaultEvent {
     SlowDisk(u64, Nanos),
     /// The member's disk is full (`true`) or has space again.
     DiskFull(u64, bool),
+    /// The member that leads now (else `member`) stops without a word.
+    Freeze(u64),
+    /// The frozen member resumes.
+    Thaw,
     /// Every fault ends: members restart, links mend, weather clears, clocks agree.
     HealAll,
 }
@@ -196,6 +206,7 @@ pub fn plan(seed: u64, members: &[u64], kinds: &[FaultKind], heal_at: Nanos) -> 
             FaultKind::DiskFull => {
                 (FaultEvent::DiskFull(member, true), FaultEvent::DiskFull(member, false))
             }
+            FaultKind::Freeze => (FaultEvent::Freeze(member), FaultEvent::Thaw),
         };
         plan.events.push((at, start));
         plan.events.push((end, stop));

@@ -77,6 +77,8 @@ pub struct Report {
     pub handoffs: u64,
     /// Snapshots taken or installed, and those sent to lagging members.
     pub snapshots: (u64, u64),
+    /// Takeovers from a silent leader.
+    pub takeovers: u64,
     /// The checks.
     pub checks: Vec<CheckResult>,
     /// The trace digest: equal for equal runs.
@@ -145,6 +147,7 @@ pub fn run(config: &RunConfig) -> Report {
         leader_changes: world.observer.leader_changes,
         handoffs,
         snapshots: (world.snapshots_taken(), world.snapshots_sent),
+        takeovers: world.takeovers(),
         checks,
         trace_digest: world.trace.digest(),
         trace_events: world.trace.events,
@@ -172,7 +175,7 @@ fn final_checks(world: &mut World, config: &RunConfig, heal_at: Nanos) -> Vec<Ch
     });
     checks.push(CheckResult {
         name: "availability",
-        result: check::availability(&world.history, &world.troubled)
+        result: check::availability(&world.history, &world.troubled, &world.freezes)
             .map(|longest| format!("longest write {:.1} ms outside trouble", longest as f64 / 1e6)),
     });
     if !config.faults.is_empty() {
@@ -193,6 +196,18 @@ fn final_checks(world: &mut World, config: &RunConfig, heal_at: Nanos) -> Vec<Ch
                 10 * world::clock::MS,
             )
             .map(|judged| format!("{judged} handoff decisions")),
+        });
+    }
+    if config.faults.is_empty() {
+        // A takeover means a leader was judged silent: never so without a fault.
+        let takeovers = world.takeovers();
+        checks.push(CheckResult {
+            name: "no takeover without faults",
+            result: if takeovers == 0 {
+                Ok("no member took over from a live leader".into())
+            } else {
+                Err(format!("{takeovers} takeovers in a run without faults"))
+            },
         });
     }
     if config.rotation && config.faults.is_empty() {

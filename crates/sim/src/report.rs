@@ -77,7 +77,7 @@ impl Report {
         };
         let faults: u32 = self.faults.iter().map(|(_, n)| n).sum();
         format!(
-            "seed {}: {verdict} · {:.0} s simulated in {:.2} s ({:.0}x) · {} ops ({} answered) · {faults} faults · {} leader changes · {} handoffs · {} snapshots ({} sent) · trace {:016x}",
+            "seed {}: {verdict} · {:.0} s simulated in {:.2} s ({:.0}x) · {} ops ({} answered) · {faults} faults · {} leader changes · {} handoffs · {} takeovers · {} snapshots ({} sent) · trace {:016x}",
             self.config.seed,
             self.simulated_s,
             self.wall_s,
@@ -86,6 +86,7 @@ impl Report {
             self.answered,
             self.leader_changes,
             self.handoffs,
+            self.takeovers,
             self.snapshots.0,
             self.snapshots.1,
             self.trace_digest
@@ -137,6 +138,7 @@ impl Report {
             "unsynced_writes_lost": self.lost_writes,
             "leader_changes": self.leader_changes,
             "handoffs": self.handoffs,
+            "takeovers": self.takeovers,
             "snapshots": self.snapshots.0,
             "snapshots_sent": self.snapshots.1,
             "checks": checks,

@@ -252,6 +252,9 @@ pub struct NodeCounters {
     pub leader_changes: AtomicU64,
     /// Failovers started early because the leader's process was found gone.
     pub fast_failovers: AtomicU64,
+    /// Takeovers this member began because its leader had been silent for the threshold
+    /// and the schedule names it the successor ([`crate::engine::elections`]).
+    pub takeovers: AtomicU64,
     /// Snapshots this member asked the leader for because its log lacked entries the
     /// leader counted (after `--rejoin`, or a lost tail).
     pub snapshot_requests: AtomicU64,

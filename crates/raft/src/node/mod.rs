@@ -122,20 +122,12 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     /// Followers this new leader replicates to before their first answer (see
     /// [`Node::replicate_at_once`]), until that answer comes.
     optimistic: Vec<u64>,
-    /// Whether this member's election timeout is pinned by the schedule's favour.
-    biased: bool,
-    /// The node's random draws, from `NodeConfig::seed`.
-    draws: crate::draws::Draws,
-    /// The term, role and election timeout last set here: raft-rs draws its own (from
-    /// `thread_rng`) on every change of term or role.
-    timer_drawn_at: Option<(u64, StateRole, usize)>,
+    /// Election timeouts, the schedule's favour, failover and takeover
+    /// ([`crate::engine::elections`]).
+    elections: crate::engine::elections::Elections,
+    /// When the elections need the loop next.
+    elections_due: Option<Instant>,
     last_leader: u64,
-    /// The (term, leader) whose process this follower found gone, once per term.
-    gone_leader: Option<(u64, u64)>,
-    /// When this member campaigns because its leader's process is gone.
-    campaign_at: Option<Instant>,
-    /// Until when the successor asks again while its pre-votes go unanswered.
-    failover_until: Option<Instant>,
     /// When this member last asked the leader for a snapshot (see
     /// [`Node::ask_for_snapshot`]).
     snapshot_asked_at: Option<Instant>,
@@ -196,6 +188,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             schedule,
         );
         let (seed, tick, now) = (config.seed, config.tick, clock.now());
+        let elections = crate::engine::elections::Elections::new(election_settings(&config), seed);
         let mut node = Self {
             config,
             clock,
@@ -219,17 +212,13 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             unasked_reads: Vec::new(),
             next_read_batch: 1,
             rotation,
-            gone_leader: None,
-            campaign_at: None,
-            failover_until: None,
             snapshot_asked_at: None,
             due_at: None,
             last_heard: HashMap::default(),
             held: Vec::new(),
             optimistic: Vec::new(),
-            biased: false,
-            draws: crate::draws::Draws::new(seed),
-            timer_drawn_at: None,
+            elections,
+            elections_due: None,
             last_leader: raft::INVALID_ID,
             next_tick: now + tick,
         };
@@ -265,7 +254,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 timeout = timeout.min(rotation.next_wakeup(self.clock.unix_ns()));
             }
         }
-        if let Some(at) = self.campaign_at {
+        if let Some(at) = self.elections_due {
             timeout = timeout.min(at.saturating_duration_since(self.clock.now()));
         }
         if let Some(at) = self.due_at {
@@ -280,7 +269,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     fn turn(&mut self) -> Result<(), crate::storage::StoreError> {
         self.ask_read_index();
         let now = self.clock.now();
-        self.notice_leader_gone(now);
+        self.watch_leader(now);
         let due = self.due_at.is_some_and(|at| now >= at);
         let ticked = now >= self.next_tick;
         if ticked {
@@ -312,6 +301,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             // The transfer's messages go out in this turn, not the next.
             self.handle_ready()?;
         }
+        self.plan_election_wakeup(now);
         self.publish_status();
         Ok(())
     }
@@ -383,16 +373,16 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 return;
             }
         }
-        if matches!(
-            message.get_msg_type(),
-            MessageType::MsgRequestPreVote | MessageType::MsgRequestVote
-        ) {
+        if elections::is_vote_request(&message) {
             // A candidate that saw the leader's process gone may ask before this loop
             // looked: look now, or the leader lease refuses the vote for a whole timeout.
-            self.notice_leader_gone(self.clock.now());
+            self.watch_leader(self.clock.now());
             // Someone else is campaigning already: two candidates would split the vote.
             if message.from != self.config.id {
-                self.campaign_at = None;
+                self.elections.other_candidate();
+            }
+            if message.get_context() == crate::engine::elections::TAKEOVER {
+                self.judge_takeover(&mut message);
             }
         }
         if self.rotation.is_some() {
@@ -477,6 +467,20 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         };
         *self.handle.status.write().unwrap_or_else(PoisonError::into_inner) = status;
     }
+}
+
+/// The elections policy's timing: takeovers only under rotation, after
+/// `silence_heartbeats` heartbeat intervals without a word from the leader.
+fn election_settings(config: &NodeConfig) -> crate::engine::elections::Settings {
+    let heartbeat = config.tick * config.heartbeat_ticks as u32;
+    let (mut silence, grace) =
+        config.rotation.as_ref().map_or((Duration::ZERO, Duration::ZERO), |r| {
+            (heartbeat * r.silence_heartbeats, r.takeover_grace)
+        });
+    if config.planted == Some(crate::PlantedBug::NoTakeover) {
+        silence = Duration::ZERO;
+    }
+    crate::engine::elections::Settings { tick: config.tick, silence, grace }
 }
 
 /// The state machine as of `snapshot` (a fresh one without).

@@ -11,9 +11,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
         let mut ready = self.raw.ready();
         if !ready.messages().is_empty() {
-            let messages = ready.take_messages();
-            self.note_timeout_now(&messages);
-            self.transport.send(messages);
+            self.send(ready.take_messages());
         }
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
@@ -44,17 +42,17 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                     )
                 });
             if !early.is_empty() {
-                self.transport.send(early);
+                self.send(early);
             }
             self.raw.mut_store().persist(&[], hard_state.as_ref(), sync)?;
             if !later.is_empty() {
-                self.transport.send(later);
+                self.send(later);
             }
         } else {
             self.raw.mut_store().persist(ready.entries(), hard_state.as_ref(), sync)?;
         }
         if !ready.persisted_messages().is_empty() {
-            self.transport.send(ready.take_persisted_messages());
+            self.send(ready.take_persisted_messages());
         }
         for state in ready.take_read_states() {
             let (member, batch) = state.request_ctx.split_at(state.request_ctx.len().min(8));
@@ -75,9 +73,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             self.raw.mut_store().persist(&[], Some(&hard_state), false)?;
         }
         if !light.messages().is_empty() {
-            let messages = light.take_messages();
-            self.note_timeout_now(&messages);
-            self.transport.send(messages);
+            self.send(light.take_messages());
         }
         self.apply(light.take_committed_entries());
         self.raw.advance_apply();

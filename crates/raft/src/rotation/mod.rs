@@ -42,6 +42,12 @@ pub struct RotationConfig {
     /// In this last part of a turn, members send new writes straight to the incoming
     /// leader (Gulf Stream); zero turns forwarding off.
     pub forward_ahead: Duration,
+    /// Heartbeat intervals without a word from the leader after which its successor on
+    /// the schedule takes over ([`crate::engine::elections`]); 0 turns takeovers off.
+    pub silence_heartbeats: u32,
+    /// How long past a turn boundary the incoming member waits for the handoff before it
+    /// takes over; also the clock skew a voter allows when it checks the candidate.
+    pub takeover_grace: Duration,
 }
 
 /// Settings in force from one epoch on.
@@ -166,6 +172,21 @@ pub struct Position {
     pub slot_ns: u64,
     /// Whether leadership rotates now.
     pub rotating: bool,
+}
+
+/// Turns [`Rotation::successor`] looks ahead for a member other than the leader.
+pub const SUCCESSION_TURNS: usize = 8;
+
+/// The member that takes over from a silent leader ([`Rotation::successor`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Succession {
+    /// The member.
+    pub member: u64,
+    /// Whether its turn has begun (else the leader's own turn runs and the member's
+    /// comes later: it takes the rest of the leader's turn early).
+    pub turn_began: bool,
+    /// How long the current turn has run.
+    pub into_turn: Duration,
 }
 
 /// When a schedule change would take effect, as a proposer computes it.
@@ -402,6 +423,29 @@ impl Rotation {
             return Some(current);
         }
         self.scheduled_leader(position.next_turn_slot)
+    }
+
+    /// Who takes over from `leader` should it fall silent now: the current turn's member
+    /// when that is not the leader (its turn began and no handoff came), else the first
+    /// later turn's member that is not the leader, looking [`SUCCESSION_TURNS`] turns
+    /// ahead. `None` where rotation is off or no such turn is near.
+    pub fn successor(&mut self, now_unix_ns: u64, leader: u64) -> Option<Succession> {
+        let position = self.position(now_unix_ns)?;
+        let into_turn =
+            Duration::from_nanos(position.into_turn_ns.min(u128::from(u64::MAX)) as u64);
+        let current = self.scheduled_leader(position.slot)?;
+        if current != leader {
+            return Some(Succession { member: current, turn_began: true, into_turn });
+        }
+        let mut first_slot = position.next_turn_slot;
+        for _ in 0..SUCCESSION_TURNS {
+            let member = self.scheduled_leader(first_slot)?;
+            if member != leader {
+                return Some(Succession { member, turn_began: false, into_turn });
+            }
+            first_slot = self.turn_last_slot(first_slot) + 1;
+        }
+        None
     }
 
     /// Inside the last `forward_ahead` of a turn: the next turn's member and the time left

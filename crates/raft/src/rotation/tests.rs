@@ -26,6 +26,8 @@ fn rotation() -> Rotation {
         handoff_lead: Duration::from_millis(10),
         max_lag_entries: 100,
         forward_ahead: Duration::from_millis(20),
+        silence_heartbeats: 3,
+        takeover_grace: Duration::from_millis(50),
     })
     .unwrap()
 }
@@ -171,4 +173,27 @@ fn a_decision_is_due_in_the_window_and_late_within_the_first_slot() {
     // Past the turn's first slot, and before the window: nothing is due.
     assert_eq!(rotation.due_turn(1_260 * MS), None);
     assert_eq!(rotation.due_turn(1_100 * MS), None);
+}
+
+#[test]
+fn a_silent_leader_is_succeeded_by_the_turns_member_or_the_next_other_member() {
+    let mut rotation = rotation();
+    // Inside the second turn (200 ms turns from 1 s): its member and the next turn's.
+    let now = 1_000 * MS + 200 * MS + 30 * MS;
+    let position = rotation.position(now).unwrap();
+    let current = rotation.scheduled_leader(position.slot).unwrap();
+    let next = rotation.scheduled_leader(position.next_turn_slot).unwrap();
+    let other = [1, 2, 3].into_iter().find(|&m| m != current).unwrap();
+    // The leader is not the turn's member: the handoff never came, the member takes over.
+    let succession = rotation.successor(now, other).unwrap();
+    assert_eq!(succession.member, current);
+    assert!(succession.turn_began);
+    assert_eq!(succession.into_turn, Duration::from_millis(30));
+    // The turn's own member leads: the rest of its turn goes to the next member early.
+    let succession = rotation.successor(now, current).unwrap();
+    assert!(!succession.turn_began);
+    assert_ne!(succession.member, current);
+    if next != current {
+        assert_eq!(succession.member, next);
+    }
 }

@@ -175,12 +175,23 @@ pub const AVAILABILITY_BOUND: Nanos = 600 * crate::world::clock::MS;
 /// Availability: a write called at least [`SETTLE`] after any trouble (see
 /// [`crate::world::World::troubled`]) and answered before the next is acknowledged within
 /// [`AVAILABILITY_BOUND`], crashes of a minority notwithstanding. Returns the longest wait.
-pub fn availability(history: &[Operation], troubled: &[(Nanos, Nanos)]) -> Result<Nanos, String> {
+pub fn availability(
+    history: &[Operation],
+    troubled: &[(Nanos, Nanos)],
+    freezes: &[(u64, Nanos, Nanos)],
+) -> Result<Nanos, String> {
     let mut longest = 0;
     for op in history {
         let (Answer::Written(_), Some(answered)) = (&op.answer, op.answered) else {
             continue;
         };
+        // A client of a frozen member waits for it, as a real client would.
+        let frozen = freezes
+            .iter()
+            .any(|&(member, from, to)| member == op.member && from <= answered && op.called <= to);
+        if frozen {
+            continue;
+        }
         let clear = troubled
             .iter()
             .all(|&(from, to)| answered < from || op.called >= to.saturating_add(SETTLE));

@@ -15,7 +15,9 @@ use tokio::sync::oneshot;
 use worknode_kv::{ScheduleSettings, StateMachine};
 use worknode_raft::rotation::{RotationConfig, TurnRecord};
 use worknode_raft::snapshot_file::SnapshotFile;
-use worknode_raft::{ClientRequest, Node, NodeConfig, NodeHandle, PlantedBug, SnapshotSlot};
+use worknode_raft::{
+    ClientRequest, Node, NodeConfig, NodeCounters, NodeHandle, PlantedBug, SnapshotSlot,
+};
 
 use crate::check::Observer;
 use crate::faults::{FaultEvent, Plan};
@@ -44,6 +46,8 @@ struct Member {
     starts: u64,
     /// Digest requests waiting for the loop.
     digests: Vec<oneshot::Receiver<StateMachine>>,
+    /// Its process is stopped (the freeze fault): input queues up, nothing runs.
+    frozen: bool,
 }
 
 impl Member {
@@ -84,6 +88,10 @@ pub struct World {
     pub turns: Vec<TurnRecord>,
     /// Snapshots members took or installed, their crashed processes' included.
     pub snapshots: u64,
+    /// Takeovers from a silent leader by crashed processes (the live ones count theirs).
+    takeovers: u64,
+    /// When members were frozen: (member, from, to); `to` is `Nanos::MAX` while frozen.
+    pub freezes: Vec<(u64, Nanos, Nanos)>,
     /// Snapshots delivered from a leader to a member that lagged.
     pub snapshots_sent: u64,
     next_sample: Nanos,
@@ -121,6 +129,7 @@ impl World {
                 outbox: Arc::default(),
                 starts: 0,
                 digests: Vec::new(),
+                frozen: false,
             })
             .collect();
         let clients =
@@ -143,6 +152,8 @@ impl World {
             downs: Vec::new(),
             turns: Vec::new(),
             snapshots: 0,
+            takeovers: 0,
+            freezes: Vec::new(),
             snapshots_sent: 0,
             next_sample: SAMPLE_EVERY,
             config,
@@ -182,6 +193,8 @@ impl World {
             handoff_lead: Duration::from_millis(10),
             max_lag_entries: 128,
             forward_ahead: Duration::from_millis(10),
+            silence_heartbeats: 3,
+            takeover_grace: Duration::from_millis(50),
         });
         config
     }
@@ -252,17 +265,29 @@ impl World {
     fn crash(&mut self, index: usize) {
         let now = self.now;
         let member = &mut self.members[index];
-        let Some((_, handle)) = member.node.take() else {
+        let Some((node, handle)) = member.node.take() else {
             return;
         };
+        // Its clients learn now what it answered before it died; the others' connections
+        // break (their calls' outcomes are unknown).
+        drop(node);
+        let id = member.id;
+        self.collect_answers(id, now);
+        let member = &mut self.members[index];
         self.turns.extend(handle.turns());
         self.snapshots += handle.counters().snapshots.load(Ordering::Relaxed);
+        self.takeovers += handle.counters().takeovers.load(Ordering::Relaxed);
         self.downs.push((member.id, now, Nanos::MAX));
+        if std::mem::take(&mut member.frozen) {
+            for freeze in self.freezes.iter_mut().filter(|f| f.0 == member.id && f.2 == Nanos::MAX)
+            {
+                freeze.2 = now;
+            }
+        }
         member.digests.clear();
         member.outbox.lock().unwrap_or_else(PoisonError::into_inner).clear();
         let lost = member.disk.lock().unwrap_or_else(PoisonError::into_inner).crash();
         self.network.links.lock().unwrap_or_else(PoisonError::into_inner).down.insert(member.id);
-        let id = member.id;
         self.trace.event(now, format_args!("member {id} crashes ({lost} unsynced writes lost)"));
     }
 
@@ -305,7 +330,7 @@ impl World {
 
     fn next_event(&self) -> Nanos {
         let mut next = Nanos::MAX;
-        for member in self.members.iter().filter(|m| m.node.is_some()) {
+        for member in self.members.iter().filter(|m| m.node.is_some() && !m.frozen) {
             next = next.min(member.wake_at);
         }
         if let Some(at) = self.network.next_arrival() {
@@ -346,7 +371,11 @@ impl World {
                 m.wall_offset.load(Ordering::Relaxed) != 0
                     || m.disk.lock().unwrap_or_else(PoisonError::into_inner).slow_ns != 0
             });
+            // A silent leader is the schedule's to replace within a turn; plain Raft waits
+            // out an election timeout.
+            let frozen = self.members.iter().any(|m| m.frozen) && !self.config.rotation;
             !links.cut.is_empty()
+                || frozen
                 || self.network.weather != net::Weather::default()
                 || disks_slow
                 || down > self.members.len() / 2
@@ -414,11 +443,49 @@ impl World {
                     }
                 }
             }
+            FaultEvent::Freeze(member) => self.freeze(member),
+            FaultEvent::Thaw => self.thaw(),
             FaultEvent::HealAll => self.heal_all(),
         }
     }
 
+    /// Stops the member that leads now (the newest term's), else `fallback`.
+    fn freeze(&mut self, fallback: u64) {
+        let leader = self
+            .members
+            .iter()
+            .filter_map(|m| m.node.as_ref().map(|(_, handle)| handle.status()))
+            .filter(|status| status.is_leader)
+            .max_by_key(|status| status.term)
+            .map_or(fallback, |status| status.id);
+        let Some(index) = self.index_of(leader) else {
+            return;
+        };
+        let member = &mut self.members[index];
+        if member.node.is_none() || member.frozen {
+            return;
+        }
+        member.frozen = true;
+        self.freezes.push((leader, self.now, Nanos::MAX));
+        self.trace.event(self.now, format_args!("member {leader} freezes"));
+    }
+
+    /// The frozen member resumes: its loop takes what queued up.
+    fn thaw(&mut self) {
+        let now = self.now;
+        for member in self.members.iter_mut().filter(|m| m.frozen) {
+            member.frozen = false;
+            member.wake_at = now;
+            for freeze in self.freezes.iter_mut().filter(|f| f.0 == member.id && f.2 == Nanos::MAX)
+            {
+                freeze.2 = now;
+            }
+            self.trace.event(now, format_args!("member {} thaws", member.id));
+        }
+    }
+
     fn heal_all(&mut self) {
+        self.thaw();
         *self.network.links.lock().unwrap_or_else(PoisonError::into_inner) = Links {
             down: self.members.iter().filter(|m| m.node.is_none()).map(|m| m.id).collect(),
             cut: Default::default(),
@@ -460,7 +527,7 @@ impl World {
         for index in 0..self.members.len() {
             let due = {
                 let member = &self.members[index];
-                member.node.is_some() && member.wake_at <= self.now
+                member.node.is_some() && !member.frozen && member.wake_at <= self.now
             };
             if due {
                 self.run_member(index);
@@ -544,12 +611,20 @@ impl World {
 
     /// Snapshots taken or installed by every process, crashed ones included.
     pub fn snapshots_taken(&self) -> u64 {
-        let live: u64 = self
-            .handles()
+        self.snapshots + self.live_total(|counters| &counters.snapshots)
+    }
+
+    /// Takeovers from a silent leader by every process, crashed ones included.
+    pub fn takeovers(&self) -> u64 {
+        self.takeovers + self.live_total(|counters| &counters.takeovers)
+    }
+
+    /// One of the loop's counters summed over the live processes.
+    fn live_total(&self, counter: impl Fn(&NodeCounters) -> &AtomicU64) -> u64 {
+        self.handles()
             .iter()
-            .map(|(_, handle)| handle.counters().snapshots.load(Ordering::Relaxed))
-            .sum();
-        self.snapshots + live
+            .map(|(_, handle)| counter(handle.counters()).load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Disk counters: syncs and writes lost to crashes, summed over members.
