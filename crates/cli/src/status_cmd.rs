@@ -201,6 +201,22 @@ pub(crate) fn upcoming_table(schedule: &ScheduleResponse, text: &mut String) {
             turn.first_slot, turn.last_slot, turn.member_id, turn.name, turn.client
         );
     }
+    if !schedule.clocks.is_empty() {
+        let clocks: Vec<String> = schedule
+            .clocks
+            .iter()
+            .map(|c| {
+                format!(
+                    "member {} {:+.2} ms (± {:.2})",
+                    c.member_id,
+                    c.offset_ns as f64 / 1e6,
+                    c.round_trip_ns as f64 / 2e6
+                )
+            })
+            .collect();
+        let _ =
+            writeln!(text, "clocks against member {}'s: {}", schedule.member_id, clocks.join(", "));
+    }
 }
 
 /// Arguments of `worknode schedule set`.

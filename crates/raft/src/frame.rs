@@ -9,6 +9,8 @@
 //! length-prefixed, at most [`PART_BYTES`] of them. A message larger than that (a
 //! snapshot) travels as consecutive `Part` frames, each naming the message's total size,
 //! so a frame — and what a receiver buffers before it can check anything — stays small.
+//! A `Clock` frame stamps the sender's wall clock and echoes the receiver's last stamp
+//! (see [`crate::clock_offset`]), at most every 50 ms.
 //! Anything malformed, oversized or from another cluster is an error that closes the
 //! connection; the node keeps running.
 
@@ -28,6 +30,9 @@ pub const MESSAGES_PER_FRAME_MAX: usize = 4_096;
 const KIND_HELLO: u8 = 1;
 const KIND_MESSAGES: u8 = 2;
 const KIND_PART: u8 = 3;
+const KIND_CLOCK: u8 = 4;
+/// Bytes of a clock frame's payload: the send time and the echo (zeros for none).
+pub const CLOCK_PAYLOAD_BYTES: usize = 24;
 
 /// Digests of the settings every member of a cluster must share, carried in the hello so
 /// members that disagree refuse each other instead of running with different schedules.
@@ -74,6 +79,14 @@ pub enum Frame {
         total: u64,
         /// This part.
         bytes: Vec<u8>,
+    },
+    /// The sender's wall clock as it sent this frame, echoing the receiver's last stamp
+    /// ([`crate::clock_offset`]).
+    Clock {
+        /// The sender's wall clock (ns since the UNIX epoch).
+        sent_unix_ns: u64,
+        /// The receiver's last stamp and when it arrived, if one did.
+        echo: Option<crate::clock_offset::Echo>,
     },
 }
 
@@ -142,6 +155,15 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             payload.extend_from_slice(bytes);
             (KIND_PART, payload)
         }
+        Frame::Clock { sent_unix_ns, echo } => {
+            let mut payload = Vec::with_capacity(CLOCK_PAYLOAD_BYTES);
+            payload.extend_from_slice(&sent_unix_ns.to_be_bytes());
+            // Zeros stand for no echo: no stamp is sent at the UNIX epoch.
+            let (sent, received) = echo.map_or((0, 0), |e| (e.sent_unix_ns, e.received_unix_ns));
+            payload.extend_from_slice(&sent.to_be_bytes());
+            payload.extend_from_slice(&received.to_be_bytes());
+            (KIND_CLOCK, payload)
+        }
     };
     out.extend_from_slice(&header(kind, &payload));
     out.extend_from_slice(&payload);
@@ -187,7 +209,7 @@ pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         return Err(FrameError::Version(buffer[0]));
     }
     let kind = buffer[1];
-    if !matches!(kind, KIND_HELLO | KIND_MESSAGES | KIND_PART) {
+    if !matches!(kind, KIND_HELLO | KIND_MESSAGES | KIND_PART | KIND_CLOCK) {
         return Err(FrameError::Kind(kind));
     }
     let length = read_u32(buffer, 2).unwrap_or(0) as usize;
@@ -227,6 +249,19 @@ pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
                 return Err(FrameError::Malformed("empty part"));
             }
             Frame::Part { total, bytes: payload[8..].to_vec() }
+        }
+        KIND_CLOCK => {
+            if payload.len() != CLOCK_PAYLOAD_BYTES {
+                return Err(FrameError::Malformed("clock must be 24 bytes"));
+            }
+            let word =
+                |at: usize| u64::from_be_bytes(payload[at..at + 8].try_into().unwrap_or([0; 8]));
+            let echo =
+                crate::clock_offset::Echo { sent_unix_ns: word(8), received_unix_ns: word(16) };
+            Frame::Clock {
+                sent_unix_ns: word(0),
+                echo: (echo.sent_unix_ns != 0 || echo.received_unix_ns != 0).then_some(echo),
+            }
         }
         _ => {
             let count = read_u32(payload, 0)

@@ -524,6 +524,7 @@ fn leadership_follows_the_schedule_and_writes_never_fail() {
         forward_ahead: Duration::from_millis(10),
         silence_heartbeats: 3,
         takeover_grace: Duration::from_millis(50),
+        clock_skew_max: Duration::from_millis(500),
     };
     let cluster = Cluster::with_rotation("rotation", 3, 10_000, Some(rotation));
     cluster.wait_for_leader();

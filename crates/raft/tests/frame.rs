@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on an unexpected value")]
 
 use proptest::prelude::*;
+use worknode_raft::clock_offset::Echo;
 use worknode_raft::frame::{
     decode, encode, encode_batch, Agreement, Frame, FrameError, Reassembly, HEADER_BYTES,
     MESSAGE_BYTES_MAX, PART_BYTES, PAYLOAD_BYTES_MAX,
@@ -27,6 +28,8 @@ proptest! {
             Frame::Hello { cluster_id: cluster, from, agreement: Some(agreement) },
             Frame::Hello { cluster_id: cluster, from, agreement: None },
             Frame::Part { total: from % MESSAGE_BYTES_MAX, bytes: vec![7; 1 + cluster as usize % 64] },
+            Frame::Clock { sent_unix_ns: from, echo: Some(Echo { sent_unix_ns: cluster, received_unix_ns: digests.0 | 1 }) },
+            Frame::Clock { sent_unix_ns: cluster, echo: None },
         ] {
             let mut bytes = Vec::new();
             encode(&frame, &mut bytes);
@@ -75,7 +78,9 @@ fn receive(units: &[Vec<u8>]) -> Vec<Vec<u8>> {
                 assert!(bytes.len() <= PART_BYTES);
                 messages.extend(reassembly.push(total, bytes).unwrap());
             }
-            Frame::Hello { .. } => unreachable!("encode_batch makes no hello"),
+            Frame::Hello { .. } | Frame::Clock { .. } => {
+                unreachable!("encode_batch makes neither a hello nor a clock stamp")
+            }
         }
         stream.drain(..used);
     }

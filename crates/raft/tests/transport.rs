@@ -63,6 +63,7 @@ async fn a_slow_reader_gets_every_message_whole_and_in_order() {
                 }
             }
             Frame::Part { .. } => unreachable!("no message here is larger than a part"),
+            Frame::Clock { .. } => assert!(hello, "a clock stamp before the hello"),
         }
     }
     assert_eq!(stats.dropped_full.load(Ordering::Relaxed), 0);

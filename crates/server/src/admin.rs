@@ -213,6 +213,17 @@ impl adminpb::admin_server::Admin for AdminService {
                 .iter()
                 .map(|&(id, stake)| adminpb::MemberStake { id, stake })
                 .collect(),
+            clocks: self
+                .shared
+                .node
+                .clock_offsets()
+                .into_iter()
+                .map(|(member_id, offset)| adminpb::PeerClock {
+                    member_id,
+                    offset_ns: offset.offset_ns,
+                    round_trip_ns: offset.round_trip_ns,
+                })
+                .collect(),
         }))
     }
 

@@ -70,6 +70,11 @@ const SILENCE_HEARTBEATS_DEFAULT: u32 = 3;
 fn default_takeover_grace_ms() -> u64 {
     50
 }
+/// Half a second: far beyond what NTP keeps members within, well below a turn boundary's
+/// worth of confusion at the default 400 ms turns once doubled.
+fn default_clock_skew_max_ms() -> u64 {
+    500
+}
 
 /// The `[schedule]` table: identical on every member.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -116,6 +121,12 @@ pub struct ScheduleConfig {
     /// that the schedule names the candidate.
     #[serde(default = "default_takeover_grace_ms")]
     pub takeover_grace_ms: u64,
+    /// How far members' wall clocks (measured from the peer traffic) may differ before
+    /// handoffs, writes forwarded ahead and takeovers pause, with a warning naming the
+    /// member (0: not checked). Within it, followers read the schedule on the leader's
+    /// clock.
+    #[serde(default = "default_clock_skew_max_ms")]
+    pub clock_skew_max_ms: u64,
 }
 
 fn default_algorithm() -> String {
@@ -137,6 +148,7 @@ impl Default for ScheduleConfig {
             max_lag_entries: default_max_lag(),
             silence_heartbeats: None,
             takeover_grace_ms: default_takeover_grace_ms(),
+            clock_skew_max_ms: default_clock_skew_max_ms(),
         }
     }
 }
@@ -405,7 +417,7 @@ impl ServerConfig {
     /// elect): the line and the message naming the field.
     fn check_bounds(&self, text: &str) -> Result<(), (Option<usize>, String)> {
         let schedule = &self.schedule;
-        let ranges: [(Option<&str>, &str, u64, u64, u64); 15] = [
+        let ranges: [(Option<&str>, &str, u64, u64, u64); 16] = [
             (None, "tick_ms", self.tick_ms, 1, TICK_MS_MAX),
             (None, "heartbeat_ticks", self.heartbeat_ticks as u64, 1, u64::from(u32::MAX)),
             (None, "election_ticks", self.election_ticks as u64, 2, u64::from(u32::MAX)),
@@ -419,6 +431,7 @@ impl ServerConfig {
             (Some("schedule"), "handoff_lead_ms", schedule.handoff_lead_ms, 0, WINDOW_MS_MAX),
             (Some("schedule"), "forward_ahead_ms", schedule.forward_ahead_ms, 0, WINDOW_MS_MAX),
             (Some("schedule"), "takeover_grace_ms", schedule.takeover_grace_ms, 0, WINDOW_MS_MAX),
+            (Some("schedule"), "clock_skew_max_ms", schedule.clock_skew_max_ms, 0, WINDOW_MS_MAX),
             (
                 Some("schedule"),
                 "silence_heartbeats",
@@ -585,6 +598,7 @@ impl ServerConfig {
             forward_ahead: Duration::from_millis(schedule.forward_ahead_ms),
             silence_heartbeats: self.silence_heartbeats(),
             takeover_grace: Duration::from_millis(schedule.takeover_grace_ms),
+            clock_skew_max: Duration::from_millis(schedule.clock_skew_max_ms),
         };
         worknode_raft::rotation::Rotation::new(config.clone()).map_err(|e| e.to_string())?;
         Ok(config)

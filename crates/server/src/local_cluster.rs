@@ -22,11 +22,12 @@ pub struct LoopbackMember {
 
 /// Members `n1..=n<count>` on free loopback ports. Every port is held until all are
 /// chosen, so no two members get the same one; another process may still take one
-/// before the member binds it (a start then fails and says which address).
+/// before the member binds it (a start then fails and says which address). The ports
+/// lie below the kernel's ephemeral range: a port the kernel picks (`:0`) comes from that
+/// range, where any outgoing connection on the host — a member dialing its peers — may
+/// take it as its source port in the moment between our release and the member's bind.
 pub fn loopback_members(count: u64) -> std::io::Result<Vec<LoopbackMember>> {
-    let listeners = (0..count * 3)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let listeners = free_ports(count as usize * 3)?;
     let addresses =
         listeners.iter().map(TcpListener::local_addr).collect::<std::io::Result<Vec<_>>>()?;
     Ok((1..=count)
@@ -39,6 +40,44 @@ pub fn loopback_members(count: u64) -> std::io::Result<Vec<LoopbackMember>> {
             metrics: ports[2],
         })
         .collect())
+}
+
+/// The lowest port of this host's ephemeral range (Linux's default when unknown).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// `count` loopback listeners on ports from 10,000 up to the ephemeral range, starting
+/// at a point drawn from the time and process id (two tests starting together rarely
+/// meet); the kernel's choice if that range is too small or full.
+fn free_ports(count: usize) -> std::io::Result<Vec<TcpListener>> {
+    const LOW: u16 = 10_000;
+    let high = ephemeral_low();
+    let mut listeners = Vec::with_capacity(count);
+    if high > LOW + 1_000 {
+        let span = u32::from(high - LOW);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.subsec_nanos())
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+        let start = seed % span;
+        for step in 0..span {
+            if listeners.len() == count {
+                break;
+            }
+            let port = LOW + ((start + step * 7) % span) as u16;
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                listeners.push(listener);
+            }
+        }
+    }
+    while listeners.len() < count {
+        listeners.push(TcpListener::bind("127.0.0.1:0")?);
+    }
+    Ok(listeners)
 }
 
 /// The `[[member]]` tables listing `members`, identical in every member's configuration.
@@ -68,6 +107,8 @@ mod tests {
         ports.sort();
         ports.dedup();
         assert_eq!(ports.len(), 9);
+        let low = ephemeral_low();
+        assert!(ports.iter().all(|p| p.port() < low), "{ports:?} not below {low}");
         let tables = member_tables(&members);
         assert_eq!(tables.matches("[[member]]").count(), 3);
         assert!(tables.contains(&format!("client = \"{}\"", members[2].client)), "{tables}");

@@ -349,4 +349,26 @@ fn render_transport(text: &mut String, stats: &TransportStats) {
             u8::from(gone.load(Ordering::Relaxed))
         );
     }
+    let clocks = worknode_raft::clock_offset::ClockOffsets::lock(&stats.clocks)
+        .all(std::time::Instant::now());
+    family(
+        text,
+        "worknode_peer_clock_offset_seconds",
+        "gauge",
+        "A peer's wall clock minus this member's, from the exchange with the shortest round trip lately (absent without a fresh one).",
+    );
+    for (peer, offset) in &clocks {
+        let seconds = offset.offset_ns as f64 / 1e9;
+        let _ = writeln!(text, "worknode_peer_clock_offset_seconds{{peer=\"{peer}\"}} {seconds}");
+    }
+    family(
+        text,
+        "worknode_peer_round_trip_seconds",
+        "gauge",
+        "The round trip of that exchange: the clock offset's error is below half of it.",
+    );
+    for (peer, offset) in &clocks {
+        let seconds = offset.round_trip_ns as f64 / 1e9;
+        let _ = writeln!(text, "worknode_peer_round_trip_seconds{{peer=\"{peer}\"}} {seconds}");
+    }
 }

@@ -120,8 +120,8 @@ pub fn run(config: &RunConfig) -> Report {
         result: match &world.observer.failure {
             Some(why) => Err(why.clone()),
             None => Ok(format!(
-                "one leader per term over {} leader changes; {} equal digest samples",
-                world.observer.leader_changes, world.observer.digests_compared
+                "one leader per term over {} leader changes; {} equal digest samples; {} clock estimates within half their round trip",
+                world.observer.leader_changes, world.observer.digests_compared, world.clock_estimates_checked
             )),
         },
     }];

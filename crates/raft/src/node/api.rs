@@ -49,6 +49,12 @@ pub trait Transport: Send {
     /// Takes the function that wakes the Raft loop, for news from the transport's own
     /// threads (a peer found gone). Transports without such news ignore it.
     fn set_waker(&mut self, _waker: Waker) {}
+
+    /// Peers' wall clocks against this member's, where measured lately
+    /// ([`crate::clock_offset`]), by peer id.
+    fn clock_offsets(&self) -> Vec<(u64, crate::clock_offset::ClockOffset)> {
+        Vec::new()
+    }
 }
 
 /// Wakes the Raft loop from another thread.
@@ -286,6 +292,7 @@ pub struct NodeHandle {
     pub(super) schedule: Arc<Mutex<Vec<ScheduleChange>>>,
     pub(super) rejections: Arc<Rejections>,
     pub(super) counters: Arc<NodeCounters>,
+    pub(super) clocks: Arc<Mutex<clocks::ClockView>>,
 }
 
 impl NodeHandle {
@@ -306,7 +313,13 @@ impl NodeHandle {
             schedule,
             rejections: Arc::default(),
             counters: Arc::default(),
+            clocks: Arc::default(),
         }
+    }
+
+    /// Peers' wall clocks against this member's, as the loop took them last (every tick).
+    pub fn clock_offsets(&self) -> Vec<(u64, crate::clock_offset::ClockOffset)> {
+        self.clocks.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The loop's event counters.

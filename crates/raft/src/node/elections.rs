@@ -26,7 +26,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         if view.role != StateRole::Follower {
             return;
         }
-        let unix_ns = self.clock.unix_ns();
+        let unix_ns = self.schedule_unix_ns();
         let favoured = self.rotation.as_mut().and_then(|r| r.favoured(unix_ns, view.leader));
         if let Some(action) = self.elections.favour(&view, favoured) {
             self.act(action);
@@ -97,13 +97,15 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         &mut self,
         view: &RaftView,
     ) -> (Option<u64>, Option<crate::rotation::Succession>, Option<Instant>) {
+        let unix_ns = self.schedule_unix_ns();
+        let leader_beyond = self.clocks.leader_beyond;
         let (Some(rotation), Some(expected)) = (self.rotation.as_mut(), view.expected_leader())
         else {
             return (None, None, None);
         };
-        let unix_ns = self.clock.unix_ns();
         let favoured = rotation.favoured(unix_ns, view.leader);
-        let successor = rotation.successor(unix_ns, expected);
+        // Clocks this far apart disagree on whose turn it is: no takeover.
+        let successor = rotation.successor(unix_ns, expected).filter(|_| !leader_beyond);
         (favoured, successor, self.last_heard.get(&expected).copied())
     }
 
@@ -116,7 +118,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let now = self.clock.now();
         let heard = self.last_heard.get(&view.leader).copied();
         let grace = self.config.rotation.as_ref().map_or(Duration::ZERO, |r| r.takeover_grace);
-        let unix_ns = self.clock.unix_ns();
+        let unix_ns = self.schedule_unix_ns();
         let grace_ns = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
         let rotation = &mut self.rotation;
         // Its own clock, and as far off as the grace allows either way.

@@ -21,8 +21,21 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 .filter(|_| handing_over)
                 .map(|t| (t, Duration::ZERO));
         }
-        let unix_ns = self.clock.unix_ns();
-        self.rotation.as_mut()?.incoming(unix_ns)
+        if self.clocks.leader_beyond {
+            // This member and the leader disagree on the turn: the leader decides.
+            return None;
+        }
+        let unix_ns = self.schedule_unix_ns();
+        let leader = self.raw.raft.leader_id;
+        let rotation = self.rotation.as_mut()?;
+        // Only while the schedule is on track (the leader is the turn's own member): a
+        // leader that kept a turn not its own (the handoff skipped — a member's clock
+        // beyond the bound, a silent or lagging target) most likely keeps the next one
+        // too, and writes sent ahead would wait at a member that does not lead.
+        if rotation.scheduled_at(unix_ns) != Some(leader) {
+            return None;
+        }
+        rotation.incoming(unix_ns)
     }
 
     /// [`Node::forward_ahead`], unless the incoming leader cannot be reached now (its
@@ -50,9 +63,12 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     /// has just become the leader.
     pub(super) fn follow_leadership(&mut self, now: Instant) -> bool {
         let leader = self.raw.raft.leader_id;
-        if let Some(rotation) = &mut self.rotation {
+        if self.rotation.is_some() {
             // The wall clock is read only when rotation needs it: this runs every turn.
-            rotation.observe_leader(leader, self.config.id, now, self.clock.unix_ns());
+            let unix_ns = self.schedule_unix_ns();
+            if let Some(rotation) = &mut self.rotation {
+                rotation.observe_leader(leader, self.config.id, now, unix_ns);
+            }
         }
         if leader == self.last_leader {
             return false;
@@ -145,10 +161,10 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         if self.raw.raft.state != StateRole::Leader {
             return false;
         }
-        let unix_ns = self.clock.unix_ns();
-        let Some(rotation) = &mut self.rotation else {
+        let unix_ns = self.schedule_unix_ns();
+        if self.rotation.is_none() {
             return false;
-        };
+        }
         // A live follower answers every heartbeat; silence for three heartbeats or half an
         // election timeout, whichever is longer, means it is down (a shorter window skips
         // live members whose answers queue behind a busy CPU).
@@ -160,7 +176,11 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 && heard.get(&id).is_some_and(|at| now.duration_since(*at) <= window)
         };
         let checked = self.config.planted != Some(crate::PlantedBug::UncheckedHandoff);
-        match rotation.decide(&self.raw.raft, unix_ns, now, heard_recently, checked) {
+        let paused = self.clock_pause();
+        let Some(rotation) = &mut self.rotation else {
+            return false;
+        };
+        match rotation.decide(&self.raw.raft, unix_ns, now, heard_recently, checked, paused) {
             Some(target) => {
                 self.raw.transfer_leader(target);
                 true

@@ -70,6 +70,7 @@ pub const PENDING_READS_MAX: usize = 16_384;
 const DRAIN_MAX: usize = 1_024;
 
 mod api;
+mod clocks;
 mod elections;
 mod leadership;
 mod ready;
@@ -127,6 +128,8 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     elections: crate::engine::elections::Elections,
     /// When the elections need the loop next.
     elections_due: Option<Instant>,
+    /// Members' clocks as the transport measured them ([`clocks`]).
+    clocks: clocks::Clocks,
     last_leader: u64,
     /// When this member last asked the leader for a snapshot (see
     /// [`Node::ask_for_snapshot`]).
@@ -219,6 +222,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             optimistic: Vec::new(),
             elections,
             elections_due: None,
+            clocks: clocks::Clocks::default(),
             last_leader: raft::INVALID_ID,
             next_tick: now + tick,
         };
@@ -251,7 +255,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             self.next_tick.saturating_duration_since(self.clock.now()).min(self.config.tick);
         if let Some(rotation) = &self.rotation {
             if self.raw.raft.state == StateRole::Leader {
-                timeout = timeout.min(rotation.next_wakeup(self.clock.unix_ns()));
+                timeout = timeout.min(rotation.next_wakeup(self.schedule_unix_ns()));
             }
         }
         if let Some(at) = self.elections_due {
@@ -275,6 +279,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         if ticked {
             self.draw_election_timeout();
             self.raw.tick();
+            self.check_clocks();
             self.next_tick += self.config.tick;
             if self.next_tick < now {
                 self.next_tick = now + self.config.tick;

@@ -6,7 +6,8 @@ impl Rotation {
     /// Called on the leader every loop turn: the member to transfer to now, if any.
     /// `heard_recently(id)` says whether a message from that member arrived within the
     /// liveness window (raft-rs keeps a silent follower in replicate state). `checked`
-    /// is false only where the simulator planted a bug ([`crate::planted`]).
+    /// is false only where the simulator planted a bug ([`crate::planted`]). `paused`
+    /// says why handoffs wait (a member's clock beyond the bound): the turn is kept.
     pub fn decide<S: raft::Storage>(
         &mut self,
         raft: &Raft<S>,
@@ -14,6 +15,7 @@ impl Rotation {
         now: Instant,
         heard_recently: impl Fn(u64) -> bool,
         checked: bool,
+        paused: Option<String>,
     ) -> Option<u64> {
         let (next_slot, boundary) = self.due_turn(now_unix_ns)?;
         if self.decided == Some(next_slot) {
@@ -55,7 +57,9 @@ impl Rotation {
         }
         let silent = (!heard_recently(scheduled))
             .then(|| ("silent", format!("member {scheduled} has not been heard from recently")));
-        let refusal = silent.or_else(|| unfit(raft, scheduled, self.config.max_lag_entries));
+        let refusal = silent
+            .or_else(|| paused.map(|why| ("clock_skew", why)))
+            .or_else(|| unfit(raft, scheduled, self.config.max_lag_entries));
         if let Some((kind, reason)) = refusal.filter(|_| checked) {
             record.skipped = Some(reason);
             record.skip_kind = Some(kind);

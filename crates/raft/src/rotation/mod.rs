@@ -48,6 +48,9 @@ pub struct RotationConfig {
     /// How long past a turn boundary the incoming member waits for the handoff before it
     /// takes over; also the clock skew a voter allows when it checks the candidate.
     pub takeover_grace: Duration,
+    /// How far members' clocks may differ before handoffs, writes forwarded ahead and
+    /// takeovers pause ([`crate::clock_offset`]); zero: not checked.
+    pub clock_skew_max: Duration,
 }
 
 /// Settings in force from one epoch on.
@@ -446,6 +449,12 @@ impl Rotation {
             first_slot = self.turn_last_slot(first_slot) + 1;
         }
         None
+    }
+
+    /// The member the schedule names for the turn `now_unix_ns` falls in.
+    pub fn scheduled_at(&mut self, now_unix_ns: u64) -> Option<u64> {
+        let slot = self.position(now_unix_ns)?.slot;
+        self.scheduled_leader(slot)
     }
 
     /// Inside the last `forward_ahead` of a turn: the next turn's member and the time left

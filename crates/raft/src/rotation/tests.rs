@@ -28,6 +28,7 @@ fn rotation() -> Rotation {
         forward_ahead: Duration::from_millis(20),
         silence_heartbeats: 3,
         takeover_grace: Duration::from_millis(50),
+        clock_skew_max: Duration::from_millis(500),
     })
     .unwrap()
 }

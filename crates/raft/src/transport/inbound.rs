@@ -343,7 +343,18 @@ async fn reader(stream: TcpStream, remote: SocketAddr, mut ticket: Ticket) {
     let mut reassembly = Reassembly::default();
     loop {
         loop {
-            match next_messages(&mut buffer, &mut reassembly) {
+            let clocks = &inbound.stats.clocks;
+            let stamped = |sent_unix_ns, echo| {
+                let received = crate::node::Clock::unix_ns(&crate::node::SystemClock);
+                crate::clock_offset::ClockOffsets::lock(clocks).received(
+                    sender,
+                    sent_unix_ns,
+                    received,
+                    echo,
+                    std::time::Instant::now(),
+                );
+            };
+            match next_messages(&mut buffer, &mut reassembly, stamped) {
                 Ok(Some(messages)) => {
                     if !messages.is_empty() && !deliver(&inbound, sender, remote, messages) {
                         return;
@@ -370,11 +381,12 @@ async fn reader(stream: TcpStream, remote: SocketAddr, mut ticket: Ticket) {
 }
 
 /// Takes the next frame off the front of `buffer`: the messages it completes (none for a
-/// part of a split message that is not the last), `None` when more bytes are needed, or
-/// why the connection must close.
+/// part of a split message that is not the last, or a clock stamp, which goes to
+/// `stamped`), `None` when more bytes are needed, or why the connection must close.
 fn next_messages(
     buffer: &mut Vec<u8>,
     reassembly: &mut Reassembly,
+    stamped: impl FnOnce(u64, Option<crate::clock_offset::Echo>),
 ) -> Result<Option<Vec<Vec<u8>>>, String> {
     let (decoded, used) = match frame::decode(buffer) {
         Ok(Some(frame)) => frame,
@@ -383,7 +395,9 @@ fn next_messages(
     };
     buffer.drain(..used);
     match decoded {
-        Frame::Messages(_) | Frame::Hello { .. } if reassembly.in_progress() => {
+        Frame::Messages(_) | Frame::Hello { .. } | Frame::Clock { .. }
+            if reassembly.in_progress() =>
+        {
             Err("a frame inside a split message".to_owned())
         }
         Frame::Messages(messages) => Ok(Some(messages)),
@@ -392,6 +406,10 @@ fn next_messages(
             Err(error) => Err(format!("bad part ({error})")),
         },
         Frame::Hello { .. } => Err("a second hello".to_owned()),
+        Frame::Clock { sent_unix_ns, echo } => {
+            stamped(sent_unix_ns, echo);
+            Ok(Some(Vec::new()))
+        }
     }
 }
 

@@ -86,6 +86,8 @@ pub struct TransportStats {
     pub gone: HashMap<u64, AtomicBool>,
     /// Per peer: wakes its writer out of a reconnect backoff (the peer connected to us).
     pub(crate) returned: HashMap<u64, tokio::sync::Notify>,
+    /// Peers' clocks against this member's, from the stamps on their frames and ours.
+    pub clocks: crate::clock_offset::SharedClockOffsets,
 }
 
 impl TransportStats {
@@ -215,6 +217,8 @@ pub struct TcpTransport {
     waker: Arc<OnceLock<Waker>>,
     stats: Arc<TransportStats>,
     blocked: Blocked,
+    /// When each peer's frames were last stamped with this member's clock.
+    stamps: crate::clock_offset::Stamps,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -246,13 +250,29 @@ impl Transport for TcpTransport {
                 None => per_peer.push((message.to, outbox, vec![encoded])),
             }
         }
-        for (_, outbox, batch) in per_peer {
+        let now = std::time::Instant::now();
+        for (peer, outbox, batch) in per_peer {
             // Each unit is whole frames (all parts of a snapshot in one), written in order
-            // on one connection.
-            for unit in frame::encode_batch(batch) {
+            // on one connection; every STAMP_EVERY the first begins with a clock stamp.
+            let mut units = frame::encode_batch(batch);
+            if let Some(first) = units.first_mut() {
+                if self.stamps.due(peer, now) {
+                    let stamp = self.stamp(peer);
+                    let mut stamped = Vec::with_capacity(stamp.len() + first.len());
+                    stamped.extend_from_slice(&stamp);
+                    stamped.append(first);
+                    *first = stamped;
+                }
+            }
+            for unit in units {
                 outbox.offer(unit, &self.stats);
             }
         }
+    }
+
+    fn clock_offsets(&self) -> Vec<(u64, crate::clock_offset::ClockOffset)> {
+        let now = std::time::Instant::now();
+        crate::clock_offset::ClockOffsets::lock(&self.stats.clocks).all(now)
     }
 
     fn peer_gone(&self, peer: u64) -> bool {
@@ -266,6 +286,18 @@ impl Transport for TcpTransport {
 
     fn set_waker(&mut self, waker: Waker) {
         let _ = self.waker.set(waker);
+    }
+}
+
+impl TcpTransport {
+    /// A clock frame for `peer`: this member's wall clock now, echoing the peer's last
+    /// stamp.
+    fn stamp(&self, peer: u64) -> Vec<u8> {
+        let echo = crate::clock_offset::ClockOffsets::lock(&self.stats.clocks).echo(peer);
+        let sent_unix_ns = crate::node::Clock::unix_ns(&crate::node::SystemClock);
+        let mut bytes = Vec::with_capacity(frame::HEADER_BYTES + frame::CLOCK_PAYLOAD_BYTES);
+        frame::encode(&Frame::Clock { sent_unix_ns, echo }, &mut bytes);
+        bytes
     }
 }
 
@@ -312,7 +344,14 @@ pub fn connect_peers(
         let link = Link { identity: identity.clone(), peer, address, waker: Arc::clone(&waker) };
         tokio::spawn(writer(link, outbox, Arc::clone(&stats), Arc::clone(&blocked)));
     }
-    (TcpTransport { outboxes, waker, stats: Arc::clone(&stats), blocked }, stats)
+    let transport = TcpTransport {
+        outboxes,
+        waker,
+        stats: Arc::clone(&stats),
+        blocked,
+        stamps: crate::clock_offset::Stamps::default(),
+    };
+    (transport, stats)
 }
 
 /// One outbound connection's identity.

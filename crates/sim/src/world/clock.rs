@@ -35,6 +35,11 @@ impl SimClock {
     pub fn new(base: Instant, cursor: Arc<AtomicU64>, wall_offset: Arc<AtomicI64>) -> Self {
         Self { base, cursor, wall_offset }
     }
+
+    /// The member's cursor.
+    pub fn cursor(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.cursor)
+    }
 }
 
 impl Clock for SimClock {

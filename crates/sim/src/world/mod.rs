@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use worknode_kv::{ScheduleSettings, StateMachine};
+use worknode_raft::clock_offset::{ClockOffsets, SharedClockOffsets};
 use worknode_raft::rotation::{RotationConfig, TurnRecord};
 use worknode_raft::snapshot_file::SnapshotFile;
 use worknode_raft::{
@@ -48,6 +49,10 @@ struct Member {
     digests: Vec<oneshot::Receiver<StateMachine>>,
     /// Its process is stopped (the freeze fault): input queues up, nothing runs.
     frozen: bool,
+    /// Its transport's measurements of the peers' clocks (its process's memory).
+    clocks: SharedClockOffsets,
+    /// When its wall clock last moved (a skew fault began or ended).
+    clock_moved_at: Nanos,
 }
 
 impl Member {
@@ -92,6 +97,8 @@ pub struct World {
     takeovers: u64,
     /// When members were frozen: (member, from, to); `to` is `Nanos::MAX` while frozen.
     pub freezes: Vec<(u64, Nanos, Nanos)>,
+    /// Clock estimates checked against the truth.
+    pub clock_estimates_checked: u64,
     /// Snapshots delivered from a leader to a member that lagged.
     pub snapshots_sent: u64,
     next_sample: Nanos,
@@ -130,6 +137,8 @@ impl World {
                 starts: 0,
                 digests: Vec::new(),
                 frozen: false,
+                clocks: SharedClockOffsets::default(),
+                clock_moved_at: 0,
             })
             .collect();
         let clients =
@@ -154,6 +163,7 @@ impl World {
             snapshots: 0,
             takeovers: 0,
             freezes: Vec::new(),
+            clock_estimates_checked: 0,
             snapshots_sent: 0,
             next_sample: SAMPLE_EVERY,
             config,
@@ -195,6 +205,7 @@ impl World {
             forward_ahead: Duration::from_millis(10),
             silence_heartbeats: 3,
             takeover_grace: Duration::from_millis(50),
+            clock_skew_max: Duration::from_millis(500),
         });
         config
     }
@@ -213,11 +224,13 @@ impl World {
         member.cursor.store(now, Ordering::Relaxed);
         let clock =
             SimClock::new(self.base, Arc::clone(&member.cursor), Arc::clone(&member.wall_offset));
+        member.clocks = SharedClockOffsets::default();
         let transport = SimTransport::new(
             member.id,
             Arc::clone(&member.outbox),
-            Arc::clone(&member.cursor),
             Arc::clone(&links),
+            clock.clone(),
+            Arc::clone(&member.clocks),
         );
         let slot = Arc::new(Mutex::new(SnapshotSlot::default()));
         let store = SimStore::open(
@@ -422,6 +435,7 @@ impl World {
             FaultEvent::Skew(id, offset) => {
                 if let Some(index) = self.index_of(id) {
                     self.members[index].wall_offset.store(offset, Ordering::Relaxed);
+                    self.members[index].clock_moved_at = self.now;
                 }
             }
             FaultEvent::SlowDisk(id, slow) => {
@@ -492,8 +506,10 @@ impl World {
         };
         self.network.weather = net::Weather::default();
         for index in 0..self.members.len() {
-            let member = &self.members[index];
-            member.wall_offset.store(0, Ordering::Relaxed);
+            let member = &mut self.members[index];
+            if member.wall_offset.swap(0, Ordering::Relaxed) != 0 {
+                member.clock_moved_at = self.now;
+            }
             {
                 let mut disk = member.disk.lock().unwrap_or_else(PoisonError::into_inner);
                 disk.slow_ns = 0;
@@ -515,10 +531,24 @@ impl World {
             let Some(index) = self.index_of(to) else {
                 continue;
             };
+            let now = self.now;
+            let instant = self.instant(now);
             let member = &mut self.members[index];
             if let Some((_, handle)) = &member.node {
+                if let Some((sent, echo)) = envelope.stamp {
+                    // The receiving transport reads its own wall clock as the frame lands.
+                    let offset = member.wall_offset.load(Ordering::Relaxed);
+                    let received = (WALL_START_UNIX_NS + now).saturating_add_signed(offset);
+                    ClockOffsets::lock(&member.clocks).received(
+                        envelope.from,
+                        sent,
+                        received,
+                        echo,
+                        instant,
+                    );
+                }
                 handle.deliver(envelope.message);
-                member.wake(self.now);
+                member.wake(now);
             }
         }
     }

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use raft::eraftpb::Message;
+use worknode_raft::clock_offset::{ClockOffsets, Echo, SharedClockOffsets, Stamps};
 use worknode_raft::draws::Draws;
-use worknode_raft::Transport;
+use worknode_raft::{Clock, Transport};
 
-use super::clock::Nanos;
+use super::clock::{Nanos, SimClock};
 
 /// A message a member sent, with when it left.
 #[derive(Debug)]
@@ -21,6 +22,10 @@ pub struct Envelope {
     pub at: Nanos,
     /// The message (its `to` is the receiver).
     pub message: Message,
+    /// The sender's clock stamp, as a real transport puts on a frame every 50 ms: its
+    /// wall clock at sending, echoing the receiver's last stamp
+    /// ([`worknode_raft::clock_offset`]).
+    pub stamp: Option<(u64, Option<Echo>)>,
 }
 
 /// What every member's transport can see of the others: who is down (their host refuses
@@ -177,6 +182,11 @@ pub struct SimTransport {
     outbox: Arc<Mutex<Vec<Envelope>>>,
     cursor: Arc<AtomicU64>,
     links: Arc<Mutex<Links>>,
+    /// The member's clock, for the stamps.
+    clock: SimClock,
+    /// Peers' clocks as measured from their stamps (the world records arrivals here).
+    clocks: SharedClockOffsets,
+    stamps: Stamps,
 }
 
 impl SimTransport {
@@ -184,10 +194,12 @@ impl SimTransport {
     pub fn new(
         id: u64,
         outbox: Arc<Mutex<Vec<Envelope>>>,
-        cursor: Arc<AtomicU64>,
         links: Arc<Mutex<Links>>,
+        clock: SimClock,
+        clocks: SharedClockOffsets,
     ) -> Self {
-        Self { id, outbox, cursor, links }
+        let cursor = clock.cursor();
+        Self { id, outbox, cursor, links, clock, clocks, stamps: Stamps::default() }
     }
 
     fn links(&self) -> std::sync::MutexGuard<'_, Links> {
@@ -198,8 +210,19 @@ impl SimTransport {
 impl Transport for SimTransport {
     fn send(&mut self, messages: Vec<Message>) {
         let at = self.cursor.load(Ordering::Relaxed);
+        let now = self.clock.now();
         let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-        outbox.extend(messages.into_iter().map(|message| Envelope { from: self.id, at, message }));
+        for message in messages {
+            let stamp = self.stamps.due(message.to, now).then(|| {
+                let echo = ClockOffsets::lock(&self.clocks).echo(message.to);
+                (self.clock.unix_ns(), echo)
+            });
+            outbox.push(Envelope { from: self.id, at, message, stamp });
+        }
+    }
+
+    fn clock_offsets(&self) -> Vec<(u64, worknode_raft::clock_offset::ClockOffset)> {
+        ClockOffsets::lock(&self.clocks).all(self.clock.now())
     }
 
     /// A down member's host refuses connections, as a killed process's does; a cut link
@@ -222,7 +245,7 @@ mod tests {
     use super::*;
 
     fn envelope(from: u64, to: u64, at: Nanos) -> Envelope {
-        Envelope { from, at, message: Message { to, ..Message::default() } }
+        Envelope { from, at, message: Message { to, ..Message::default() }, stamp: None }
     }
 
     #[test]

@@ -103,6 +103,7 @@ impl World {
 
     pub(super) fn sample_digests(&mut self) {
         self.settle_orphans();
+        self.check_clock_estimates();
         for member in &mut self.members {
             let Some((_, handle)) = &member.node else {
                 continue;
@@ -112,6 +113,51 @@ impl World {
                 member.digests.push(receiver);
                 member.wake(self.now);
             }
+        }
+    }
+
+    /// Every member's estimates of its peers' clocks are the truth within half the round
+    /// trip they measured — judged where every exchange the estimate may come from began
+    /// after both clocks last moved (an exchange completes within a round trip and a
+    /// stamp's wait, far below the margin).
+    fn check_clock_estimates(&mut self) {
+        const MARGIN: Nanos = 300 * MS;
+        let instant = self.instant(self.now);
+        let clocks: Vec<(u64, i64, Nanos)> = self
+            .members
+            .iter()
+            .map(|m| (m.id, m.wall_offset.load(Ordering::Relaxed), m.clock_moved_at))
+            .collect();
+        let mut wrong = None;
+        for member in self.members.iter().filter(|m| m.node.is_some()) {
+            let mine = member.wall_offset.load(Ordering::Relaxed);
+            let offsets = ClockOffsets::lock(&member.clocks);
+            for (peer, estimate) in offsets.all(instant) {
+                let Some(&(_, theirs, moved_at)) = clocks.iter().find(|(id, _, _)| *id == peer)
+                else {
+                    continue;
+                };
+                let settled = moved_at.max(member.clock_moved_at) + MARGIN;
+                let oldest = offsets.oldest_sample(peer).map(|at| nanos_since(self.base, at));
+                if oldest.is_none_or(|oldest| oldest < settled) {
+                    continue;
+                }
+                self.clock_estimates_checked += 1;
+                let truth = theirs - mine;
+                let error = (estimate.offset_ns - truth).unsigned_abs();
+                if error > (estimate.round_trip_ns.unsigned_abs() / 2).max(1) {
+                    wrong = Some(format!(
+                        "member {} estimates member {peer}'s clock {:.3} ms off its own; it is {:.3} ms off (round trip {:.3} ms)",
+                        member.id,
+                        estimate.offset_ns as f64 / 1e6,
+                        truth as f64 / 1e6,
+                        estimate.round_trip_ns as f64 / 1e6,
+                    ));
+                }
+            }
+        }
+        if let Some(why) = wrong {
+            self.fail(why);
         }
     }
 }
