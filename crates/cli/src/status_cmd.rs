@@ -419,7 +419,8 @@ pub(crate) async fn fetch(
             handoff_ms: t.handoff_ms,
             timeout_now_ms: t.timeout_now_ms,
             stepped_down_ms: t.stepped_down_ms,
-            skipped: t.skipped,
+            // A turn is skipped or taken over, never both: one note column.
+            skipped: if t.takeover.is_empty() { t.skipped } else { t.takeover },
         })
         .collect();
     Ok(ClusterView { members, loads, schedule, recent })

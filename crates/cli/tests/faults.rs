@@ -144,6 +144,17 @@ async fn a_partitioned_leader_never_acknowledges() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(accepted, "the majority side never accepted a write");
+    // Still cut off, the old leader must not answer a linearizable read from its state,
+    // which lacks the majority's write: it fails or waits.
+    let stale = tokio::time::timeout(
+        Duration::from_secs(2),
+        old_leader.range(RangeRequest { key: b"majority".to_vec(), ..Default::default() }),
+    )
+    .await;
+    assert!(
+        !matches!(&stale, Ok(Ok(reply)) if reply.get_ref().kvs.is_empty()),
+        "the cut-off old leader answered a stale read: {stale:?}"
+    );
     cluster.heal().await;
     cluster.assert_converged().await;
     let read = old_leader

@@ -371,12 +371,20 @@ async fn a_partitioned_scheduled_leader_is_skipped_then_leads_again() {
     let victim = leader_early_in_a_turn(&cluster).await;
     cluster.isolate(victim).await;
     let victim_id = cluster.members[victim].id;
-    clients.remove(victim);
+    let mut old_leader = clients.remove(victim);
     let cut = Instant::now();
-    // A partition refuses nothing: the majority waits out the election timeout (10 ticks
-    // of 20 ms; the favoured member's is 12) and elects a leader among itself.
+    // A partition refuses nothing: the leader's successor on the schedule takes over
+    // after three silent heartbeats (of 20 ms ticks here).
     let recovery =
         writes_again(&mut clients[0].clone(), cut, "at the majority after the cut").await;
+    // The cut-off old leader must not answer a linearizable read from its own state,
+    // which lacks that write: it fails or waits.
+    let read = RangeRequest { key: b"again".to_vec(), ..Default::default() };
+    let stale = tokio::time::timeout(Duration::from_secs(2), old_leader.range(read)).await;
+    assert!(
+        !matches!(&stale, Ok(Ok(reply)) if reply.get_ref().kvs.is_empty()),
+        "the cut-off old leader answered a stale read: {stale:?}"
+    );
     let load = Load::start(clients);
     let skipped =
         skipped_turns(&cluster, victim_id, "not been heard", "the cut-off member's").await;
@@ -569,11 +577,23 @@ async fn a_frozen_scheduled_leader_is_taken_over_and_serves_no_stale_read_when_i
         .filter(|&i| i != victim)
         .map(|i| metric(&support::scrape(cluster.members[i].metrics), "worknode_takeovers_total"))
         .sum();
+    // The survivors' turn logs (the frozen member answers nothing).
+    let mut taken_over = Vec::new();
+    for index in (0..3).filter(|&i| i != victim) {
+        let mut admin = AdminClient::new(cluster.channel(index).await);
+        let reply = admin.turns(TurnsRequest { limit: 1_024 }).await.unwrap().into_inner();
+        taken_over.extend(reply.turns.into_iter().map(|t| t.takeover).filter(|t| !t.is_empty()));
+    }
     signal(&cluster, victim, "CONT");
     let read = RangeRequest { key: b"frozen".to_vec(), ..Default::default() };
     let answer = tokio::time::timeout(Duration::from_secs(3), old_leader.range(read)).await;
     println!("writes resumed {recovery:?} after SIGSTOP; takeovers {takeovers}; read at the woken leader: {answer:?}");
     assert!(takeovers >= 1.0, "no survivor took over from the silent leader");
+    let victim_id = cluster.members[victim].id;
+    assert!(
+        taken_over.iter().any(|t| t.contains(&format!("from member {victim_id},"))),
+        "the turn log records no takeover from member {victim_id}: {taken_over:?}"
+    );
     assert!(
         recovery < Duration::from_secs(1),
         "recovery took {recovery:?}: no faster than the 1 s election timeout"

@@ -290,6 +290,7 @@ impl adminpb::admin_server::Admin for AdminService {
                 boundary_unix_us: t.boundary_unix_us,
                 timeout_now_ms: t.timeout_now.map_or(0.0, |d| d.as_secs_f64() * 1e3),
                 stepped_down_ms: t.stepped_down.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                takeover: t.takeover.clone().unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(adminpb::TurnsResponse { member_id: self.shared.member_id, turns }))

@@ -25,7 +25,8 @@ pub enum FaultKind {
     Loss,
     /// Messages delivered twice.
     Duplicate,
-    /// Messages delayed by up to tens of milliseconds, so reordered.
+    /// Messages delayed by up to tens of milliseconds, or one time in four by up to
+    /// 150–450 ms (around the takeover's silence threshold), so reordered.
     Delay,
     /// A member's wall clock off by up to two seconds, or jumping.
     Skew,
@@ -188,7 +189,15 @@ pub fn plan(seed: u64, members: &[u64], kinds: &[FaultKind], heal_at: Nanos) -> 
                 ..Weather::default()
             }),
             FaultKind::Delay => {
-                weather(Weather { jitter_ns: MS + draws.below(50 * MS), ..Weather::default() })
+                // Mostly tens of milliseconds; one time in four around the takeover's
+                // silence threshold (three 100 ms heartbeats), where a slow leader and a
+                // silent one are hardest to tell apart.
+                let jitter = if draws.below(4) == 0 {
+                    150 * MS + draws.below(300 * MS)
+                } else {
+                    MS + draws.below(50 * MS)
+                };
+                weather(Weather { jitter_ns: jitter, ..Weather::default() })
             }
             FaultKind::Skew => {
                 let offset = (draws.below(2 * SKEW_MAX) as i64) - SKEW_MAX as i64;

@@ -54,13 +54,14 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             Some(Early::Takeover { leader, silence, turn_began, into_turn }) => {
                 self.handle.counters.takeovers.fetch_add(1, Ordering::Relaxed);
                 let whose = if turn_began { "this member's" } else { "the leader's" };
-                tracing::warn!(
-                    leader,
-                    term = view.term,
-                    "the leader has been silent for {} ms, {} ms into {whose} turn: taking over",
+                let note = format!(
+                    "took over from member {leader}, silent {} ms, {} ms into {whose} turn",
                     silence.as_millis(),
-                    into_turn.as_millis(),
+                    into_turn.as_millis()
                 );
+                tracing::warn!(leader, term = view.term, "{note}");
+                // Recorded in the turn log if the campaign wins.
+                self.takeover_note = Some((view.term, leader, note));
             }
             None => {}
         }

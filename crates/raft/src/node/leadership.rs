@@ -80,6 +80,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         self.handle.counters.leader_changes.fetch_add(1, Ordering::Relaxed);
         let leads = leader == self.config.id;
         if leads {
+            self.record_takeover();
             self.replicate_at_once();
             // Writes forwarded ahead to this member: its turn has come.
             for (message, _) in std::mem::take(&mut self.held) {
@@ -96,6 +97,21 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         self.unasked_reads.extend(unanswered.map(|(id, _)| *id));
         self.ask_read_index();
         leads
+    }
+
+    /// A takeover that won: the turn log says so (see [`Node::watch_leader`]).
+    fn record_takeover(&mut self) {
+        let Some((term, leader, note)) = self.takeover_note.take() else {
+            return;
+        };
+        // Won in the term after the one it began in (a pre-vote changes no term).
+        if self.raw.raft.term != term + 1 {
+            return;
+        }
+        let unix_ns = self.schedule_unix_ns();
+        if let Some(rotation) = &mut self.rotation {
+            rotation.record_takeover(unix_ns, self.config.id, leader, note);
+        }
     }
 
     /// A new leader's first append (its empty entry) probes each follower, and raft-rs

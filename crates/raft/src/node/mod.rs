@@ -130,6 +130,9 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     elections_due: Option<Instant>,
     /// Members' clocks as the transport measured them ([`clocks`]).
     clocks: clocks::Clocks,
+    /// The takeover this member began, until its campaign ends: (term, silent leader,
+    /// what the turn log records if it wins).
+    takeover_note: Option<(u64, u64, String)>,
     last_leader: u64,
     /// When this member last asked the leader for a snapshot (see
     /// [`Node::ask_for_snapshot`]).
@@ -223,6 +226,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             elections,
             elections_due: None,
             clocks: clocks::Clocks::default(),
+            takeover_note: None,
             last_leader: raft::INVALID_ID,
             next_tick: now + tick,
         };

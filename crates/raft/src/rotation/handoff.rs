@@ -32,25 +32,8 @@ impl Rotation {
         }
         // Where rotation is off (plain Raft) there is nothing to decide.
         let scheduled = self.scheduled_leader(next_slot)?;
-        let segment = &self.segments[self.segment_for_slot(next_slot)];
-        let epoch = segment.epoch_of(next_slot);
-        let turn = ((next_slot - segment.first_slot) % segment.settings.slots_per_epoch
-            / segment.settings.slots_per_turn) as u32;
         let me = raft.id;
-        let mut record = TurnRecord {
-            epoch,
-            turn,
-            first_slot: next_slot,
-            boundary_unix_us: u64::try_from(boundary / 1_000).unwrap_or(u64::MAX),
-            scheduled,
-            leader_before: me,
-            leader_after: me,
-            handoff: None,
-            timeout_now: None,
-            stepped_down: None,
-            skipped: None,
-            skip_kind: None,
-        };
+        let mut record = self.turn_record(next_slot, boundary, scheduled, me);
         if scheduled == me {
             self.record(record);
             return None;

@@ -525,6 +525,49 @@ impl Rotation {
         }
     }
 
+    /// Records the current turn as taken over by `me` from the silent `leader`.
+    pub fn record_takeover(&mut self, now_unix_ns: u64, me: u64, leader: u64, note: String) {
+        let Some(position) = self.position(now_unix_ns) else {
+            return;
+        };
+        let first_slot = position.turn_first_slot;
+        let Some(scheduled) = self.scheduled_leader(first_slot) else {
+            return;
+        };
+        let boundary = u128::from(now_unix_ns).saturating_sub(position.into_turn_ns);
+        let record = self.turn_record(first_slot, boundary, scheduled, leader);
+        self.record(TurnRecord { leader_after: me, takeover: Some(note), ..record });
+    }
+
+    /// The record of the turn beginning at `first_slot` (at `boundary`, UNIX ns), as
+    /// `leader` found it: nothing happened yet.
+    fn turn_record(
+        &self,
+        first_slot: u64,
+        boundary: u128,
+        scheduled: u64,
+        leader: u64,
+    ) -> TurnRecord {
+        let segment = &self.segments[self.segment_for_slot(first_slot)];
+        let settings = &segment.settings;
+        TurnRecord {
+            epoch: segment.epoch_of(first_slot),
+            turn: ((first_slot - segment.first_slot) % settings.slots_per_epoch
+                / settings.slots_per_turn) as u32,
+            first_slot,
+            boundary_unix_us: u64::try_from(boundary / 1_000).unwrap_or(u64::MAX),
+            scheduled,
+            leader_before: leader,
+            leader_after: leader,
+            handoff: None,
+            timeout_now: None,
+            stepped_down: None,
+            skipped: None,
+            skip_kind: None,
+            takeover: None,
+        }
+    }
+
     /// Notes that the leader sent the transfer target MsgTimeoutNow.
     pub fn timeout_now_sent(&mut self, now: Instant) {
         if let Some(transfer) = &mut self.transfer {

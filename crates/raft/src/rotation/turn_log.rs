@@ -31,6 +31,9 @@ pub struct TurnRecord {
     pub skipped: Option<String>,
     /// The kind of reason, a fixed word for metrics labels (`silent`, `lagging`, …).
     pub skip_kind: Option<&'static str>,
+    /// When this member took the turn over from a silent leader: whom, the silence it saw
+    /// and how far into the turn ([`crate::engine::elections`]).
+    pub takeover: Option<String>,
 }
 
 /// Upper bounds (seconds) of the handoff duration histogram's buckets.
