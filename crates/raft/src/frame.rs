@@ -226,69 +226,78 @@ pub fn decode(buffer: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         return Err(FrameError::Checksum { expected, found });
     }
     let frame = match kind {
-        KIND_HELLO => {
-            if payload.len() != HELLO_PAYLOAD_BYTES && payload.len() != HELLO_PAYLOAD_BYTES_PLAIN {
-                return Err(FrameError::Malformed("hello must be 16 or 32 bytes"));
-            }
-            let word =
-                |at: usize| u64::from_be_bytes(payload[at..at + 8].try_into().unwrap_or([0; 8]));
-            let agreement = (payload.len() == HELLO_PAYLOAD_BYTES)
-                .then(|| Agreement { members: word(16), schedule: word(24) });
-            Frame::Hello { cluster_id: word(0), from: word(8), agreement }
-        }
-        KIND_PART => {
-            let total = payload
-                .get(..8)
-                .and_then(|bytes| bytes.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or(FrameError::Malformed("missing part total"))?;
-            if total > MESSAGE_BYTES_MAX {
-                return Err(FrameError::Malformed("split message over the size limit"));
-            }
-            if payload.len() == 8 {
-                return Err(FrameError::Malformed("empty part"));
-            }
-            Frame::Part { total, bytes: payload[8..].to_vec() }
-        }
-        KIND_CLOCK => {
-            if payload.len() != CLOCK_PAYLOAD_BYTES {
-                return Err(FrameError::Malformed("clock must be 24 bytes"));
-            }
-            let word =
-                |at: usize| u64::from_be_bytes(payload[at..at + 8].try_into().unwrap_or([0; 8]));
-            let echo =
-                crate::clock_offset::Echo { sent_unix_ns: word(8), received_unix_ns: word(16) };
-            Frame::Clock {
-                sent_unix_ns: word(0),
-                echo: (echo.sent_unix_ns != 0 || echo.received_unix_ns != 0).then_some(echo),
-            }
-        }
-        _ => {
-            let count = read_u32(payload, 0)
-                .ok_or(FrameError::Malformed("missing message count"))?
-                as usize;
-            if count > MESSAGES_PER_FRAME_MAX {
-                return Err(FrameError::Malformed("too many messages"));
-            }
-            let mut messages = Vec::with_capacity(count);
-            let mut at = 4;
-            for _ in 0..count {
-                let size = read_u32(payload, at)
-                    .ok_or(FrameError::Malformed("truncated message length"))?
-                    as usize;
-                at += 4;
-                let message =
-                    payload.get(at..at + size).ok_or(FrameError::Malformed("truncated message"))?;
-                messages.push(message.to_vec());
-                at += size;
-            }
-            if at != payload.len() {
-                return Err(FrameError::Malformed("bytes after the last message"));
-            }
-            Frame::Messages(messages)
-        }
+        KIND_HELLO => decode_hello(payload)?,
+        KIND_PART => decode_part(payload)?,
+        KIND_CLOCK => decode_clock(payload)?,
+        _ => decode_messages(payload)?,
     };
     Ok(Some((frame, HEADER_BYTES + length)))
+}
+
+/// The big-endian word at byte `at` of a payload whose length was checked.
+fn word(payload: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(payload[at..at + 8].try_into().unwrap_or([0; 8]))
+}
+
+fn decode_hello(payload: &[u8]) -> Result<Frame, FrameError> {
+    if payload.len() != HELLO_PAYLOAD_BYTES && payload.len() != HELLO_PAYLOAD_BYTES_PLAIN {
+        return Err(FrameError::Malformed("hello must be 16 or 32 bytes"));
+    }
+    let agreement = (payload.len() == HELLO_PAYLOAD_BYTES)
+        .then(|| Agreement { members: word(payload, 16), schedule: word(payload, 24) });
+    Ok(Frame::Hello { cluster_id: word(payload, 0), from: word(payload, 8), agreement })
+}
+
+fn decode_part(payload: &[u8]) -> Result<Frame, FrameError> {
+    let total = payload
+        .get(..8)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or(FrameError::Malformed("missing part total"))?;
+    if total > MESSAGE_BYTES_MAX {
+        return Err(FrameError::Malformed("split message over the size limit"));
+    }
+    if payload.len() == 8 {
+        return Err(FrameError::Malformed("empty part"));
+    }
+    Ok(Frame::Part { total, bytes: payload[8..].to_vec() })
+}
+
+fn decode_clock(payload: &[u8]) -> Result<Frame, FrameError> {
+    if payload.len() != CLOCK_PAYLOAD_BYTES {
+        return Err(FrameError::Malformed("clock must be 24 bytes"));
+    }
+    let echo = crate::clock_offset::Echo {
+        sent_unix_ns: word(payload, 8),
+        received_unix_ns: word(payload, 16),
+    };
+    Ok(Frame::Clock {
+        sent_unix_ns: word(payload, 0),
+        echo: (echo.sent_unix_ns != 0 || echo.received_unix_ns != 0).then_some(echo),
+    })
+}
+
+fn decode_messages(payload: &[u8]) -> Result<Frame, FrameError> {
+    let count =
+        read_u32(payload, 0).ok_or(FrameError::Malformed("missing message count"))? as usize;
+    if count > MESSAGES_PER_FRAME_MAX {
+        return Err(FrameError::Malformed("too many messages"));
+    }
+    let mut messages = Vec::with_capacity(count);
+    let mut at = 4;
+    for _ in 0..count {
+        let size = read_u32(payload, at).ok_or(FrameError::Malformed("truncated message length"))?
+            as usize;
+        at += 4;
+        let message =
+            payload.get(at..at + size).ok_or(FrameError::Malformed("truncated message"))?;
+        messages.push(message.to_vec());
+        at += size;
+    }
+    if at != payload.len() {
+        return Err(FrameError::Malformed("bytes after the last message"));
+    }
+    Ok(Frame::Messages(messages))
 }
 
 /// Encodes `messages` (encoded Raft messages, in order) for one peer: each returned byte

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use worknode_raft::clock_offset::ClockOffset;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -349,26 +350,33 @@ fn render_transport(text: &mut String, stats: &TransportStats) {
             u8::from(gone.load(Ordering::Relaxed))
         );
     }
+    render_clocks(text, stats);
+}
+
+/// A clock metric: name, help, and what it reads of an estimate.
+type ClockFamily = (&'static str, &'static str, fn(&ClockOffset) -> i64);
+
+/// The peers' clocks as the transport measures them, and how well.
+fn render_clocks(text: &mut String, stats: &TransportStats) {
     let clocks = worknode_raft::clock_offset::ClockOffsets::lock(&stats.clocks)
         .all(std::time::Instant::now());
-    family(
-        text,
-        "worknode_peer_clock_offset_seconds",
-        "gauge",
-        "A peer's wall clock minus this member's, from the exchange with the shortest round trip lately (absent without a fresh one).",
-    );
-    for (peer, offset) in &clocks {
-        let seconds = offset.offset_ns as f64 / 1e9;
-        let _ = writeln!(text, "worknode_peer_clock_offset_seconds{{peer=\"{peer}\"}} {seconds}");
-    }
-    family(
-        text,
-        "worknode_peer_round_trip_seconds",
-        "gauge",
-        "The round trip of that exchange: the clock offset's error is below half of it.",
-    );
-    for (peer, offset) in &clocks {
-        let seconds = offset.round_trip_ns as f64 / 1e9;
-        let _ = writeln!(text, "worknode_peer_round_trip_seconds{{peer=\"{peer}\"}} {seconds}");
+    let families: [ClockFamily; 2] = [
+        (
+            "worknode_peer_clock_offset_seconds",
+            "A peer's wall clock minus this member's, from the exchange with the shortest round trip lately (absent without a fresh one).",
+            |offset| offset.offset_ns,
+        ),
+        (
+            "worknode_peer_round_trip_seconds",
+            "The round trip of that exchange: the clock offset's error is below half of it.",
+            |offset| offset.round_trip_ns,
+        ),
+    ];
+    for (name, help, value) in families {
+        family(text, name, "gauge", help);
+        for (peer, offset) in &clocks {
+            let seconds = value(offset) as f64 / 1e9;
+            let _ = writeln!(text, "{name}{{peer=\"{peer}\"}} {seconds}");
+        }
     }
 }

@@ -157,66 +157,7 @@ pub fn plan(seed: u64, members: &[u64], kinds: &[FaultKind], heal_at: Nanos) -> 
             + 1
             + pick(&mut draws, members.len() - 1))
             % members.len()];
-        let (start, stop) = match kind {
-            FaultKind::Crash => {
-                let majority = members.len() / 2 + 1;
-                let count = match draws.below(100) {
-                    0..60 => 1,
-                    60..85 => majority,
-                    _ => members.len(),
-                };
-                let first = members.iter().position(|m| *m == member).unwrap_or(0);
-                let crashed: Vec<u64> =
-                    (0..count).map(|k| members[(first + k) % members.len()]).collect();
-                (FaultEvent::Crash(crashed.clone()), FaultEvent::Restart(crashed))
-            }
-            FaultKind::Partition => {
-                let links: Vec<(u64, u64)> = members
-                    .iter()
-                    .filter(|m| **m != member)
-                    .flat_map(|m| [(member, *m), (*m, member)])
-                    .collect();
-                (FaultEvent::Cut(links.clone()), FaultEvent::Mend(links))
-            }
-            FaultKind::OneWay => {
-                (FaultEvent::Cut(vec![(member, other)]), FaultEvent::Mend(vec![(member, other)]))
-            }
-            FaultKind::Loss => {
-                weather(Weather { loss_ppm: 10_000 + draws.below(290_000), ..Weather::default() })
-            }
-            FaultKind::Duplicate => weather(Weather {
-                duplicate_ppm: 10_000 + draws.below(290_000),
-                ..Weather::default()
-            }),
-            FaultKind::Delay => {
-                // Mostly tens of milliseconds; one time in four around the takeover's
-                // silence threshold (three 100 ms heartbeats), where a slow leader and a
-                // silent one are hardest to tell apart.
-                let jitter = if draws.below(4) == 0 {
-                    150 * MS + draws.below(300 * MS)
-                } else {
-                    MS + draws.below(50 * MS)
-                };
-                weather(Weather { jitter_ns: jitter, ..Weather::default() })
-            }
-            FaultKind::Skew => {
-                let offset = (draws.below(2 * SKEW_MAX) as i64) - SKEW_MAX as i64;
-                (FaultEvent::Skew(member, offset), FaultEvent::Skew(member, 0))
-            }
-            FaultKind::SlowDisk => {
-                // Mostly slow; one time in five a stall (a disk's firmware, a full queue).
-                let slow = if draws.below(5) == 0 {
-                    500 * MS + draws.below(1_500 * MS)
-                } else {
-                    MS + draws.below(100 * MS)
-                };
-                (FaultEvent::SlowDisk(member, slow), FaultEvent::SlowDisk(member, 0))
-            }
-            FaultKind::DiskFull => {
-                (FaultEvent::DiskFull(member, true), FaultEvent::DiskFull(member, false))
-            }
-            FaultKind::Freeze => (FaultEvent::Freeze(member), FaultEvent::Thaw),
-        };
+        let (start, stop) = draw(kind, member, other, members, &mut draws);
         plan.events.push((at, start));
         plan.events.push((end, stop));
         match plan.injected.iter_mut().find(|(k, _)| *k == kind) {
@@ -228,6 +169,76 @@ pub fn plan(seed: u64, members: &[u64], kinds: &[FaultKind], heal_at: Nanos) -> 
     plan.events.push((heal_at, FaultEvent::HealAll));
     plan.injected.sort();
     plan
+}
+
+/// One fault of `kind` on `member` (and `other`, for a one-way cut): how it begins and
+/// how it ends.
+fn draw(
+    kind: FaultKind,
+    member: u64,
+    other: u64,
+    members: &[u64],
+    draws: &mut Draws,
+) -> (FaultEvent, FaultEvent) {
+    match kind {
+        FaultKind::Crash => {
+            let majority = members.len() / 2 + 1;
+            let count = match draws.below(100) {
+                0..60 => 1,
+                60..85 => majority,
+                _ => members.len(),
+            };
+            let first = members.iter().position(|m| *m == member).unwrap_or(0);
+            let crashed: Vec<u64> =
+                (0..count).map(|k| members[(first + k) % members.len()]).collect();
+            (FaultEvent::Crash(crashed.clone()), FaultEvent::Restart(crashed))
+        }
+        FaultKind::Partition => {
+            let links: Vec<(u64, u64)> = members
+                .iter()
+                .filter(|m| **m != member)
+                .flat_map(|m| [(member, *m), (*m, member)])
+                .collect();
+            (FaultEvent::Cut(links.clone()), FaultEvent::Mend(links))
+        }
+        FaultKind::OneWay => {
+            (FaultEvent::Cut(vec![(member, other)]), FaultEvent::Mend(vec![(member, other)]))
+        }
+        FaultKind::Loss => {
+            weather(Weather { loss_ppm: 10_000 + draws.below(290_000), ..Weather::default() })
+        }
+        FaultKind::Duplicate => {
+            weather(Weather { duplicate_ppm: 10_000 + draws.below(290_000), ..Weather::default() })
+        }
+        FaultKind::Delay => {
+            // Mostly tens of milliseconds; one time in four around the takeover's
+            // silence threshold (three 100 ms heartbeats), where a slow leader and a
+            // silent one are hardest to tell apart.
+            let jitter = if draws.below(4) == 0 {
+                150 * MS + draws.below(300 * MS)
+            } else {
+                MS + draws.below(50 * MS)
+            };
+            weather(Weather { jitter_ns: jitter, ..Weather::default() })
+        }
+        FaultKind::Skew => {
+            let offset = (draws.below(2 * SKEW_MAX) as i64) - SKEW_MAX as i64;
+            (FaultEvent::Skew(member, offset), FaultEvent::Skew(member, 0))
+        }
+        FaultKind::SlowDisk => {
+            // Mostly slow; one time in five a stall (a disk's firmware, a full queue).
+            let slow = if draws.below(5) == 0 {
+                500 * MS + draws.below(1_500 * MS)
+            } else {
+                MS + draws.below(100 * MS)
+            };
+            (FaultEvent::SlowDisk(member, slow), FaultEvent::SlowDisk(member, 0))
+        }
+        FaultKind::DiskFull => {
+            (FaultEvent::DiskFull(member, true), FaultEvent::DiskFull(member, false))
+        }
+        FaultKind::Freeze => (FaultEvent::Freeze(member), FaultEvent::Thaw),
+    }
 }
 
 fn weather(weather: Weather) -> (FaultEvent, FaultEvent) {
