@@ -98,10 +98,17 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         &mut self,
         view: &RaftView,
     ) -> (Option<u64>, Option<crate::rotation::Succession>, Option<Instant>) {
+        // This runs twice per loop turn: without a follower's leader to watch, or with no
+        // segment that rotates, there is nothing to ask the schedule, nor a clock to read.
+        let expected = view.expected_leader();
+        let Some(expected) =
+            expected.filter(|_| self.rotation.as_ref().is_some_and(|r| r.ever_rotates()))
+        else {
+            return (None, None, None);
+        };
         let unix_ns = self.schedule_unix_ns();
         let leader_beyond = self.clocks.leader_beyond;
-        let (Some(rotation), Some(expected)) = (self.rotation.as_mut(), view.expected_leader())
-        else {
+        let Some(rotation) = self.rotation.as_mut() else {
             return (None, None, None);
         };
         let favoured = rotation.favoured(unix_ns, view.leader);

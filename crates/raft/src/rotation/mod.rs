@@ -413,6 +413,11 @@ impl Rotation {
         self.scheduled_leader(position.next_turn_slot)
     }
 
+    /// Whether any segment, the bootstrap one or a replicated change, turns rotation on.
+    pub fn ever_rotates(&self) -> bool {
+        self.segments.iter().any(|segment| segment.settings.rotation)
+    }
+
     /// The member the schedule names for the turn `now_unix_ns` falls in.
     pub fn scheduled_at(&mut self, now_unix_ns: u64) -> Option<u64> {
         let slot = self.position(now_unix_ns)?.slot;
