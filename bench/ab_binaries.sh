@@ -2,10 +2,14 @@
 # Two worknode builds, side by side in one run: for each round and each binary in turn,
 # a fresh 3-member cluster (fsync on, pinning off, rotation off) on loopback, one client
 # on the leader's address, then 16 clients spread over the members (`worknode bench put`,
-# 256-byte values). Alternating fresh clusters lets the machine's drift fall on both.
+# 256-byte values). Alternating fresh clusters (in both orders) lets the machine's drift
+# fall on both.
 # Prints each run and the ratios of the sums (B ÷ A throughput, A ÷ B p50).
 #
 # Usage: bench/ab_binaries.sh BINARY_A BINARY_B [ROUNDS] [SECONDS]   (defaults 3 and 5)
+# AB_DIR=/dev/shm puts the members' data on tmpfs: fdatasync costs nothing there, so the
+# comparison is of the CPU path alone, without the disk's noise (a shared virtual disk's
+# sync latency can swing 4x between rounds).
 # e.g.   git stash; cargo build --release; cp target/release/worknode /tmp/wn-a; git stash pop
 #        cargo build --release; bench/ab_binaries.sh /tmp/wn-a target/release/worknode
 set -euo pipefail
@@ -14,7 +18,7 @@ if [ $# -lt 2 ]; then echo "usage: bench/ab_binaries.sh BINARY_A BINARY_B [ROUND
 a=$1 b=$2 rounds=${3:-3} seconds=${4:-5}
 for bin in "$a" "$b"; do [ -x "$bin" ] || { echo "$bin: not an executable" >&2; exit 2; }; done
 scripts/deps.sh >/dev/null
-work=$(mktemp -d /tmp/ab-binaries.XXXXXX)
+work=$(mktemp -d "${AB_DIR:-/tmp}/ab-binaries.XXXXXX")
 pids=()
 stop_all() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 trap 'stop_all; rm -rf "$work"' EXIT
@@ -22,7 +26,10 @@ source bench/lib.sh
 export ETCDCTL_API=3
 
 for round in $(seq 1 "$rounds"); do
-  for side in a b; do
+  # Odd rounds run A first, even rounds B first: whichever ran second won by 2-5% in
+  # runs of one order, on tmpfs too.
+  order="a b"; [ $((round % 2)) = 0 ] && order="b a"
+  for side in $order; do
     if [ $side = a ]; then bin=$a; else bin=$b; fi
     start_cluster "$bin" "ab-$side$round" 14
     leader=$(etcdctl --endpoints="$endpoints" endpoint status | awk -F', ' '$5 == "true" {print $1}')

@@ -5,9 +5,17 @@
 //! Time and randomness come in as arguments, so each decision is a function of its inputs
 //! and its tests assert the actions.
 
+pub mod ahead;
 pub mod elections;
+pub mod requests;
+pub mod snapshots;
 
 use raft::StateRole;
+
+/// A hasher without a per-process key: maps iterate in the same order in every run with
+/// the same inputs, so a simulated run replays from its seed.
+pub(crate) type FixedHasher =
+    std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
 /// What a policy needs of raft-rs's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

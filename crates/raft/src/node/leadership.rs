@@ -83,19 +83,14 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             self.record_takeover();
             self.replicate_at_once();
             // Writes forwarded ahead to this member: its turn has come.
-            for (message, _) in std::mem::take(&mut self.held) {
+            for message in self.held.take_all() {
                 for entry in message.entries.iter() {
                     let _ = self.raw.propose(Vec::new(), entry.data.to_vec());
                 }
             }
         }
-        for write in self.writes.values_mut() {
-            let _ = self.raw.propose(Vec::new(), write.encoded.clone());
-            write.next_retry = now + self.config.retry_interval;
-        }
-        let unanswered = self.reads.iter().filter(|(_, r)| r.read_index.is_none());
-        self.unasked_reads.extend(unanswered.map(|(id, _)| *id));
-        self.ask_read_index();
+        let actions = self.pending.leader_changed(now);
+        self.act_on_requests(actions);
         leads
     }
 

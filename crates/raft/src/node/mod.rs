@@ -12,8 +12,7 @@
 //! are proposed again every `retry_interval` until applied or the deadline passes; the
 //! state machine applies each request id at most once.
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasherDefault;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -28,21 +27,13 @@ use worknode_kv::{
 };
 
 use crate::doorbell::{Doorbell, LoopSender};
+use crate::engine::ahead::{self, AHEAD};
 use crate::snapshot_file::SnapshotFile;
 use crate::storage::{LogStore, SnapshotSlot};
 use crate::validate::{check_against_log, LogView, Rejection, Rejections};
 
-/// Proposals an incoming leader holds for its turn; beyond it they go to the leader.
-const HELD_MAX: usize = 4_096;
-
-/// Marks a proposal forwarded ahead to the incoming leader. A member whose view of the
-/// turn differs (its clock, or the transfer it saw) passes such a proposal to the leader
-/// through raft-rs, which keeps the mark, and the leader never sends a marked proposal
-/// ahead again: without the mark the two would bounce it between them for as long as
-/// their views differ, and a network that duplicates messages multiplies every bounce.
-const AHEAD: &[u8] = b"ahead";
-
-/// A proposal forwarded ahead to `to` (raft-rs forwards proposals the same way).
+/// A proposal forwarded ahead to `to`, marked (raft-rs forwards proposals the same way;
+/// see [`crate::engine::ahead`]).
 fn propose_message(from: u64, to: u64, data: &[u8]) -> Message {
     let entry = Entry { data: data.to_vec().into(), ..Entry::default() };
     let mut message = Message::default();
@@ -54,18 +45,10 @@ fn propose_message(from: u64, to: u64, data: &[u8]) -> Message {
     message
 }
 
-/// A hasher without a per-process key: the loop's maps iterate in the same order in
-/// every run with the same inputs, so a simulated run replays from its seed.
-type FixedHasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
-
 /// Client requests waiting for the Raft loop.
 pub const REQUEST_QUEUE_MAX: usize = 8_192;
 /// Peer messages waiting for the Raft loop.
 pub const PEER_INBOX_MAX: usize = 16_384;
-/// Writes proposed and not yet applied, per member.
-pub const PENDING_WRITES_MAX: usize = 16_384;
-/// Linearizable reads waiting for their read index, per member.
-pub const PENDING_READS_MAX: usize = 16_384;
 /// Messages taken from a channel per loop turn, so neither starves the other.
 const DRAIN_MAX: usize = 1_024;
 
@@ -77,8 +60,10 @@ mod ready;
 mod requests;
 mod snapshots;
 
+pub use crate::engine::requests::{PENDING_READS_MAX, PENDING_WRITES_MAX};
+use crate::engine::FixedHasher;
 pub use api::*;
-use requests::{PendingRead, PendingWrite};
+use requests::{ReadTx, WriteTx};
 use snapshots::SnapshotJob;
 
 /// The Raft loop's state.
@@ -96,11 +81,8 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     /// A snapshot being written by a background thread.
     snapshot_job: Option<SnapshotJob>,
     slot: Arc<Mutex<SnapshotSlot>>,
-    last_snapshot_index: u64,
-    /// Encoded size of the latest snapshot (0: none).
-    last_snapshot_bytes: u64,
-    /// Bytes of entries applied since the latest snapshot began.
-    log_bytes_since_snapshot: u64,
+    /// When snapshots are taken and asked for ([`crate::engine::snapshots`]).
+    snapshots: crate::engine::snapshots::Snapshots,
     requests: Receiver<ClientRequest>,
     inbox: Receiver<Message>,
     /// What the producers of all the queues ring (see [`crate::doorbell`]).
@@ -108,18 +90,13 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     /// First indexes of the log reads for lagging peers that finished off the loop.
     fetched: Receiver<u64>,
     handle: NodeHandle,
-    /// Fixed hashing: retries go out in an order the inputs alone decide (simulation).
-    writes: HashMap<RequestId, PendingWrite, FixedHasher>,
-    reads: BTreeMap<u64, PendingRead>,
-    next_read_id: u64,
-    /// Linearizable reads not yet covered by a read-index request.
-    unasked_reads: Vec<u64>,
-    next_read_batch: u64,
+    /// Client writes and linearizable reads until answered ([`crate::engine::requests`]).
+    pending: crate::engine::requests::Requests<WriteTx, ReadTx>,
     rotation: Option<crate::rotation::Rotation>,
     /// When each peer's last message arrived (liveness for handoff decisions).
     last_heard: HashMap<u64, Instant, FixedHasher>,
     /// Proposals forwarded ahead to this member (the incoming leader), until it leads.
-    held: Vec<(Message, Instant)>,
+    held: ahead::Held<Message>,
     /// Followers this new leader replicates to before their first answer (see
     /// [`Node::replicate_at_once`]), until that answer comes.
     optimistic: Vec<u64>,
@@ -134,9 +111,6 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     /// what the turn log records if it wins).
     takeover_note: Option<(u64, u64, String)>,
     last_leader: u64,
-    /// When this member last asked the leader for a snapshot (see
-    /// [`Node::ask_for_snapshot`]).
-    snapshot_asked_at: Option<Instant>,
     /// The earliest time a write forwarded ahead must be retried or a held write released.
     due_at: Option<Instant>,
     /// When raft-rs ticks next.
@@ -169,8 +143,13 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         slot: Arc<Mutex<SnapshotSlot>>,
     ) -> Result<(Self, NodeHandle), StartError> {
         let machine = restore_machine(snapshot.as_ref(), &snapshot_file)?;
-        let last_snapshot_index = machine.applied_index();
-        let last_snapshot_bytes = snapshot.as_ref().map_or(0, |s| s.get_data().len() as u64);
+        let snapshots = crate::engine::snapshots::Snapshots::new(
+            config.id,
+            config.snapshot_entries,
+            config.election_timeout(),
+            machine.applied_index(),
+            snapshot.as_ref().map_or(0, |s| s.get_data().len() as u64),
+        );
         if let Some(snapshot) = snapshot {
             slot.lock().unwrap_or_else(PoisonError::into_inner).latest = Some(snapshot);
         }
@@ -195,6 +174,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         );
         let (seed, tick, now) = (config.seed, config.tick, clock.now());
         let elections = crate::engine::elections::Elections::new(election_settings(&config), seed);
+        let pending = crate::engine::requests::Requests::new(config.id, config.retry_interval);
         let mut node = Self {
             config,
             clock,
@@ -204,24 +184,17 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             snapshot_file,
             snapshot_job: None,
             slot,
-            last_snapshot_index,
-            last_snapshot_bytes,
-            log_bytes_since_snapshot: 0,
+            snapshots,
             requests: request_rx,
             inbox: inbox_rx,
             bell,
             fetched,
             handle: handle.clone(),
-            writes: HashMap::default(),
-            reads: BTreeMap::new(),
-            next_read_id: 1,
-            unasked_reads: Vec::new(),
-            next_read_batch: 1,
+            pending,
             rotation,
-            snapshot_asked_at: None,
             due_at: None,
             last_heard: HashMap::default(),
-            held: Vec::new(),
+            held: ahead::Held::default(),
             optimistic: Vec::new(),
             elections,
             elections_due: None,
@@ -243,11 +216,12 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             self.turn()?;
         }
         self.finish_snapshot()?;
-        for (_, write) in self.writes.drain() {
-            let _ = write.reply.send(Err(NodeError::Stopped));
+        let (writes, reads) = self.pending.drain();
+        for reply in writes {
+            let _ = reply.send(Err(NodeError::Stopped));
         }
-        for (_, read) in std::mem::take(&mut self.reads) {
-            let _ = read.reply.send(Err(NodeError::Stopped));
+        for reply in reads {
+            let _ = reply.send(Err(NodeError::Stopped));
         }
         Ok(())
     }
@@ -407,20 +381,29 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
         // A write forwarded ahead to this member as the incoming leader waits for its turn;
         // one that reaches a leader handing over goes on to the member taking over.
-        if proposed_elsewhere && self.held.len() < HELD_MAX {
-            if let Some((target, until_boundary)) = self.forward_ahead() {
-                if target == self.config.id {
-                    let release = self.clock.now() + until_boundary + self.forward_grace();
+        if proposed_elsewhere {
+            let arriving = ahead::Arriving {
+                me: self.config.id,
+                leads: self.raw.raft.state == StateRole::Leader,
+                marked: message.get_context() == AHEAD,
+                ahead: self.forward_ahead(),
+                grace: self.forward_grace(),
+                held_full: self.held.full(),
+                now: self.clock.now(),
+            };
+            match ahead::arrival(&arriving) {
+                ahead::Arrival::Hold { release } => {
                     self.due_at = Some(self.due_at.map_or(release, |due| due.min(release)));
-                    self.held.push((message, release));
+                    self.held.hold(message, release);
                     return;
                 }
-                if self.raw.raft.state == StateRole::Leader && message.get_context() != AHEAD {
+                ahead::Arrival::PassAhead { target } => {
                     message.to = target;
                     message.set_context(AHEAD.to_vec().into());
                     self.transport.send(vec![message]);
                     return;
                 }
+                ahead::Arrival::Step => {}
             }
         }
         if !self.optimistic.is_empty() {
@@ -470,8 +453,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             revision: self.machine.store().revision(),
             store_bytes: self.machine.store().size_bytes(),
             alarms: self.machine.alarms().to_vec(),
-            pending_writes: self.writes.len(),
-            snapshot_index: self.last_snapshot_index,
+            pending_writes: self.pending.pending_writes(),
+            snapshot_index: self.snapshots.last_index(),
             reads_off_loop_total: self.raw.store().reads_off_loop(),
         };
         *self.handle.status.write().unwrap_or_else(PoisonError::into_inner) = status;

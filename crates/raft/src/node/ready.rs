@@ -55,14 +55,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             self.send(ready.take_persisted_messages());
         }
         for state in ready.take_read_states() {
-            let (member, batch) = state.request_ctx.split_at(state.request_ctx.len().min(8));
-            if member != self.config.id.to_be_bytes() {
-                continue;
-            }
-            let batch = u64::from_be_bytes(batch.try_into().unwrap_or_default());
-            for read in self.reads.values_mut().filter(|r| r.batch == batch) {
-                read.read_index = read.read_index.or(Some(state.index));
-            }
+            self.pending.read_index_confirmed(&state.request_ctx, state.index);
         }
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
@@ -83,7 +76,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
 
     pub(super) fn apply(&mut self, entries: Vec<Entry>) {
         for entry in entries {
-            self.log_bytes_since_snapshot += entry.data.len() as u64;
+            self.snapshots.applied(entry.data.len() as u64);
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
                 if entry.get_entry_type() != EntryType::EntryNormal {
                     // Membership is fixed at bootstrap; a conf change entry still advances
@@ -111,8 +104,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             if matches!(proposal.command, Command::SetSchedule(_)) {
                 self.schedule_changed();
             }
-            if let Some(write) = self.writes.remove(&proposal.id) {
-                let _ = write.reply.send(Ok(WriteReply { applied, term: self.term() }));
+            if let Some(reply) = self.pending.applied(&proposal.id) {
+                let _ = reply.send(Ok(WriteReply { applied, term: self.term() }));
             }
         }
     }

@@ -1,5 +1,6 @@
-//! State-machine snapshots: taken off the loop when the log has grown enough, installed
-//! when the leader sends one, and asked for when the log lacks what the leader counted.
+//! State-machine snapshots in the loop: taken off the loop when the policy
+//! ([`crate::engine::snapshots`]) says so, installed when the leader sends one, and asked
+//! for when the log lacks what the leader counted.
 
 use super::*;
 
@@ -46,11 +47,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     /// which an emptied log lacks, and the leader ignores plain rejections below what it
     /// believes matched. At most once per election timeout.
     pub(super) fn ask_for_snapshot(&mut self, leader: u64, commit: u64) {
-        let now = self.clock.now();
-        if self.snapshot_asked_at.is_some_and(|at| now < at + self.config.election_timeout()) {
+        if !self.snapshots.ask(self.clock.now()) {
             return;
         }
-        self.snapshot_asked_at = Some(now);
         self.handle.counters.snapshot_requests.fetch_add(1, Ordering::Relaxed);
         let raft_log = &self.raw.raft.raft_log;
         let last = raft_log.last_index();
@@ -102,9 +101,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 }
                 self.raw.mut_store().install_snapshot(snapshot)?;
                 self.machine = machine;
-                self.last_snapshot_index = snapshot.get_metadata().index;
-                self.last_snapshot_bytes = snapshot.get_data().len() as u64;
-                self.log_bytes_since_snapshot = 0;
+                let (index, bytes) = (snapshot.get_metadata().index, snapshot.get_data().len());
+                self.snapshots.installed(index, bytes as u64);
                 self.handle.counters.snapshots.fetch_add(1, Ordering::Relaxed);
                 self.schedule_changed();
             }
@@ -126,20 +124,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
         let applied = self.machine.applied_index();
         let wanted = self.slot.lock().unwrap_or_else(PoisonError::into_inner).wanted_index.take();
-        // Members snapshot at different intervals (by id), so they do not all pause to
-        // encode at the same index.
-        let interval =
-            self.config.snapshot_entries + self.config.snapshot_entries * (self.config.id % 4) / 8;
-        // A snapshot encodes the whole state (with its history until compacted), so taking
-        // one every `interval` entries costs more per write as the state grows, without
-        // bound. Waiting also until
-        // the log since the last one is as large as that snapshot keeps the encoding to
-        // about one byte per byte written, and a restart still replays at most a
-        // snapshot's worth of log (as Redis rewrites its AOF at 100% growth).
-        let due = applied >= self.last_snapshot_index + interval
-            && self.log_bytes_since_snapshot >= self.last_snapshot_bytes;
-        let needed = wanted.is_some_and(|index| index > self.last_snapshot_index);
-        if !(due || needed) || applied == self.last_snapshot_index || applied == 0 {
+        if !self.snapshots.due(applied, wanted) {
             return Ok(());
         }
         let term = self.raw.raft.raft_log.term(applied).unwrap_or(0);
@@ -158,7 +143,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         hard_state.commit = hard_state.commit.max(self.raw.raft.raft_log.committed);
         self.raw.mut_store().persist(&[], Some(&hard_state), true)?;
         let encoded = started.elapsed();
-        self.log_bytes_since_snapshot = 0;
+        self.snapshots.started();
         let file = self.snapshot_file.clone();
         let write = move || {
             snapshot.set_data(machine.snapshot().into());
@@ -217,8 +202,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         };
         let bytes = snapshot.get_data().len();
         self.raw.mut_store().snapshot_taken(snapshot, job.compact_to)?;
-        self.last_snapshot_index = job.index;
-        self.last_snapshot_bytes = bytes as u64;
+        self.snapshots.taken(job.index, bytes as u64);
         self.handle.counters.snapshots.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             index = job.index,
