@@ -71,6 +71,8 @@ pub struct Report {
     pub messages: (u64, u64, u64),
     /// Writes crashes dropped (never synced).
     pub lost_writes: u64,
+    /// Writes never synced that crashes kept (written back before the crash).
+    pub kept_writes: u64,
     /// New (term, leader) pairs seen.
     pub leader_changes: u64,
     /// Completed handoffs.
@@ -129,7 +131,7 @@ pub fn run(config: &RunConfig) -> Report {
         checks.extend(final_checks(&mut world, config, heal_at));
     }
     let handoffs = world.handles().iter().map(|(_, h)| h.rotation_metrics().handoffs_total).sum();
-    let (_, lost_writes) = world.disk_totals();
+    let (_, lost_writes, kept_writes) = world.disk_totals();
     let answered = world
         .history
         .iter()
@@ -144,6 +146,7 @@ pub fn run(config: &RunConfig) -> Report {
         faults: injected,
         messages: (world.network.lost, world.network.duplicated, world.network.cut),
         lost_writes,
+        kept_writes,
         leader_changes: world.observer.leader_changes,
         handoffs,
         snapshots: (world.snapshots_taken(), world.snapshots_sent),

@@ -136,6 +136,7 @@ impl Report {
             "messages_duplicated": self.messages.1,
             "messages_cut": self.messages.2,
             "unsynced_writes_lost": self.lost_writes,
+            "unsynced_writes_kept": self.kept_writes,
             "leader_changes": self.leader_changes,
             "handoffs": self.handoffs,
             "takeovers": self.takeovers,

@@ -1,6 +1,10 @@
 //! A simulated log store: what raft-rs sees is what was written; what survives a crash is
-//! only what was synced. Syncs take time (moving the member's cursor on), and can be
-//! slowed by a fault.
+//! what was synced, and of the writes made since the last sync, those the kernel happened
+//! to write back before the crash — some first ones, in order, any number of them, as an
+//! append-only log with checksummed batches (raft-engine) leaves them: a batch torn by the
+//! crash and everything after it is cut at start. A member therefore restarts with
+//! anything from exactly what it acknowledged to every entry and vote it wrote. Syncs take
+//! time (moving the member's cursor on), and can be slowed by a fault.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -101,8 +105,10 @@ pub struct Disk {
     pub syncs: u64,
     /// Writes a crash dropped because they were not synced.
     pub lost_writes: u64,
-    /// Writes made and not yet synced.
-    unsynced: u64,
+    /// Writes not synced that a crash kept (written back before it).
+    pub kept_writes: u64,
+    /// Writes made and not yet synced, oldest first.
+    unsynced: Vec<Write>,
     draws: Draws,
 }
 
@@ -115,15 +121,24 @@ impl Disk {
             full: false,
             syncs: 0,
             lost_writes: 0,
-            unsynced: 0,
+            kept_writes: 0,
+            unsynced: Vec::new(),
             draws: Draws::new(seed),
         }
     }
 
-    /// The process died: what was not synced is gone. Returns how many writes.
-    pub fn crash(&mut self) -> u64 {
-        self.lost_writes += self.unsynced;
-        std::mem::take(&mut self.unsynced)
+    /// The member crashed: of the writes not synced, some first ones (any number, drawn)
+    /// reached the disk, the rest are gone. Returns how many were lost and kept.
+    pub fn crash(&mut self) -> (u64, u64) {
+        let unsynced = std::mem::take(&mut self.unsynced);
+        let kept = self.draws.below(unsynced.len() as u64 + 1) as usize;
+        for write in &unsynced[..kept] {
+            self.durable.apply(write);
+        }
+        let lost = (unsynced.len() - kept) as u64;
+        self.lost_writes += lost;
+        self.kept_writes += kept as u64;
+        (lost, kept as u64)
     }
 
     /// Planted bug: a restarted member has lost its term and vote (it keeps its commit
@@ -144,7 +159,6 @@ impl Disk {
 #[derive(Debug)]
 pub struct SimStore {
     live: Image,
-    unsynced: Vec<Write>,
     disk: Arc<Mutex<Disk>>,
     cursor: Arc<AtomicU64>,
     /// The latest snapshot, shared with the driver, which takes them.
@@ -163,7 +177,7 @@ impl SimStore {
         ack_before_sync: bool,
     ) -> Self {
         let live = disk.lock().unwrap_or_else(PoisonError::into_inner).durable.clone();
-        Self { live, unsynced: Vec::new(), disk, cursor, slot, ack_before_sync }
+        Self { live, disk, cursor, slot, ack_before_sync }
     }
 
     fn with_disk<R>(&self, f: impl FnOnce(&mut Disk) -> R) -> R {
@@ -173,13 +187,11 @@ impl SimStore {
     /// Makes the writes so far durable, except the last `keep` of them, and takes the
     /// sync's time.
     fn sync(&mut self, keep: usize) {
-        let flush = self.unsynced.len() - keep.min(self.unsynced.len());
-        let writes: Vec<Write> = self.unsynced.drain(..flush).collect();
         let took = self.with_disk(|disk| {
-            for write in &writes {
-                disk.durable.apply(write);
+            let flush = disk.unsynced.len() - keep.min(disk.unsynced.len());
+            for write in disk.unsynced.drain(..flush) {
+                disk.durable.apply(&write);
             }
-            disk.unsynced = keep as u64;
             disk.syncs += 1;
             disk.sync_ns()
         });
@@ -251,21 +263,18 @@ impl LogStore for SimStore {
                 source: raft_engine::Error::Io(std::io::Error::from_raw_os_error(28)),
             });
         }
-        let mut written = 0;
+        let mut writes = Vec::with_capacity(2);
         if !entries.is_empty() {
-            let write = Write::Entries(entries.to_vec());
-            self.live.apply(&write);
-            self.unsynced.push(write);
-            written += 1;
+            writes.push(Write::Entries(entries.to_vec()));
         }
         if let Some(hard_state) = hard_state {
-            let write = Write::HardState(hard_state.clone());
-            self.live.apply(&write);
-            self.unsynced.push(write);
-            written += 1;
+            writes.push(Write::HardState(hard_state.clone()));
         }
-        let unsynced = self.unsynced.len() as u64;
-        self.with_disk(|disk| disk.unsynced = unsynced);
+        let written = writes.len();
+        for write in &writes {
+            self.live.apply(write);
+        }
+        self.with_disk(|disk| disk.unsynced.extend(writes));
         if sync {
             self.sync(if self.ack_before_sync { written } else { 0 });
         }
@@ -320,15 +329,29 @@ mod tests {
     }
 
     #[test]
-    fn only_synced_writes_survive_a_crash() {
-        let (mut store, disk) = store(false);
-        store.persist(&[entry(1, 1), entry(2, 1)], None, true).unwrap();
-        store.persist(&[entry(3, 1)], None, false).unwrap();
-        assert_eq!(raft::Storage::last_index(&store).unwrap(), 3);
-        drop(store);
-        assert_eq!(disk.lock().unwrap().crash(), 1);
-        let reopened = SimStore::open(disk, Arc::default(), Arc::default(), false);
-        assert_eq!(raft::Storage::last_index(&reopened).unwrap(), 2);
+    fn synced_writes_and_a_first_part_of_the_others_survive_a_crash() {
+        let mut survived = std::collections::BTreeSet::new();
+        for seed in 0..40 {
+            let disk = Arc::new(Mutex::new(Disk::new(&[1, 2, 3], seed)));
+            let mut store =
+                SimStore::open(Arc::clone(&disk), Arc::default(), Arc::default(), false);
+            store.persist(&[entry(1, 1), entry(2, 1)], None, true).unwrap();
+            store.persist(&[entry(3, 1)], None, false).unwrap();
+            let vote = HardState { term: 2, vote: 3, ..HardState::default() };
+            store.persist(&[entry(4, 2)], Some(&vote), false).unwrap();
+            assert_eq!(raft::Storage::last_index(&store).unwrap(), 4);
+            drop(store);
+            let (lost, kept) = disk.lock().unwrap().crash();
+            assert_eq!(lost + kept, 3, "three writes were not synced");
+            let reopened = SimStore::open(disk, Arc::default(), Arc::default(), false);
+            let last = raft::Storage::last_index(&reopened).unwrap();
+            let term = reopened.hard_state().term;
+            // In order: entry 3, then entry 4, then the vote; never a later one alone.
+            let expected = [(2, 0), (3, 0), (4, 0), (4, 2)][kept as usize];
+            assert_eq!((last, term), expected, "seed {seed}");
+            survived.insert(kept);
+        }
+        assert_eq!(survived.len(), 4, "every prefix is drawn: {survived:?}");
     }
 
     #[test]
@@ -346,9 +369,10 @@ mod tests {
         store.persist(&[entry(1, 1)], None, true).unwrap();
         store.persist(&[entry(2, 1)], None, true).unwrap();
         drop(store);
-        assert_eq!(disk.lock().unwrap().crash(), 1);
+        let (lost, kept) = disk.lock().unwrap().crash();
+        assert_eq!(lost + kept, 1, "the acknowledged write was never synced");
         let reopened = SimStore::open(disk, Arc::default(), Arc::default(), false);
-        assert_eq!(raft::Storage::last_index(&reopened).unwrap(), 1);
+        assert_eq!(raft::Storage::last_index(&reopened).unwrap(), 1 + kept);
     }
 
     #[test]

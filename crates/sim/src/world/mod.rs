@@ -300,9 +300,12 @@ impl World {
         }
         member.digests.clear();
         member.outbox.lock().unwrap_or_else(PoisonError::into_inner).clear();
-        let lost = member.disk.lock().unwrap_or_else(PoisonError::into_inner).crash();
+        let (lost, kept) = member.disk.lock().unwrap_or_else(PoisonError::into_inner).crash();
         self.network.links.lock().unwrap_or_else(PoisonError::into_inner).down.insert(member.id);
-        self.trace.event(now, format_args!("member {id} crashes ({lost} unsynced writes lost)"));
+        self.trace.event(
+            now,
+            format_args!("member {id} crashes (unsynced writes: {lost} lost, {kept} written back)"),
+        );
     }
 
     fn fail(&mut self, why: String) {
@@ -501,11 +504,12 @@ impl World {
             .sum()
     }
 
-    /// Disk counters: syncs and writes lost to crashes, summed over members.
-    pub fn disk_totals(&self) -> (u64, u64) {
-        self.members.iter().fold((0, 0), |(syncs, lost), member| {
+    /// Disk counters summed over members: syncs, and the unsynced writes crashes lost and
+    /// kept.
+    pub fn disk_totals(&self) -> (u64, u64, u64) {
+        self.members.iter().fold((0, 0, 0), |(syncs, lost, kept), member| {
             let disk = member.disk.lock().unwrap_or_else(PoisonError::into_inner);
-            (syncs + disk.syncs, lost + disk.lost_writes)
+            (syncs + disk.syncs, lost + disk.lost_writes, kept + disk.kept_writes)
         })
     }
 
