@@ -121,8 +121,15 @@ pub enum FaultEvent {
     SlowDisk(u64, Nanos),
     /// The member's disk is full (`true`) or has space again.
     DiskFull(u64, bool),
-    /// The member that leads now (else `member`) stops without a word.
-    Freeze(u64),
+    /// The member that leads now (else `member`) stops without a word; with `incoming`,
+    /// the member whose turn is next instead (under rotation), so the leader's handoff at
+    /// the boundary goes to a member that will never answer.
+    Freeze {
+        /// Who stops when no one leads (or no turn is next).
+        member: u64,
+        /// The next turn's member rather than the leader.
+        incoming: bool,
+    },
     /// The frozen member resumes.
     Thaw,
     /// Every fault ends: members restart, links mend, weather clears, clocks agree.
@@ -237,7 +244,10 @@ fn draw(
         FaultKind::DiskFull => {
             (FaultEvent::DiskFull(member, true), FaultEvent::DiskFull(member, false))
         }
-        FaultKind::Freeze => (FaultEvent::Freeze(member), FaultEvent::Thaw),
+        FaultKind::Freeze => {
+            let incoming = draws.below(2) == 0;
+            (FaultEvent::Freeze { member, incoming }, FaultEvent::Thaw)
+        }
     }
 }
 

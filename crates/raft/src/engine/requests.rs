@@ -260,10 +260,10 @@ impl<W, R> Requests<W, R> {
         actions
     }
 
-    /// A new leader: every pending write is proposed again at once and every read without
-    /// its index asked for again, so what waited through a handoff (refused while the
-    /// transfer ran, or sent to the old leader and lost) reaches the new one the moment it
-    /// leads.
+    /// A new leader (or a leader taking writes again after giving a handoff up): every
+    /// pending write is proposed again at once and every read without its index asked for
+    /// again, so what waited through a handoff (refused while the transfer ran, or sent to
+    /// a member that did not take over and lost) reaches the leader the moment it leads.
     pub fn leader_changed(&mut self, now: Instant) -> Vec<Action<W, R>> {
         let mut actions = Vec::with_capacity(self.writes.len() + 1);
         for write in self.writes.values_mut() {

@@ -145,13 +145,66 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         message.set_context(context.into());
     }
 
-    /// Sends raft-rs's messages, marking a takeover's vote requests.
+    /// Whether a transfer's MsgTimeoutNow is too old to act on: sent (by the leader's
+    /// clock, as measured) longer than the takeover grace ago. By then the leader has
+    /// given the transfer up (Rotation::overdue_transfer) and taken writes since, and a
+    /// campaign now would skip the pre-vote, move to a new term it cannot win with the
+    /// shorter log and depose the leader through that term. It arrives that late after
+    /// this process was stopped (SIGSTOP, a VM paused) or a cut link's TCP retransmits it.
+    /// Takes the stamp off the message. Without a measured leader clock it is acted on.
+    pub(super) fn stale_timeout_now(&mut self, message: &mut Message) -> bool {
+        let stamp = message.take_context();
+        let (Ok(stamp), Some(offset)) =
+            (<[u8; 8]>::try_from(&stamp[..]), self.clocks.leader_offset)
+        else {
+            return false;
+        };
+        let sent = u64::from_be_bytes(stamp);
+        let leader_now = self.clock.unix_ns().saturating_add_signed(offset);
+        let grace = self.config.rotation.as_ref().map_or(Duration::ZERO, |r| r.takeover_grace);
+        let age = Duration::from_nanos(leader_now.saturating_sub(sent));
+        let stale = !grace.is_zero() && age > grace;
+        if stale {
+            tracing::info!(
+                "member {}'s handoff to this member is {} ms old (beyond takeover_grace_ms): not taking over",
+                message.from,
+                age.as_millis()
+            );
+        }
+        stale
+    }
+
+    /// A vote request with raft-rs's transfer context from a candidate whose log is behind
+    /// this member's loses the context: this member would refuse the vote anyway, and
+    /// the context would only make it give up its leader lease and move to the new term
+    /// first — disrupting a live leader for nothing. That happens when a transfer's target
+    /// wakes after the leader gave the transfer up (a frozen process's stale MsgTimeoutNow,
+    /// see Rotation::overdue_transfer) and the leader has taken writes since. A transfer's
+    /// target is never behind in a transfer that is still on (the leader sends
+    /// MsgTimeoutNow only to a target with its whole log and takes no writes after), so no
+    /// real handoff loses the context.
+    pub(super) fn judge_transfer(&self, message: &mut Message) {
+        if message.get_context() == raft::CAMPAIGN_TRANSFER
+            && !self.raw.raft.raft_log.is_up_to_date(message.index, message.log_term)
+        {
+            message.set_context(Vec::new().into());
+        }
+    }
+
+    /// Sends raft-rs's messages, marking a takeover's vote requests and stamping a
+    /// transfer's MsgTimeoutNow with this leader's wall clock (see
+    /// [`Node::stale_timeout_now`]).
     pub(super) fn send(&mut self, mut messages: Vec<Message>) {
         if self.elections.taking_over(self.raw.raft.term) {
             for message in &mut messages {
                 if is_vote_request(message) && message.get_context().is_empty() {
                     message.set_context(TAKEOVER.to_vec().into());
                 }
+            }
+        }
+        for message in &mut messages {
+            if message.get_msg_type() == MessageType::MsgTimeoutNow {
+                message.set_context(self.clock.unix_ns().to_be_bytes().to_vec().into());
             }
         }
         self.note_timeout_now(&messages);

@@ -74,6 +74,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             return false;
         }
         self.last_leader = leader;
+        // The handoff these were passed on for is over: the new leader has them.
+        self.passed_ahead.clear();
         if leader == raft::INVALID_ID {
             return false;
         }
@@ -173,8 +175,28 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             return false;
         }
         let unix_ns = self.schedule_unix_ns();
-        if self.rotation.is_none() {
+        let Some(rotation) = &mut self.rotation else {
             return false;
+        };
+        if let Some(target) =
+            rotation.overdue_transfer(now).filter(|_| self.raw.raft.lead_transferee.is_some())
+        {
+            // This member keeps the turn and takes writes again (see
+            // Rotation::overdue_transfer).
+            self.raw.raft.abort_leader_transfer();
+            rotation.abandon_transfer(self.config.id, now);
+            tracing::info!(
+                "member {target} did not take over within takeover_grace_ms of its boundary: this member keeps the turn"
+            );
+            // What waited through the transfer (raft-rs refused it, or it went on to the
+            // silent target) is proposed here now, not at its next retry.
+            for mut message in std::mem::take(&mut self.passed_ahead) {
+                message.to = self.config.id;
+                let _ = self.raw.step(message);
+            }
+            let actions = self.pending.leader_changed(now);
+            self.act_on_requests(actions);
+            return true;
         }
         // A live follower answers every heartbeat; silence for three heartbeats or half an
         // election timeout, whichever is longer, means it is down (a shorter window skips

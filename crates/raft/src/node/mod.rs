@@ -97,6 +97,9 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     last_heard: HashMap<u64, Instant, FixedHasher>,
     /// Proposals forwarded ahead to this member (the incoming leader), until it leads.
     held: ahead::Held<Message>,
+    /// Proposals this leader passed on to the member taking over, until the handoff
+    /// completes or is given up.
+    passed_ahead: Vec<Message>,
     /// Followers this new leader replicates to before their first answer (see
     /// [`Node::replicate_at_once`]), until that answer comes.
     optimistic: Vec<u64>,
@@ -195,6 +198,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             due_at: None,
             last_heard: HashMap::default(),
             held: ahead::Held::default(),
+            passed_ahead: Vec::new(),
             optimistic: Vec::new(),
             elections,
             elections_due: None,
@@ -367,9 +371,15 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             if message.get_context() == crate::engine::elections::TAKEOVER {
                 self.judge_takeover(&mut message);
             }
+            self.judge_transfer(&mut message);
         }
         if self.rotation.is_some() {
             self.last_heard.insert(message.from, self.clock.now());
+        }
+        if message.get_msg_type() == MessageType::MsgTimeoutNow
+            && self.stale_timeout_now(&mut message)
+        {
+            return;
         }
         let proposed_elsewhere =
             message.get_msg_type() == MessageType::MsgPropose && message.from != self.config.id;
@@ -400,6 +410,11 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 ahead::Arrival::PassAhead { target } => {
                     message.to = target;
                     message.set_context(AHEAD.to_vec().into());
+                    // Kept until the handoff completes: if it is given up (the target
+                    // went silent), this member proposes them itself at once.
+                    if self.passed_ahead.len() < ahead::HELD_MAX {
+                        self.passed_ahead.push(message.clone());
+                    }
                     self.transport.send(vec![message]);
                     return;
                 }

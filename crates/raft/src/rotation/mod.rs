@@ -492,6 +492,26 @@ impl Rotation {
         }
     }
 
+    /// The running transfer's target, once the transfer has missed its boundary by more
+    /// than the takeover grace. A target that is alive and reachable has asked for votes
+    /// by then (a transfer takes a round trip or two; the grace covers it), and its vote
+    /// request deposes this leader, ending the transfer; one that has not is gone (a dead
+    /// host, a frozen process, a cut link). The leader then abandons the transfer and
+    /// keeps the turn instead of refusing every write until raft-rs gives the transfer up
+    /// an election timeout later. The grace must cover a handoff's round trips on slow
+    /// networks: a vote request still on its way when the leader takes writes again finds
+    /// the leader's log longer than the candidate's and may lose, costing an election.
+    pub fn overdue_transfer(&self, now: Instant) -> Option<u64> {
+        let limit = self.config.handoff_lead + self.config.takeover_grace;
+        self.transfer.filter(|t| now.duration_since(t.started) > limit).map(|t| t.target)
+    }
+
+    /// The running transfer is abandoned (see [`Rotation::overdue_transfer`]): the turn
+    /// log records it as failed, the turn kept by `me`.
+    pub fn abandon_transfer(&mut self, me: u64, now: Instant) {
+        self.finish_transfer(me, now);
+    }
+
     /// Notes that the leader sent the transfer target MsgTimeoutNow.
     pub fn timeout_now_sent(&mut self, now: Instant) {
         if let Some(transfer) = &mut self.transfer {

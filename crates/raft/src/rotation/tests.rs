@@ -198,3 +198,22 @@ fn a_silent_leader_is_succeeded_by_the_turns_member_or_the_next_other_member() {
         assert_eq!(succession.member, next);
     }
 }
+
+#[test]
+fn a_transfer_is_overdue_past_its_boundary_and_the_grace_and_abandoning_it_counts_a_failure() {
+    let mut rotation = rotation();
+    let started = Instant::now();
+    assert_eq!(rotation.overdue_transfer(started + Duration::from_secs(9)), None, "none runs");
+    rotation.transfer =
+        Some(Transfer { target: 3, started, first_slot: 4, timeout_now: None, stepped_down: None });
+    // The handoff lead (10 ms) plus the grace (50 ms).
+    assert_eq!(rotation.overdue_transfer(started + Duration::from_millis(60)), None);
+    let late = started + Duration::from_millis(61);
+    assert_eq!(rotation.overdue_transfer(late), Some(3));
+    rotation.abandon_transfer(1, late);
+    assert_eq!(rotation.overdue_transfer(late), None);
+    let log = rotation.log();
+    let log = log.lock().unwrap();
+    assert_eq!(log.metrics.skipped_total.get("transfer_failed"), Some(&1));
+    assert_eq!(log.metrics.handoffs_total, 0);
+}

@@ -98,14 +98,16 @@ impl World {
                     }
                 }
             }
-            FaultEvent::Freeze(member) => self.freeze(member),
+            FaultEvent::Freeze { member, incoming } => self.freeze(member, incoming),
             FaultEvent::Thaw => self.thaw(),
             FaultEvent::HealAll => self.heal_all(),
         }
     }
 
-    /// Stops the member that leads now (the newest term's), else `fallback`.
-    fn freeze(&mut self, fallback: u64) {
+    /// Stops the member that leads now (the newest term's), else `fallback`; with
+    /// `incoming`, the next turn's member if it is another (the leader has not yet seen it
+    /// silent when it hands over: the turn is shorter than its liveness window).
+    fn freeze(&mut self, fallback: u64, incoming: bool) {
         let leader = self
             .members
             .iter()
@@ -113,6 +115,9 @@ impl World {
             .filter(|status| status.is_leader)
             .max_by_key(|status| status.term)
             .map_or(fallback, |status| status.id);
+        let next = incoming.then(|| self.next_turns_member()).flatten();
+        let next = next.filter(|&next| next != leader);
+        let leader = next.unwrap_or(leader);
         let Some(index) = self.index_of(leader) else {
             return;
         };
@@ -122,7 +127,16 @@ impl World {
         }
         member.frozen = true;
         self.freezes.push((leader, self.now, Nanos::MAX));
-        self.trace.event(self.now, format_args!("member {leader} freezes"));
+        let whose = if next.is_some() { " (the next turn's member)" } else { "" };
+        self.trace.event(self.now, format_args!("member {leader} freezes{whose}"));
+    }
+
+    /// The member whose turn begins next, by the true time (none without rotation).
+    fn next_turns_member(&self) -> Option<u64> {
+        let first = self.members.first()?;
+        let mut rotation =
+            worknode_raft::rotation::Rotation::new(self.node_config(first).rotation?).ok()?;
+        rotation.scheduled_at(WALL_START_UNIX_NS + self.now + TURN)
     }
 
     /// The frozen member resumes: its loop takes what queued up.
