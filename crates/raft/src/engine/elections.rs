@@ -50,6 +50,17 @@ pub enum Early {
         /// The leader.
         leader: u64,
     },
+    /// A takeover candidate this member grants cannot win: its log is behind this
+    /// member's (it heard the leader's last appends later), so this member takes over in
+    /// its place.
+    StandIn {
+        /// The silent leader.
+        leader: u64,
+        /// The successor whose log is behind.
+        candidate: u64,
+        /// How long the leader had been silent.
+        silence: Duration,
+    },
     /// The leader has been silent for the threshold and this member succeeds it.
     Takeover {
         /// The silent leader (or the candidate this member voted for).
@@ -342,6 +353,35 @@ impl Elections {
             turn_began: succession.turn_began,
             into_turn: succession.into_turn,
         })
+    }
+
+    /// A takeover's vote request this member grants, from a `candidate` whose log is
+    /// behind this member's: raft-rs refuses it the vote here, and the followers that
+    /// would vote for it know no more than this one, so it cannot win and the cluster
+    /// would wait for an election timeout. This member — as sure the leader is silent,
+    /// with the longer log — campaigns as a takeover at once instead (once per term and
+    /// leader); the named successor, a pre-candidate outside any lease, grants it by
+    /// raft-rs's rules.
+    pub fn stand_in(
+        &mut self,
+        now: Instant,
+        raft: &RaftView,
+        candidate: u64,
+        leader_heard: Option<Instant>,
+    ) -> Option<(Action, Early)> {
+        let leader = raft.leader;
+        if !raft.follows() || self.silent_leader == Some((raft.term, leader)) {
+            return None;
+        }
+        self.silent_leader = Some((raft.term, leader));
+        self.campaign = Some(Campaign {
+            term: raft.term,
+            again_at: now + ASK_AGAIN,
+            until: now + self.settings.tick * raft.election_ticks as u32,
+            takeover: true,
+        });
+        let silence = leader_heard.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        Some((Action::Campaign, Early::StandIn { leader, candidate, silence }))
     }
 
     /// Whether this member grants a takeover's vote request from `candidate` inside its

@@ -42,8 +42,16 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         for action in actions {
             self.act(action);
         }
+        if let Some(early) = early {
+            self.note_early(&view, early);
+        }
+    }
+
+    /// Counts and logs a campaign begun early; a takeover's note goes to the turn log if
+    /// the campaign wins.
+    fn note_early(&mut self, view: &RaftView, early: Early) {
         match early {
-            Some(Early::LeaderGone { leader }) => {
+            Early::LeaderGone { leader } => {
                 self.handle.counters.fast_failovers.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     leader,
@@ -51,20 +59,30 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                     "the leader's process is gone (its host refuses connections): failing over"
                 );
             }
-            Some(Early::Takeover { leader, silence, turn_began, into_turn }) => {
-                self.handle.counters.takeovers.fetch_add(1, Ordering::Relaxed);
+            Early::Takeover { leader, silence, turn_began, into_turn } => {
                 let whose = if turn_began { "this member's" } else { "the leader's" };
                 let note = format!(
                     "took over from member {leader}, silent {} ms, {} ms into {whose} turn",
                     silence.as_millis(),
                     into_turn.as_millis()
                 );
-                tracing::warn!(leader, term = view.term, "{note}");
-                // Recorded in the turn log if the campaign wins.
-                self.takeover_note = Some((view.term, leader, note));
+                self.begin_takeover(view, leader, note);
             }
-            None => {}
+            Early::StandIn { leader, candidate, silence } => {
+                let note = format!(
+                    "took over from member {leader}, silent {} ms, in place of member {candidate}, whose log is behind",
+                    silence.as_millis()
+                );
+                self.begin_takeover(view, leader, note);
+            }
         }
+    }
+
+    fn begin_takeover(&mut self, view: &RaftView, leader: u64, note: String) {
+        self.handle.counters.takeovers.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(leader, term = view.term, "{note}");
+        // Recorded in the turn log if the campaign wins.
+        self.takeover_note = Some((view.term, leader, note));
     }
 
     /// When the elections need the loop next (see [`Node::until_due`]), after this turn.
@@ -143,6 +161,15 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let grant = self.elections.grants_takeover(now, &view, message.from, heard, names);
         let context = if grant { raft::CAMPAIGN_TRANSFER.to_vec() } else { Vec::new() };
         message.set_context(context.into());
+        let behind = !self.raw.raft.raft_log.is_up_to_date(message.index, message.log_term);
+        if grant && behind {
+            if let Some((action, early)) =
+                self.elections.stand_in(now, &view, message.from, heard)
+            {
+                self.act(action);
+                self.note_early(&view, early);
+            }
+        }
     }
 
     /// Whether a transfer's MsgTimeoutNow is too old to act on: sent (by the leader's

@@ -262,3 +262,26 @@ fn a_candidate_that_fell_silent_mid_handoff_is_taken_over_by_its_successor() {
     let raft = RaftView { id: 3, term: 6, leader: 0, vote: 0, ..follower() };
     assert_eq!(elections.watch(now, &raft, &silent), (vec![], None));
 }
+
+#[test]
+fn a_voter_with_the_longer_log_takes_over_in_place_of_a_successor_that_cannot_win() {
+    // Member 3 (follower of 1) grants member 2's takeover, but holds entries member 2 lacks.
+    let now = Instant::now();
+    let mut elections = Elections::new(settings(), 3);
+    let raft = RaftView { id: 3, ..follower() };
+    let heard = Some(now - 310 * MS);
+    let (action, early) = elections.stand_in(now, &raft, 2, heard).unwrap();
+    assert_eq!(action, Action::Campaign);
+    assert_eq!(early, Early::StandIn { leader: 1, candidate: 2, silence: 310 * MS });
+    // Its vote requests are a takeover's, asked again while a pre-candidate.
+    assert!(elections.taking_over(5));
+    let mut pre = RaftView { role: StateRole::PreCandidate, leader: 0, ..raft };
+    let quiet = world(&nobody_gone, now, 310 * MS, mid_turn(2, 100 * MS));
+    assert_eq!(elections.watch(now + ASK_AGAIN, &pre, &quiet).0, [Action::Campaign]);
+    // Once per term and leader: a second request from the successor starts nothing.
+    assert_eq!(elections.stand_in(now + 2 * ASK_AGAIN, &raft, 2, heard), None);
+    // Only a follower of a known leader stands in.
+    pre.term = 7;
+    let mut elections = Elections::new(settings(), 3);
+    assert_eq!(elections.stand_in(now, &pre, 2, heard), None);
+}
