@@ -104,6 +104,10 @@ async fn etcdctl_put_get_del_txn_status_members_move_leader() {
     let (ok, _, err) = etcdctl(&all, &["get", "k", &format!("--rev={}", revision - 1)], None);
     assert!(!ok);
     assert!(err.contains("required revision has been compacted"), "{err}");
+    // etcd's checks before a request is served or proposed.
+    let (ok, _, err) = etcdctl(&all, &["get", ""], None);
+    assert!(!ok);
+    assert!(err.contains("etcdserver: key is not provided"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

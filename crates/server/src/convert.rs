@@ -176,7 +176,8 @@ fn request_op(op: pb::RequestOp) -> Result<kv::RequestOp, Status> {
             Ok(kv::RequestOp::DeleteRange(delete_request(delete)))
         }
         Some(Request::RequestTxn(txn)) => Ok(kv::RequestOp::Txn(txn_request(txn)?)),
-        None => Err(invalid("etcdserver: empty request operation")),
+        // etcd's answer to an operation with nothing in it (see crate::checks).
+        None => Err(invalid("etcdserver: key not found")),
     }
 }
 

@@ -41,6 +41,7 @@ pub mod adminpb {
 
 pub mod admin;
 pub mod authority;
+pub mod checks;
 pub mod config;
 pub mod convert;
 pub mod kv_routes;

@@ -98,6 +98,7 @@ impl Shared {
         request: pb::RangeRequest,
         finish: fn(pb::RangeResponse) -> T,
     ) -> Result<T, Status> {
+        crate::checks::range(&request)?;
         let linearizable = !request.serializable;
         let request = convert::range_request(request);
         let (reply, answer) = oneshot::channel();
@@ -169,9 +170,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
         let request = request.into_inner();
-        if request.key.is_empty() {
-            return Err(convert::invalid("etcdserver: key is not provided"));
-        }
+        crate::checks::put(&request)?;
         check_size(request.key.len() + request.value.len())?;
         let put = convert::put_request(request);
         self.0.check_quota(put_cost(&put)).await?;
@@ -192,9 +191,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let request = request.into_inner();
-        if request.key.is_empty() {
-            return Err(convert::invalid("etcdserver: key is not provided"));
-        }
+        crate::checks::delete_range(&request)?;
         let written =
             self.0.write(kv::Command::DeleteRange(convert::delete_request(request))).await?;
         let header = self.0.header(written.applied.revision, written.term);
@@ -213,7 +210,9 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
-        let txn = convert::txn_request(request.into_inner())?;
+        let request = request.into_inner();
+        crate::checks::txn(&request)?;
+        let txn = convert::txn_request(request)?;
         check_size(proposal_size(&txn))?;
         self.0.check_quota(txn_cost(&txn.success).max(txn_cost(&txn.failure))).await?;
         let written = self.0.write(kv::Command::Txn(txn)).await?;
