@@ -103,7 +103,8 @@ mod tests {
         assert_eq!(refused(range(&pb::RangeRequest::default())), EMPTY_KEY);
         assert_eq!(refused(put(&pb::PutRequest::default())), EMPTY_KEY);
         assert_eq!(refused(delete_range(&pb::DeleteRangeRequest::default())), EMPTY_KEY);
-        let whole_keyspace = pb::RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+        let whole_keyspace =
+            pb::RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
         assert!(range(&whole_keyspace).is_ok(), "etcdctl get --from-key '' sends \\0");
     }
 
@@ -124,7 +125,11 @@ mod tests {
 
     #[test]
     fn a_txn_is_checked_whole_both_branches_and_nested() {
-        let ok = pb::TxnRequest { compare: vec![compare("a")], success: vec![set("a")], failure: vec![get("b")] };
+        let ok = pb::TxnRequest {
+            compare: vec![compare("a")],
+            success: vec![set("a")],
+            failure: vec![get("b")],
+        };
         assert!(txn(&ok).is_ok());
         // A compare without a key.
         let txn_with = |compare, success, failure| pb::TxnRequest { compare, success, failure };
@@ -137,14 +142,18 @@ mod tests {
         assert_eq!(refused(txn(&txn_with(vec![], vec![outer], vec![]))), EMPTY_KEY);
         // An operation with nothing in it.
         let empty = pb::RequestOp { request: None };
-        assert_eq!(refused(txn(&txn_with(vec![], vec![empty], vec![]))), "etcdserver: key not found");
+        assert_eq!(
+            refused(txn(&txn_with(vec![], vec![empty], vec![]))),
+            "etcdserver: key not found"
+        );
     }
 
     #[test]
     fn a_txn_holds_at_most_128_compares_or_operations_per_branch() {
         let many = |n: usize| (0..n).map(|i| set(&format!("k{i}"))).collect::<Vec<_>>();
         let compares = |n: usize| (0..n).map(|i| compare(&format!("k{i}"))).collect::<Vec<_>>();
-        let at_bound = pb::TxnRequest { compare: compares(128), success: many(128), failure: many(128) };
+        let at_bound =
+            pb::TxnRequest { compare: compares(128), success: many(128), failure: many(128) };
         assert!(txn(&at_bound).is_ok());
         let too_many = "etcdserver: too many operations in txn request";
         for over in [

@@ -163,8 +163,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         message.set_context(context.into());
         let behind = !self.raw.raft.raft_log.is_up_to_date(message.index, message.log_term);
         if grant && behind {
-            if let Some((action, early)) =
-                self.elections.stand_in(now, &view, message.from, heard)
+            if let Some((action, early)) = self.elections.stand_in(now, &view, message.from, heard)
             {
                 self.act(action);
                 self.note_early(&view, early);

@@ -384,48 +384,54 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let proposed_elsewhere =
             message.get_msg_type() == MessageType::MsgPropose && message.from != self.config.id;
         if proposed_elsewhere {
-            // A peer's write that this member passes on (ahead to the incoming leader, or
-            // by raft-rs to the leader) goes as this member's own: peers accept a message
-            // only from the member whose connection carries it (crate::validate).
-            message.from = self.config.id;
-        }
-        // A write forwarded ahead to this member as the incoming leader waits for its turn;
-        // one that reaches a leader handing over goes on to the member taking over.
-        if proposed_elsewhere {
-            let arriving = ahead::Arriving {
-                me: self.config.id,
-                leads: self.raw.raft.state == StateRole::Leader,
-                marked: message.get_context() == AHEAD,
-                ahead: self.forward_ahead(),
-                grace: self.forward_grace(),
-                held_full: self.held.full(),
-                now: self.clock.now(),
+            let Some(stepped) = self.peer_proposal(message) else {
+                return;
             };
-            match ahead::arrival(&arriving) {
-                ahead::Arrival::Hold { release } => {
-                    self.due_at = Some(self.due_at.map_or(release, |due| due.min(release)));
-                    self.held.hold(message, release);
-                    return;
-                }
-                ahead::Arrival::PassAhead { target } => {
-                    message.to = target;
-                    message.set_context(AHEAD.to_vec().into());
-                    // Kept until the handoff completes: if it is given up (the target
-                    // went silent), this member proposes them itself at once.
-                    if self.passed_ahead.len() < ahead::HELD_MAX {
-                        self.passed_ahead.push(message.clone());
-                    }
-                    self.transport.send(vec![message]);
-                    return;
-                }
-                ahead::Arrival::Step => {}
-            }
+            message = stepped;
         }
         if !self.optimistic.is_empty() {
             self.first_answer(&message);
         }
         // Messages for another member, or from a removed one, are not ours to act on.
         let _ = self.raw.step(message);
+    }
+
+    /// A peer's write arriving here: held for this member's turn (it was sent ahead to
+    /// this member as the incoming leader), passed on to the member taking over (this
+    /// member leads and hands over), or returned to be stepped into raft-rs.
+    fn peer_proposal(&mut self, mut message: Message) -> Option<Message> {
+        // Passed on (ahead, or by raft-rs to the leader), it goes as this member's own:
+        // peers accept a message only from the member whose connection carries it
+        // (crate::validate).
+        message.from = self.config.id;
+        let arriving = ahead::Arriving {
+            me: self.config.id,
+            leads: self.raw.raft.state == StateRole::Leader,
+            marked: message.get_context() == AHEAD,
+            ahead: self.forward_ahead(),
+            grace: self.forward_grace(),
+            held_full: self.held.full(),
+            now: self.clock.now(),
+        };
+        match ahead::arrival(&arriving) {
+            ahead::Arrival::Hold { release } => {
+                self.due_at = Some(self.due_at.map_or(release, |due| due.min(release)));
+                self.held.hold(message, release);
+                None
+            }
+            ahead::Arrival::PassAhead { target } => {
+                message.to = target;
+                message.set_context(AHEAD.to_vec().into());
+                // Kept until the handoff completes: if it is given up (the target went
+                // silent), this member proposes them itself at once.
+                if self.passed_ahead.len() < ahead::HELD_MAX {
+                    self.passed_ahead.push(message.clone());
+                }
+                self.transport.send(vec![message]);
+                None
+            }
+            ahead::Arrival::Step => Some(message),
+        }
     }
 
     /// What raft-rs would treat as fatal, checked against the log first
