@@ -102,6 +102,9 @@ struct Report {
     p999_ms: f64,
     max_ms: f64,
     errors: u64,
+    /// The longest a request waited before it failed (0: none failed): a request that
+    /// waits and then fails is not in the latencies above, and can be the longest wait.
+    failed_max_ms: f64,
     error_kinds: BTreeMap<String, u64>,
     /// Requests that never reached a member (its address refused the connection): the
     /// client moves to the next endpoint at once, as etcd's client does. Not errors.
@@ -141,6 +144,7 @@ struct Tally {
     latency: Histogram<u64>,
     ops: u64,
     errors: u64,
+    failed_max: Duration,
     error_kinds: BTreeMap<String, u64>,
     failovers: u64,
     last_completion: Instant,
@@ -252,6 +256,9 @@ pub(crate) fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError
         for (kind, count) in &report.error_kinds {
             writeln!(out, "  {count} × {kind}")?;
         }
+        if report.errors > 0 {
+            writeln!(out, "  the longest failed after {:.1} ms", report.failed_max_ms)?;
+        }
     }
     Ok(())
 }
@@ -353,6 +360,7 @@ async fn measure(
             .unwrap_or_else(|_| unreachable!("valid bounds")),
         ops: 0,
         errors: 0,
+        failed_max: Duration::ZERO,
         error_kinds: BTreeMap::new(),
         failovers: 0,
         last_completion: start,
@@ -454,6 +462,7 @@ async fn measure(
                         tally.failovers += 1;
                     } else {
                         tally.errors += 1;
+                        tally.failed_max = tally.failed_max.max(now - began);
                         let kind = format!("{:?}: {}", status.code(), status.message());
                         if tally.error_kinds.len() < ERROR_KINDS_MAX
                             || tally.error_kinds.contains_key(&kind)
@@ -503,6 +512,7 @@ async fn measure(
         p999_ms: ms(0.999),
         max_ms: if tally.latency.is_empty() { 0.0 } else { tally.latency.max() as f64 / 1e3 },
         errors: tally.errors,
+        failed_max_ms: tally.failed_max.as_secs_f64() * 1e3,
         error_kinds: tally.error_kinds.clone(),
         failovers: tally.failovers,
         stall_ms_max: tally.stall_max.as_secs_f64() * 1e3,
