@@ -71,7 +71,7 @@ for k in $(seq 1 "$segments"); do
   for index in $order; do
     name=${names[$index]}
     "$worknode" bench put --endpoints "$(endpoints_of $((index + 1)))" --clients 4 --connections 4 \
-      --duration "${segment_s}s" --json > "$work/$name-$k.json"
+      --duration "${segment_s}s" --json --completions "$work/$name-$k.completions" > "$work/$name-$k.json"
   done
 done
 for index in 0 1 2; do
