@@ -163,6 +163,87 @@ fn unix_us() -> u64 {
 }
 
 impl Tally {
+    fn new(start: Instant, keep_completions: bool) -> Self {
+        Self {
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3)
+                .unwrap_or_else(|_| unreachable!("valid bounds")),
+            ops: 0,
+            errors: 0,
+            failed_max: Duration::ZERO,
+            error_kinds: BTreeMap::new(),
+            failovers: 0,
+            last_completion: start,
+            stall_max: Duration::ZERO,
+            stalls: Vec::new(),
+            stalls_unlisted: 0,
+            completions: keep_completions.then(Vec::new),
+            completions_unlisted: 0,
+        }
+    }
+
+    /// A request of `client`'s, begun at `began`, answered at `now`.
+    fn succeeded(&mut self, client: usize, began: Instant, now: Instant) {
+        self.ops += 1;
+        let micros = (now - began).as_micros().clamp(1, 60_000_000) as u64;
+        self.latency.saturating_record(micros);
+        self.complete(now);
+        self.record(client, micros);
+    }
+
+    /// A request begun at `began` failed at `now` with `status`; a `failover` never left
+    /// the client (it goes to the next endpoint) and is no error.
+    fn failed(&mut self, status: &tonic::Status, failover: bool, began: Instant, now: Instant) {
+        if failover {
+            self.failovers += 1;
+            return;
+        }
+        self.errors += 1;
+        self.failed_max = self.failed_max.max(now - began);
+        let kind = format!("{:?}: {}", status.code(), status.message());
+        if self.error_kinds.len() < ERROR_KINDS_MAX || self.error_kinds.contains_key(&kind) {
+            *self.error_kinds.entry(kind).or_default() += 1;
+        }
+    }
+
+    /// The report of `args`' run against `endpoints`, `elapsed` seconds long.
+    fn report(&self, args: &BenchArgs, endpoints: &[String], elapsed: f64) -> Report {
+        let ms = |q: f64| {
+            if self.latency.is_empty() {
+                0.0
+            } else {
+                self.latency.value_at_quantile(q) as f64 / 1e3
+            }
+        };
+        Report {
+            workload: match args.workload {
+                Workload::Put => "put",
+                Workload::Get if args.serializable => "get (serializable)",
+                Workload::Get => "get (linearizable)",
+                Workload::Range if args.serializable => "range (serializable)",
+                Workload::Range => "range (linearizable)",
+                Workload::Fill => "fill",
+            },
+            clients: args.clients,
+            connections: args.connections,
+            endpoints: endpoints.to_vec(),
+            duration_s: elapsed,
+            ops: self.ops,
+            ops_per_s: self.ops as f64 / elapsed,
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: if self.latency.is_empty() { 0.0 } else { self.latency.max() as f64 / 1e3 },
+            errors: self.errors,
+            failed_max_ms: self.failed_max.as_secs_f64() * 1e3,
+            error_kinds: self.error_kinds.clone(),
+            failovers: self.failovers,
+            stall_ms_max: self.stall_max.as_secs_f64() * 1e3,
+            stalls: self.stalls.clone(),
+            stalls_unlisted: self.stalls_unlisted,
+            completions_unlisted: self.completions_unlisted,
+        }
+    }
+
     fn complete(&mut self, now: Instant) {
         let gap = now - self.last_completion;
         self.stall_max = self.stall_max.max(gap);
@@ -185,6 +266,99 @@ impl Tally {
             } else {
                 self.completions_unlisted += 1;
             }
+        }
+    }
+}
+
+/// What every client of a run does.
+#[derive(Clone)]
+struct Load {
+    workload: Workload,
+    key_space: u64,
+    serializable: bool,
+    clients: u64,
+    end: Instant,
+    value: Vec<u8>,
+}
+
+/// Client `index` sends requests one after another until the run ends, moving to the
+/// next of `others` when its member cannot be reached, as etcd's client does.
+async fn run_client(
+    index: usize,
+    mut client: KvClient<Channel>,
+    mut others: impl Iterator<Item = Channel>,
+    tally: Arc<Mutex<Tally>>,
+    load: Load,
+) {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ index as u64;
+    let mut next_fill = index as u64;
+    while Instant::now() < load.end {
+        if load.workload == Workload::Fill && next_fill >= load.key_space {
+            break;
+        }
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let began = Instant::now();
+        let key = match load.workload {
+            Workload::Fill => next_fill,
+            _ => state % load.key_space,
+        };
+        let result = call(&mut client, load.workload, key, &load.value, load.serializable).await;
+        if load.workload == Workload::Fill && result.is_ok() {
+            next_fill += load.clients;
+        }
+        let now = Instant::now();
+        let status = match result {
+            Ok(()) => {
+                tally.lock().unwrap_or_else(PoisonError::into_inner).succeeded(index, began, now);
+                continue;
+            }
+            Err(status) => status,
+        };
+        // Like etcd's client: a member that cannot be reached is left for the next.
+        let next = if connection_failed(&status) { others.next() } else { None };
+        let moved = next.is_some();
+        if let Some(next) = next {
+            client = kv_client(next);
+        }
+        let failover = moved && unsent(&status);
+        tally.lock().unwrap_or_else(PoisonError::into_inner).failed(&status, failover, began, now);
+        if failover {
+            continue;
+        }
+        // A failing member: do not spin on it.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One request of `workload` on key number `key` (puts and fills write `value`).
+async fn call(
+    client: &mut KvClient<Channel>,
+    workload: Workload,
+    key: u64,
+    value: &[u8],
+    serializable: bool,
+) -> Result<(), tonic::Status> {
+    match workload {
+        Workload::Put | Workload::Fill => {
+            let key = format!("bench-{key:08}").into_bytes();
+            let put = pb::PutRequest { key, value: value.to_vec(), ..Default::default() };
+            client.put(put).await.map(|_| ())
+        }
+        Workload::Get => {
+            let key = b"bench-read-key".to_vec();
+            let request = pb::RangeRequest { key, serializable, ..Default::default() };
+            client.range(request).await.map(|_| ())
+        }
+        Workload::Range => {
+            let request = pb::RangeRequest {
+                key: b"bench-".to_vec(),
+                range_end: b"bench.".to_vec(),
+                serializable,
+                ..Default::default()
+            };
+            client.range(request).await.map(|_| ())
         }
     }
 }
@@ -355,129 +529,35 @@ async fn measure(
             .map_err(|e| CliError::runtime(format!("preparing the read key: {}", e.message())))?;
     }
     let start = Instant::now();
-    let tally = Arc::new(Mutex::new(Tally {
-        latency: Histogram::new_with_bounds(1, 60_000_000, 3)
-            .unwrap_or_else(|_| unreachable!("valid bounds")),
-        ops: 0,
-        errors: 0,
-        failed_max: Duration::ZERO,
-        error_kinds: BTreeMap::new(),
-        failovers: 0,
-        last_completion: start,
-        stall_max: Duration::ZERO,
-        stalls: Vec::new(),
-        stalls_unlisted: 0,
-        completions: args.completions.as_ref().map(|_| Vec::new()),
-        completions_unlisted: 0,
-    }));
-    let end = start + duration;
+    let tally = Arc::new(Mutex::new(Tally::new(start, args.completions.is_some())));
+    let load = Load {
+        workload: args.workload,
+        key_space: args.key_space.max(1),
+        serializable: args.serializable,
+        clients: args.clients as u64,
+        end: start + duration,
+        value,
+    };
     let mut tasks = Vec::with_capacity(args.clients);
     for index in 0..args.clients {
         // Connections to the other endpoints, in turn, for failover (none: one endpoint).
         let at = index % channels.len();
         let endpoint_of = |channel: usize| channel % endpoints.len();
-        let mut others = (1..channels.len())
+        let others = (1..channels.len())
             .map(|step| (at + step) % channels.len())
             .filter(|&other| endpoint_of(other) != endpoint_of(at))
             .map(|other| channels[other].clone())
             .collect::<Vec<_>>()
             .into_iter()
             .cycle();
-        let mut client = kv_client(channels[at].clone());
-        let tally = Arc::clone(&tally);
-        let value = value.clone();
-        let (workload, key_space, serializable) =
-            (args.workload, args.key_space.max(1), args.serializable);
-        let clients = args.clients as u64;
-        tasks.push(tokio::spawn(async move {
-            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ index as u64;
-            let mut next_fill = index as u64;
-            while Instant::now() < end {
-                if workload == Workload::Fill && next_fill >= key_space {
-                    break;
-                }
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let began = Instant::now();
-                let result = match workload {
-                    Workload::Put => {
-                        let key = format!("bench-{:08}", state % key_space).into_bytes();
-                        client
-                            .put(pb::PutRequest { key, value: value.clone(), ..Default::default() })
-                            .await
-                            .map(|_| ())
-                    }
-                    Workload::Get => {
-                        let request = pb::RangeRequest {
-                            key: b"bench-read-key".to_vec(),
-                            serializable,
-                            ..Default::default()
-                        };
-                        client.range(request).await.map(|_| ())
-                    }
-                    Workload::Range => {
-                        let request = pb::RangeRequest {
-                            key: b"bench-".to_vec(),
-                            range_end: b"bench.".to_vec(),
-                            serializable,
-                            ..Default::default()
-                        };
-                        client.range(request).await.map(|_| ())
-                    }
-                    Workload::Fill => {
-                        let key = format!("bench-{next_fill:08}").into_bytes();
-                        let put =
-                            pb::PutRequest { key, value: value.clone(), ..Default::default() };
-                        let result = client.put(put).await.map(|_| ());
-                        if result.is_ok() {
-                            next_fill += clients;
-                        }
-                        result
-                    }
-                };
-                let now = Instant::now();
-                let status = match result {
-                    Ok(()) => {
-                        let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
-                        tally.ops += 1;
-                        let micros = (now - began).as_micros().clamp(1, 60_000_000) as u64;
-                        tally.latency.saturating_record(micros);
-                        tally.complete(now);
-                        tally.record(index, micros);
-                        continue;
-                    }
-                    Err(status) => status,
-                };
-                // Like etcd's client: a member that cannot be reached is left for the next.
-                let next = if connection_failed(&status) { others.next() } else { None };
-                let moved = next.is_some();
-                if let Some(next) = next {
-                    client = kv_client(next);
-                }
-                let failover = moved && unsent(&status);
-                {
-                    let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
-                    if failover {
-                        tally.failovers += 1;
-                    } else {
-                        tally.errors += 1;
-                        tally.failed_max = tally.failed_max.max(now - began);
-                        let kind = format!("{:?}: {}", status.code(), status.message());
-                        if tally.error_kinds.len() < ERROR_KINDS_MAX
-                            || tally.error_kinds.contains_key(&kind)
-                        {
-                            *tally.error_kinds.entry(kind).or_default() += 1;
-                        }
-                    }
-                }
-                if failover {
-                    continue;
-                }
-                // A failing member: do not spin on it.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
+        let client = kv_client(channels[at].clone());
+        tasks.push(tokio::spawn(run_client(
+            index,
+            client,
+            others,
+            Arc::clone(&tally),
+            load.clone(),
+        )));
     }
     for task in tasks {
         let _ = task.await;
@@ -485,40 +565,6 @@ async fn measure(
     let elapsed = start.elapsed().as_secs_f64();
     let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
     let completions = tally.completions.take().unwrap_or_default();
-    let ms = |q: f64| {
-        if tally.latency.is_empty() {
-            0.0
-        } else {
-            tally.latency.value_at_quantile(q) as f64 / 1e3
-        }
-    };
-    let report = Report {
-        workload: match args.workload {
-            Workload::Put => "put",
-            Workload::Get if args.serializable => "get (serializable)",
-            Workload::Get => "get (linearizable)",
-            Workload::Range if args.serializable => "range (serializable)",
-            Workload::Range => "range (linearizable)",
-            Workload::Fill => "fill",
-        },
-        clients: args.clients,
-        connections: args.connections,
-        endpoints: endpoints.to_vec(),
-        duration_s: elapsed,
-        ops: tally.ops,
-        ops_per_s: tally.ops as f64 / elapsed,
-        p50_ms: ms(0.5),
-        p99_ms: ms(0.99),
-        p999_ms: ms(0.999),
-        max_ms: if tally.latency.is_empty() { 0.0 } else { tally.latency.max() as f64 / 1e3 },
-        errors: tally.errors,
-        failed_max_ms: tally.failed_max.as_secs_f64() * 1e3,
-        error_kinds: tally.error_kinds.clone(),
-        failovers: tally.failovers,
-        stall_ms_max: tally.stall_max.as_secs_f64() * 1e3,
-        stalls: tally.stalls.clone(),
-        stalls_unlisted: tally.stalls_unlisted,
-        completions_unlisted: tally.completions_unlisted,
-    };
+    let report = tally.report(args, endpoints, elapsed);
     Ok((report, completions))
 }
