@@ -451,36 +451,7 @@ pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliErro
         return Ok(());
     }
     let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "{:<22} {:>6} {:>9} {:>6} {:>9} {:>9}  raft worknode",
-        "endpoint", "member", "role", "term", "applied", "revision"
-    );
-    for m in &members {
-        match &m.error {
-            Some(error) => {
-                let _ = writeln!(text, "{:<22} {:>6} {:>9}  {error}", m.endpoint, "?", "down");
-            }
-            None => {
-                let _ = writeln!(
-                    text,
-                    "{:<22} {:>6} {:>9} {:>6} {:>9} {:>9}  {}",
-                    m.endpoint,
-                    m.member_id.unwrap_or(0),
-                    if m.leader { "leader" } else { "follower" },
-                    m.term,
-                    m.applied_index,
-                    m.revision,
-                    m.cores()
-                );
-            }
-        }
-    }
-    for m in &members {
-        for warning in &m.warnings {
-            let _ = writeln!(text, "warning from member {}: {warning}", m.member_id.unwrap_or(0));
-        }
-    }
+    members_table(&members, &mut text);
     let _ = writeln!(text);
     upcoming_table(&schedule, &mut text);
     if !recent.is_empty() {
@@ -508,6 +479,40 @@ pub(crate) fn run(args: &StatusArgs, out: &mut impl Write) -> Result<(), CliErro
     }
     write!(out, "{text}")?;
     Ok(())
+}
+
+/// One row per member (or the reason it did not answer), then their warnings.
+fn members_table(members: &[MemberRow], text: &mut String) {
+    let _ = writeln!(
+        text,
+        "{:<22} {:>6} {:>9} {:>6} {:>9} {:>9}  raft worknode",
+        "endpoint", "member", "role", "term", "applied", "revision"
+    );
+    for m in members {
+        match &m.error {
+            Some(error) => {
+                let _ = writeln!(text, "{:<22} {:>6} {:>9}  {error}", m.endpoint, "?", "down");
+            }
+            None => {
+                let _ = writeln!(
+                    text,
+                    "{:<22} {:>6} {:>9} {:>6} {:>9} {:>9}  {}",
+                    m.endpoint,
+                    m.member_id.unwrap_or(0),
+                    if m.leader { "leader" } else { "follower" },
+                    m.term,
+                    m.applied_index,
+                    m.revision,
+                    m.cores()
+                );
+            }
+        }
+    }
+    for m in members {
+        for warning in &m.warnings {
+            let _ = writeln!(text, "warning from member {}: {warning}", m.member_id.unwrap_or(0));
+        }
+    }
 }
 
 impl MemberRow {

@@ -97,11 +97,22 @@ fn family(text: &mut String, name: &str, kind: &str, help: &str) {
 
 /// The exposition text.
 pub fn render(source: &MetricsSource) -> String {
+    let mut text = String::new();
+    render_node(&mut text, source);
+    render_rotation(&mut text, source);
+    render_log(&mut text, &source.log);
+    render_transport(&mut text, &source.transport);
+    render_rejections(&mut text, &source.node.rejections().counts());
+    text.push_str(&source.telemetry.lock().unwrap_or_else(PoisonError::into_inner).prometheus());
+    text
+}
+
+/// The Raft loop's gauges and counters, one sample each.
+fn render_node(text: &mut String, source: &MetricsSource) {
     let status = source.node.status();
     let counters = source.node.counters();
     let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
-    let rotation = source.node.rotation_metrics();
-    let mut text = String::new();
+    let handoffs = source.node.rotation_metrics().handoffs_total;
     for (name, kind, help, value) in [
         ("worknode_raft_term", "gauge", "Current Raft term.", status.term as f64),
         (
@@ -164,7 +175,7 @@ pub fn render(source: &MetricsSource) -> String {
             "worknode_rotation_handoffs_total",
             "counter",
             "Planned handoffs this member completed as the outgoing leader.",
-            rotation.handoffs_total as f64,
+            handoffs as f64,
         ),
         (
             "worknode_rotation_forwarded_ahead_total",
@@ -203,11 +214,16 @@ pub fn render(source: &MetricsSource) -> String {
             status.snapshot_index as f64,
         ),
     ] {
-        family(&mut text, name, kind, help);
+        family(text, name, kind, help);
         let _ = writeln!(text, "{name} {value}");
     }
+}
+
+/// Turns kept by reason and the handoff duration histogram.
+fn render_rotation(text: &mut String, source: &MetricsSource) {
+    let rotation = source.node.rotation_metrics();
     family(
-        &mut text,
+        text,
         "worknode_rotation_skipped_turns_total",
         "counter",
         "Turns this member kept leading instead of handing over, by reason.",
@@ -217,18 +233,22 @@ pub fn render(source: &MetricsSource) -> String {
             writeln!(text, "worknode_rotation_skipped_turns_total{{reason=\"{reason}\"}} {count}");
     }
     histogram(
-        &mut text,
+        text,
         "worknode_rotation_handoff_duration_seconds",
         "From transfer start to the target leading.",
         &HANDOFF_BUCKETS_S,
         &rotation.handoff_buckets,
         rotation.handoff_seconds_sum,
     );
-    let log = &source.log;
+}
+
+/// The Raft log's synced writes and entries appended (their ratio is the group-commit
+/// batch).
+fn render_log(text: &mut String, log: &LogStats) {
     let sync_buckets: Vec<u64> =
         log.sync_buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).collect();
     histogram(
-        &mut text,
+        text,
         "worknode_raft_log_sync_duration_seconds",
         "Raft log writes made durable (raft-engine write and fdatasync), by how long they took; one covers every entry and hard state of a Raft ready.",
         &LOG_SYNC_BUCKETS_S,
@@ -236,7 +256,7 @@ pub fn render(source: &MetricsSource) -> String {
         log.sync_ns_sum.load(Ordering::Relaxed) as f64 / 1e9,
     );
     family(
-        &mut text,
+        text,
         "worknode_raft_log_entries_appended_total",
         "counter",
         "Entries appended to the Raft log; divided by the synced writes, the group-commit batch size.",
@@ -246,10 +266,6 @@ pub fn render(source: &MetricsSource) -> String {
         "worknode_raft_log_entries_appended_total {}",
         log.entries_appended.load(Ordering::Relaxed)
     );
-    render_transport(&mut text, &source.transport);
-    render_rejections(&mut text, &source.node.rejections().counts());
-    text.push_str(&source.telemetry.lock().unwrap_or_else(PoisonError::into_inner).prometheus());
-    text
 }
 
 /// A Prometheus histogram from per-bucket counts (not cumulative; one more than `bounds`,
