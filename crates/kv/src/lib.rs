@@ -8,10 +8,12 @@
 #![forbid(unsafe_code)]
 
 mod decode;
+mod events;
 mod machine;
 mod store;
 mod types;
 
+pub use events::{in_range, Changes, Event, EventKind, EVENT_OVERHEAD_BYTES};
 pub use machine::{
     Applied, Command, Outcome, Proposal, RequestId, ScheduleChange, ScheduleSettings,
     SnapshotError, StateMachine, DEDUP_WINDOW, SCHEDULE_CHANGES_MAX,

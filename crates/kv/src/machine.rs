@@ -4,6 +4,7 @@
 use imbl::{OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 
+use crate::events::Event;
 use crate::store::Store;
 use crate::types::*;
 
@@ -270,6 +271,37 @@ impl StateMachine {
         self.recent.push_back(id);
         self.answers.insert(id, (outcome, revision));
         assert_eq!(self.recent.len(), self.answers.len());
+    }
+
+    /// The events of the revision `command` just took, when applying it advanced the
+    /// revision (the caller knows: the revision before and after). Every key the command
+    /// could write is looked at, both branches of a transaction alike; only the keys
+    /// whose history ends at the new revision are events.
+    pub fn events_of(&self, command: &Command) -> Vec<Event> {
+        fn spans<'a>(ops: &'a [RequestOp], out: &mut Vec<(&'a [u8], &'a [u8])>) {
+            for op in ops {
+                match op {
+                    RequestOp::Put(put) => out.push((&put.key, &[])),
+                    RequestOp::DeleteRange(delete) => out.push((&delete.key, &delete.range_end)),
+                    RequestOp::Txn(nested) => {
+                        spans(&nested.success, out);
+                        spans(&nested.failure, out);
+                    }
+                    RequestOp::Range(_) => {}
+                }
+            }
+        }
+        let mut named = Vec::new();
+        match command {
+            Command::Put(put) => named.push((&put.key[..], &[][..])),
+            Command::DeleteRange(delete) => named.push((&delete.key[..], &delete.range_end[..])),
+            Command::Txn(txn) => {
+                spans(&txn.success, &mut named);
+                spans(&txn.failure, &mut named);
+            }
+            _ => return Vec::new(),
+        }
+        self.store.head_events(named)
     }
 
     /// Raised alarms, sorted.

@@ -142,7 +142,7 @@ impl Store {
         self.compact_revision
     }
 
-    fn keys_in<'a>(
+    pub(crate) fn keys_in<'a>(
         &'a self,
         key: &'a [u8],
         range_end: &'a [u8],
@@ -350,7 +350,7 @@ impl Store {
         }
         // A key both put and deleted in one transaction is as ambiguous as two puts.
         for key in written.iter() {
-            if deleted.iter().any(|(start, end)| in_span(key, start, end)) {
+            if deleted.iter().any(|(start, end)| span_contains(key, start, end)) {
                 return Err(KvError::DuplicateKey);
             }
         }
@@ -474,7 +474,7 @@ impl Store {
     }
 }
 
-fn in_span(key: &[u8], start: &[u8], end: &[u8]) -> bool {
+pub(crate) fn span_contains(key: &[u8], start: &[u8], end: &[u8]) -> bool {
     match span(start, end) {
         Span::One(one) => key == one,
         Span::From(from) => key >= from,

@@ -6,6 +6,7 @@
 //! connections. The driver is generic over its [`Clock`], [`Transport`] and
 //! [`LogStore`], so a whole cluster can run in one process.
 
+pub mod changes;
 pub mod clock_offset;
 pub mod datadir;
 pub mod doorbell;

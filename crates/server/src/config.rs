@@ -256,6 +256,9 @@ fn default_heartbeat_ticks() -> usize {
 fn default_request_timeout_ms() -> u64 {
     5_000
 }
+fn default_watch_progress_notify_interval_ms() -> u64 {
+    10 * 60 * 1000
+}
 /// etcd's default space quota.
 pub const QUOTA_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
 /// The largest quota: a store past it could not travel as a snapshot
@@ -297,6 +300,11 @@ pub struct ServerConfig {
     /// etcd's default, 2 GiB; at most 8 GiB (the largest snapshot members exchange).
     #[serde(default)]
     pub quota_backend_bytes: u64,
+    /// etcd's `--experimental-watch-progress-notify-interval`: a watch that asked for
+    /// progress notifications and received nothing for this long hears the current
+    /// revision.
+    #[serde(default = "default_watch_progress_notify_interval_ms")]
+    pub watch_progress_notify_interval_ms: u64,
     /// Threads of the net worknode's runtime (client gRPC, peer connections). Default:
     /// one per CPU the core plan gives the net worknode, or 1 when pinning is off. With
     /// 1 the runtime runs on the worknode's own thread and every wakeup stays on it.
@@ -417,13 +425,20 @@ impl ServerConfig {
     /// elect): the line and the message naming the field.
     fn check_bounds(&self, text: &str) -> Result<(), (Option<usize>, String)> {
         let schedule = &self.schedule;
-        let ranges: [(Option<&str>, &str, u64, u64, u64); 16] = [
+        let ranges: [(Option<&str>, &str, u64, u64, u64); 17] = [
             (None, "tick_ms", self.tick_ms, 1, TICK_MS_MAX),
             (None, "heartbeat_ticks", self.heartbeat_ticks as u64, 1, u64::from(u32::MAX)),
             (None, "election_ticks", self.election_ticks as u64, 2, u64::from(u32::MAX)),
             (None, "request_timeout_ms", self.request_timeout_ms, 1, REQUEST_TIMEOUT_MS_MAX),
             (None, "snapshot_entries", self.snapshot_entries, 2, SNAPSHOT_ENTRIES_MAX),
             (None, "quota_backend_bytes", self.quota_backend_bytes, 0, QUOTA_BYTES_MAX),
+            (
+                None,
+                "watch_progress_notify_interval_ms",
+                self.watch_progress_notify_interval_ms,
+                1,
+                86_400_000,
+            ),
             (Some("schedule"), "slot_ms", schedule.slot_ms, 1, 86_400_000),
             (Some("schedule"), "slots_per_turn", schedule.slots_per_turn, 1, u64::from(u32::MAX)),
             (Some("schedule"), "slots_per_epoch", schedule.slots_per_epoch, 1, u64::from(u32::MAX)),
@@ -616,6 +631,11 @@ impl ServerConfig {
     /// The request timeout.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// How often a quiet watch that asked for them hears the current revision.
+    pub fn watch_progress_interval(&self) -> Duration {
+        Duration::from_millis(self.watch_progress_notify_interval_ms)
     }
 
     /// The space quota in force (0 in the file: etcd's default).

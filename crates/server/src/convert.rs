@@ -70,6 +70,19 @@ pub fn alarm_error(alarm: kv::AlarmMember) -> String {
     format!("memberID:{} alarm:{name}", alarm.member_id)
 }
 
+/// State-machine event → wire event.
+pub fn event(event: kv::Event) -> crate::mvccpb::Event {
+    let kind = match event.kind {
+        kv::EventKind::Put => crate::mvccpb::event::EventType::Put,
+        kv::EventKind::Delete => crate::mvccpb::event::EventType::Delete,
+    };
+    crate::mvccpb::Event {
+        r#type: kind as i32,
+        kv: Some(key_value(event.kv)),
+        prev_kv: event.prev_kv.map(key_value),
+    }
+}
+
 /// State-machine pair → wire pair.
 pub fn key_value(kv: kv::KeyValue) -> crate::mvccpb::KeyValue {
     crate::mvccpb::KeyValue {

@@ -50,3 +50,4 @@ pub mod metrics;
 pub mod serve;
 pub mod service;
 pub mod tls_listener;
+pub mod watch;

@@ -33,6 +33,8 @@ pub struct MetricsSource {
     pub log: Arc<LogStats>,
     /// The process's CPU and thread samples.
     pub telemetry: Arc<Mutex<Telemetry>>,
+    /// The watch streams' counters.
+    pub watch: Arc<crate::watch::WatchStats>,
 }
 
 /// Serves `GET /metrics` until the listener fails.
@@ -103,6 +105,7 @@ pub fn render(source: &MetricsSource) -> String {
     render_log(&mut text, &source.log);
     render_transport(&mut text, &source.transport);
     render_rejections(&mut text, &source.node.rejections().counts());
+    render_watch(&mut text, &source.watch);
     text.push_str(&source.telemetry.lock().unwrap_or_else(PoisonError::into_inner).prometheus());
     text
 }
@@ -240,6 +243,32 @@ fn render_rotation(text: &mut String, source: &MetricsSource) {
         &rotation.handoff_buckets,
         rotation.handoff_seconds_sum,
     );
+}
+
+/// The watch streams: how many, what they sent, how often a watch read history (it
+/// fell behind the change feed, or started in the past) and how many compaction ended.
+fn render_watch(text: &mut String, stats: &crate::watch::WatchStats) {
+    let count = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    for (name, kind, help, value) in [
+        ("worknode_watch_streams", "gauge", "Open watch streams.", count(&stats.streams)),
+        ("worknode_watches", "gauge", "Watches on the open streams.", count(&stats.watches)),
+        ("worknode_watch_events_sent_total", "counter", "Events sent to watches.", count(&stats.events_sent)),
+        (
+            "worknode_watch_history_reads_total",
+            "counter",
+            "Batches of events a watch read from the store's history because the change feed no longer held them.",
+            count(&stats.history_reads),
+        ),
+        (
+            "worknode_watches_compacted_total",
+            "counter",
+            "Watches ended because compaction removed the revision they needed next.",
+            count(&stats.compacted),
+        ),
+    ] {
+        family(text, name, kind, help);
+        let _ = writeln!(text, "{name} {value}");
+    }
 }
 
 /// The Raft log's synced writes and entries appended (their ratio is the group-commit

@@ -245,6 +245,8 @@ async fn run_async(
         session: rand::random(),
         sequence: AtomicU64::new(1),
         quota_bytes: config.quota_bytes(),
+        watch_progress_interval: config.watch_progress_interval(),
+        watch_stats: Arc::default(),
     });
     if let Some(listener) = metrics_listener {
         let source = MetricsSource {
@@ -252,6 +254,7 @@ async fn run_async(
             transport: member.stats.clone(),
             log: member.log_stats.clone(),
             telemetry: telemetry.clone(),
+            watch: shared.watch_stats.clone(),
         };
         tokio::spawn(serve_metrics(listener, source));
         tracing::info!(address = ?me.metrics, "serving Prometheus metrics at /metrics");
@@ -297,6 +300,9 @@ async fn serve_api(
         .tcp_nodelay(true)
         .add_service(KvRoutes::new(shared.clone()))
         .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService(
+            shared.clone(),
+        )))
+        .add_service(pb::watch_server::WatchServer::new(crate::watch::WatchService::new(
             shared.clone(),
         )))
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService(shared)))

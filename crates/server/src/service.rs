@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status};
 use worknode_kv as kv;
-use worknode_raft::{ClientRequest, NodeError, NodeHandle, ReadReply, WriteReply};
+use worknode_raft::{ClientRequest, NodeError, NodeHandle, ReadReply, ReadView, WriteReply};
 
 use crate::config::MemberConfig;
 use crate::convert::{self, REQUEST_BYTES_MAX};
@@ -34,6 +34,10 @@ pub struct Shared {
     /// etcd's `--quota-backend-bytes`: a write that would take the store past it raises
     /// the NOSPACE alarm and is refused.
     pub quota_bytes: u64,
+    /// How often a quiet watch that asked for them hears the current revision.
+    pub watch_progress_interval: std::time::Duration,
+    /// What the watch streams do.
+    pub watch_stats: Arc<crate::watch::WatchStats>,
 }
 
 impl Shared {
@@ -89,6 +93,26 @@ impl Shared {
         Err(convert::kv_status(&kv::KvError::NoSpace))
     }
 
+    /// The store to read from: as of a read index when `linearizable` (etcd's default),
+    /// else as this member has applied it.
+    pub(crate) async fn view(&self, linearizable: bool) -> Result<ReadView, Status> {
+        let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + self.request_timeout;
+        self.node
+            .submit(ClientRequest::Read { linearizable, deadline, reply })
+            .map_err(|error| convert::status(&error))?;
+        match answer.await {
+            Ok(Ok(view)) => Ok(view),
+            Ok(Err(error)) => Err(convert::status(&error)),
+            Err(_) => Err(convert::status(&NodeError::Stopped)),
+        }
+    }
+
+    /// A response header at `revision` in the member's current term.
+    pub(crate) fn header_at(&self, revision: i64) -> pb::ResponseHeader {
+        self.header(revision, self.node.status().term)
+    }
+
     /// A range, answered as `finish` makes it of the whole response (header included).
     /// One key, or a few, costs less than a hand-off to another thread; a range of
     /// unknown size is computed and finished on the blocking pool, so neither the Raft
@@ -99,18 +123,8 @@ impl Shared {
         finish: fn(pb::RangeResponse) -> T,
     ) -> Result<T, Status> {
         crate::checks::range(&request)?;
-        let linearizable = !request.serializable;
+        let view = self.view(!request.serializable).await?;
         let request = convert::range_request(request);
-        let (reply, answer) = oneshot::channel();
-        let deadline = Instant::now() + self.request_timeout;
-        self.node
-            .submit(ClientRequest::Read { linearizable, deadline, reply })
-            .map_err(|error| convert::status(&error))?;
-        let view = match answer.await {
-            Ok(Ok(view)) => view,
-            Ok(Err(error)) => return Err(convert::status(&error)),
-            Err(_) => return Err(convert::status(&NodeError::Stopped)),
-        };
         let (cluster_id, member_id) = (self.cluster_id, self.member_id);
         let small = request_is_small(&request);
         let serve = move || {

@@ -293,6 +293,7 @@ pub struct NodeHandle {
     pub(super) rejections: Arc<Rejections>,
     pub(super) counters: Arc<NodeCounters>,
     pub(super) clocks: Arc<Mutex<clocks::ClockView>>,
+    pub(super) changes: Arc<crate::changes::ChangeFeed>,
 }
 
 impl NodeHandle {
@@ -302,6 +303,7 @@ impl NodeHandle {
         inbox: LoopSender<Message>,
         turns: Arc<Mutex<crate::rotation::TurnLog>>,
         schedule: Arc<Mutex<Vec<ScheduleChange>>>,
+        changes: Arc<crate::changes::ChangeFeed>,
     ) -> Self {
         Self {
             requests,
@@ -314,7 +316,13 @@ impl NodeHandle {
             rejections: Arc::default(),
             counters: Arc::default(),
             clocks: Arc::default(),
+            changes,
         }
+    }
+
+    /// What applied revisions changed, for watchers.
+    pub fn changes(&self) -> &Arc<crate::changes::ChangeFeed> {
+        &self.changes
     }
 
     /// Peers' wall clocks against this member's, as the loop took them last (every tick).

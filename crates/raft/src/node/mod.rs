@@ -174,6 +174,10 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             LoopSender::new(inbox_tx, Arc::clone(&bell)),
             turns,
             schedule,
+            Arc::new(crate::changes::ChangeFeed::new(
+                crate::changes::FEED_BYTES_DEFAULT,
+                machine.store().revision(),
+            )),
         );
         let (seed, tick, now) = (config.seed, config.tick, clock.now());
         let elections = crate::engine::elections::Elections::new(election_settings(&config), seed);

@@ -75,6 +75,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     }
 
     pub(super) fn apply(&mut self, entries: Vec<Entry>) {
+        let watched = self.handle.changes.watched();
+        let mut revisions = Vec::new();
+        let mut replies = Vec::new();
         for entry in entries {
             self.snapshots.applied(entry.data.len() as u64);
             if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
@@ -94,6 +97,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 self.machine.skip(entry.index);
                 continue;
             };
+            let before = self.machine.store().revision();
             let applied = if self.planted(crate::PlantedBug::SkipDedup) {
                 // A request id no one used: the deduplication window never matches.
                 let id = RequestId { session: u64::MAX, sequence: entry.index };
@@ -101,12 +105,23 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             } else {
                 self.machine.apply(entry.index, &proposal)
             };
+            if applied.revision > before {
+                let events = watched.then(|| self.machine.events_of(&proposal.command));
+                revisions.push((applied.revision, events));
+            }
             if matches!(proposal.command, Command::SetSchedule(_)) {
                 self.schedule_changed();
             }
             if let Some(reply) = self.pending.applied(&proposal.id) {
-                let _ = reply.send(Ok(WriteReply { applied, term: self.term() }));
+                replies.push((reply, applied));
             }
+        }
+        // Watchers learn of a revision before its writer does: a client that writes,
+        // then watches from "now", starts after its own write.
+        self.handle.changes.applied(revisions);
+        let term = self.term();
+        for (reply, applied) in replies {
+            let _ = reply.send(Ok(WriteReply { applied, term }));
         }
     }
 }

@@ -1,0 +1,522 @@
+//! `etcdserverpb.Watch`: many watches per bidirectional stream, each on a key, a range
+//! or a prefix, from any revision the store's history still holds.
+//!
+//! Every stream is one task. It reads the node's change feed
+//! ([`worknode_raft::changes`]) for the revisions applied since each watch's last, and
+//! the store's history for revisions the feed no longer holds (a watch that starts in
+//! the past, or one whose client read slower than the cluster wrote). Either way a watch
+//! delivers every revision once, in order; its client resumes on any member from the
+//! revision after the last it saw. The task waits for its client when the client reads
+//! slowly, and nothing else does: the Raft loop never waits for a watcher, and a watcher
+//! never holds more than one batch of events, so a slow client costs memory for one
+//! batch and, if compaction passes it by, its watch (cancelled with the compaction
+//! revision, as etcd does).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use worknode_kv as kv;
+use worknode_raft::changes::{FeedRead, Subscription};
+
+use crate::convert::{self, REQUEST_BYTES_MAX};
+use crate::pb;
+use crate::pb::watch_request::RequestUnion;
+use crate::service::Shared;
+
+/// Events read per watch at a time (from the feed or from history): about one message.
+const BATCH_BYTES: usize = REQUEST_BYTES_MAX;
+
+/// A fragmenting watch splits a response larger than this (etcd's request limit plus its
+/// allowance for gRPC framing).
+const FRAGMENT_BYTES: usize = REQUEST_BYTES_MAX + 512 * 1024;
+
+/// Responses queued for a client before its stream's task waits for it to read: each is
+/// about a batch, so a client that stops reading holds a few MiB, not the cluster's
+/// write rate.
+const OUTBOUND_MAX: usize = 4;
+
+/// etcd's `AutoWatchID`: the client asks the server to choose.
+const AUTO_WATCH_ID: i64 = 0;
+
+/// etcd's `InvalidWatchID`: a response about no one watch (a refusal, progress for all).
+const INVALID_WATCH_ID: i64 = -1;
+
+/// etcd's reasons, which clients show.
+const REASON_COMPACTED: &str = "mvcc: required revision has been compacted";
+const REASON_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+const REASON_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+
+/// What the watch streams of a member do, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WatchStats {
+    /// Open watch streams.
+    pub streams: AtomicU64,
+    /// Watches on them.
+    pub watches: AtomicU64,
+    /// Events sent.
+    pub events_sent: AtomicU64,
+    /// Batches read from the store's history (the feed no longer held them).
+    pub history_reads: AtomicU64,
+    /// Watches ended because compaction passed their next revision.
+    pub compacted: AtomicU64,
+}
+
+/// `etcdserverpb.Watch`.
+#[derive(Clone, Debug)]
+pub struct WatchService {
+    shared: Arc<Shared>,
+}
+
+impl WatchService {
+    /// Watches served through `shared`'s node; watches that ask for progress
+    /// notifications get one every [`Shared::watch_progress_interval`] they receive
+    /// nothing else.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let inbound = request.into_inner();
+        let (out, responses) = mpsc::channel(OUTBOUND_MAX);
+        self.shared.watch_stats.streams.fetch_add(1, Ordering::Relaxed);
+        let stream = WatchStream {
+            shared: Arc::clone(&self.shared),
+            subscription: self.shared.node.changes().subscribe(),
+            out,
+            watches: BTreeMap::new(),
+            next_id: 0,
+            progress_asked: false,
+        };
+        tokio::spawn(stream.run(inbound, self.shared.watch_progress_interval));
+        Ok(Response::new(ReceiverStream::new(responses)))
+    }
+}
+
+/// One watch of a stream.
+#[derive(Debug)]
+struct Watch {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    /// The next revision to deliver.
+    next: i64,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    fragment: bool,
+    progress_notify: bool,
+    /// Events went out since the last progress tick (the tick then sends nothing).
+    sent_since_tick: bool,
+}
+
+impl Watch {
+    fn wants(&self, event: &kv::Event) -> bool {
+        let filtered = match event.kind {
+            kv::EventKind::Put => self.no_put,
+            kv::EventKind::Delete => self.no_delete,
+        };
+        !filtered && kv::in_range(&event.kv.key, &self.key, &self.range_end)
+    }
+}
+
+/// Why a stream's task ends.
+enum End {
+    /// The client went away (or closed its side).
+    Client,
+    /// The node stopped.
+    Stopped,
+}
+
+struct WatchStream {
+    shared: Arc<Shared>,
+    subscription: Subscription,
+    out: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    watches: BTreeMap<i64, Watch>,
+    next_id: i64,
+    /// A `WatchProgressRequest` waits for every watch to catch up.
+    progress_asked: bool,
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        let stats = &self.shared.watch_stats;
+        stats.streams.fetch_sub(1, Ordering::Relaxed);
+        stats.watches.fetch_sub(self.watches.len() as u64, Ordering::Relaxed);
+    }
+}
+
+impl WatchStream {
+    fn stats(&self) -> &WatchStats {
+        &self.shared.watch_stats
+    }
+
+    async fn run(mut self, mut inbound: Streaming<pb::WatchRequest>, progress_interval: Duration) {
+        let mut progress = tokio::time::interval(progress_interval);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        progress.reset();
+        let end = loop {
+            let behind = match self.deliver().await {
+                Ok(behind) => behind,
+                Err(end) => break end,
+            };
+            let step = if behind {
+                // Still catching up: take a request if one is waiting, then go on.
+                tokio::select! {
+                    biased;
+                    request = inbound.message() => self.on_request(request).await,
+                    () = std::future::ready(()) => Ok(()),
+                }
+            } else {
+                tokio::select! {
+                    request = inbound.message() => self.on_request(request).await,
+                    changed = self.subscription.changed() => changed.map(drop).map_err(|_| End::Stopped),
+                    _ = progress.tick() => self.progress_tick().await,
+                }
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        if let End::Stopped = end {
+            let _ = self.out.send(Err(Status::unavailable("etcdserver: server stopped"))).await;
+        }
+    }
+
+    async fn on_request(
+        &mut self,
+        request: Result<Option<pb::WatchRequest>, Status>,
+    ) -> Result<(), End> {
+        let Ok(Some(request)) = request else {
+            return Err(End::Client);
+        };
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                if self.watches.remove(&cancel.watch_id).is_none() {
+                    // etcd answers nothing for a watch it does not have.
+                    return Ok(());
+                }
+                self.stats().watches.fetch_sub(1, Ordering::Relaxed);
+                let response = pb::WatchResponse {
+                    header: Some(self.header(self.subscription.feed().head())),
+                    watch_id: cancel.watch_id,
+                    canceled: true,
+                    ..pb::WatchResponse::default()
+                };
+                self.send(response).await
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                self.progress_asked = true;
+                Ok(())
+            }
+            // A request of a kind this server does not know ends nothing (as in etcd).
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, create: pb::WatchCreateRequest) -> Result<(), End> {
+        let head = self.subscription.feed().head();
+        let refuse = |reason: &str| pb::WatchResponse {
+            header: Some(self.header(head)),
+            watch_id: INVALID_WATCH_ID,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.to_string(),
+            ..pb::WatchResponse::default()
+        };
+        // An empty key is the smallest key, "\0" (etcd).
+        let key = if create.key.is_empty() { vec![0] } else { create.key };
+        let range_end = create.range_end;
+        let refusal = if create.start_revision < 0 {
+            Some(REASON_COMPACTED)
+        } else if !range_end.is_empty() && range_end != [0] && key >= range_end {
+            Some(REASON_EMPTY_RANGE)
+        } else if create.watch_id != AUTO_WATCH_ID && self.watches.contains_key(&create.watch_id) {
+            Some(REASON_DUPLICATE_ID)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            let response = refuse(reason);
+            return self.send(response).await;
+        }
+        let id = if create.watch_id == AUTO_WATCH_ID {
+            while self.watches.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        } else {
+            create.watch_id
+        };
+        let filters = |kind: pb::watch_create_request::FilterType| {
+            create.filters.contains(&(kind as i32))
+        };
+        let watch = Watch {
+            key,
+            range_end,
+            next: if create.start_revision == 0 { head + 1 } else { create.start_revision },
+            no_put: filters(pb::watch_create_request::FilterType::Noput),
+            no_delete: filters(pb::watch_create_request::FilterType::Nodelete),
+            prev_kv: create.prev_kv,
+            fragment: create.fragment,
+            progress_notify: create.progress_notify,
+            sent_since_tick: false,
+        };
+        self.watches.insert(id, watch);
+        self.stats().watches.fetch_add(1, Ordering::Relaxed);
+        let response = pb::WatchResponse {
+            header: Some(self.header(head)),
+            watch_id: id,
+            created: true,
+            ..pb::WatchResponse::default()
+        };
+        self.send(response).await
+    }
+
+    /// One batch for every watch that is behind the newest revision; whether any still
+    /// is. Answers a progress request once none is.
+    async fn deliver(&mut self) -> Result<bool, End> {
+        let head = self.subscription.seen();
+        let ids: Vec<i64> = self
+            .watches
+            .iter()
+            .filter(|(_, watch)| watch.next <= head)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.deliver_batch(id).await?;
+        }
+        let behind = self.watches.values().any(|watch| watch.next <= head);
+        if !behind && self.progress_asked {
+            self.progress_asked = false;
+            let response = pb::WatchResponse {
+                header: Some(self.header(head)),
+                watch_id: INVALID_WATCH_ID,
+                ..pb::WatchResponse::default()
+            };
+            self.send(response).await?;
+        }
+        Ok(behind)
+    }
+
+    /// The next batch of watch `id`'s revisions: from the feed, or from history when the
+    /// feed no longer holds them.
+    async fn deliver_batch(&mut self, id: i64) -> Result<(), End> {
+        let Some(watch) = self.watches.get(&id) else { return Ok(()) };
+        let (events, through) = match self.subscription.feed().read(watch.next, BATCH_BYTES) {
+            FeedRead::Revisions(revisions) => {
+                let Some(last) = revisions.last() else { return Ok(()) };
+                let through = last.revision;
+                let events: Vec<kv::Event> = revisions
+                    .iter()
+                    .flat_map(|revision| revision.events.iter())
+                    .filter(|event| watch.wants(event))
+                    .cloned()
+                    .collect();
+                (events, through)
+            }
+            FeedRead::Gone => {
+                self.stats().history_reads.fetch_add(1, Ordering::Relaxed);
+                let (key, range_end, from) =
+                    (watch.key.clone(), watch.range_end.clone(), watch.next);
+                // As this member has applied it: a watch follows the member it is on.
+                let view = match self.shared.view(false).await {
+                    Ok(view) => view,
+                    Err(_) => return Err(End::Stopped),
+                };
+                let read = tokio::task::spawn_blocking(move || {
+                    view.store.changes(&key, &range_end, from, BATCH_BYTES)
+                })
+                .await
+                .map_err(|_| End::Stopped)?;
+                match read {
+                    Ok(changes) => {
+                        let events =
+                            changes.events.into_iter().filter(|e| watch.wants(e)).collect();
+                        (events, changes.through)
+                    }
+                    Err(kv::KvError::Compacted { compact_revision }) => {
+                        return self.compacted(id, compact_revision).await;
+                    }
+                    Err(_) => return Ok(()),
+                }
+            }
+        };
+        let Some(watch) = self.watches.get_mut(&id) else { return Ok(()) };
+        // Not past `from` (a view older than the feed's head): the next pass reads again.
+        if through < watch.next {
+            return Ok(());
+        }
+        watch.next = through + 1;
+        if events.is_empty() {
+            return Ok(());
+        }
+        watch.sent_since_tick = true;
+        self.shared.watch_stats.events_sent.fetch_add(events.len() as u64, Ordering::Relaxed);
+        let (prev_kv, fragment) = (watch.prev_kv, watch.fragment);
+        let events = events
+            .into_iter()
+            .map(|mut event| {
+                if !prev_kv {
+                    event.prev_kv = None;
+                }
+                convert::event(event)
+            })
+            .collect();
+        let response = pb::WatchResponse {
+            header: Some(self.header(through)),
+            watch_id: id,
+            events,
+            ..pb::WatchResponse::default()
+        };
+        if fragment {
+            for part in fragments(response, FRAGMENT_BYTES) {
+                self.send(part).await?;
+            }
+            Ok(())
+        } else {
+            self.send(response).await
+        }
+    }
+
+    /// The history watch `id` needs is compacted away: the watch ends with the
+    /// compaction revision, as etcd ends it.
+    async fn compacted(&mut self, id: i64, compact_revision: i64) -> Result<(), End> {
+        if self.watches.remove(&id).is_some() {
+            self.stats().watches.fetch_sub(1, Ordering::Relaxed);
+            self.stats().compacted.fetch_add(1, Ordering::Relaxed);
+        }
+        let response = pb::WatchResponse {
+            header: Some(self.header(self.subscription.feed().head())),
+            watch_id: id,
+            canceled: true,
+            compact_revision,
+            cancel_reason: REASON_COMPACTED.to_string(),
+            ..pb::WatchResponse::default()
+        };
+        self.send(response).await
+    }
+
+    /// Every watch that asked for progress notifications, is caught up and sent nothing
+    /// since the last tick hears the current revision.
+    async fn progress_tick(&mut self) -> Result<(), End> {
+        let head = self.subscription.feed().head();
+        let mut quiet = Vec::new();
+        for (id, watch) in &mut self.watches {
+            if watch.progress_notify && !watch.sent_since_tick && watch.next > head {
+                quiet.push(*id);
+            }
+            watch.sent_since_tick = false;
+        }
+        for id in quiet {
+            let response = pb::WatchResponse {
+                header: Some(self.header(head)),
+                watch_id: id,
+                ..pb::WatchResponse::default()
+            };
+            self.send(response).await?;
+        }
+        Ok(())
+    }
+
+    fn header(&self, revision: i64) -> pb::ResponseHeader {
+        self.shared.header_at(revision)
+    }
+
+    async fn send(&self, response: pb::WatchResponse) -> Result<(), End> {
+        self.out.send(Ok(response)).await.map_err(|_| End::Client)
+    }
+}
+
+/// `response` as etcd's fragmenting watch sends it: whole when it fits in `limit` bytes
+/// or has one event, else in parts of as many events as fit (at least one), every part
+/// but the last marked `fragment`.
+fn fragments(response: pb::WatchResponse, limit: usize) -> Vec<pb::WatchResponse> {
+    if response.encoded_len() < limit || response.events.len() < 2 {
+        return vec![response];
+    }
+    let empty = pb::WatchResponse { events: Vec::new(), fragment: true, ..response.clone() };
+    let base = empty.encoded_len();
+    let mut parts = Vec::new();
+    let mut part = empty.clone();
+    let mut bytes = base;
+    for event in response.events {
+        let size = event.encoded_len() + 1 + prost::length_delimiter_len(event.encoded_len());
+        if !part.events.is_empty() && bytes + size >= limit {
+            parts.push(std::mem::replace(&mut part, empty.clone()));
+            bytes = base;
+        }
+        bytes += size;
+        part.events.push(event);
+    }
+    part.fragment = false;
+    parts.push(part);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(key: &str, value_bytes: usize) -> crate::mvccpb::Event {
+        crate::mvccpb::Event {
+            r#type: 0,
+            kv: Some(crate::mvccpb::KeyValue {
+                key: key.as_bytes().to_vec(),
+                value: vec![b'v'; value_bytes],
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn a_response_within_the_limit_goes_whole() {
+        let response = pb::WatchResponse {
+            watch_id: 3,
+            events: vec![event("a", 10), event("b", 10)],
+            ..Default::default()
+        };
+        let parts = fragments(response.clone(), 1_000);
+        assert_eq!(parts, vec![response]);
+    }
+
+    #[test]
+    fn a_large_response_is_split_with_every_part_but_the_last_marked() {
+        let events: Vec<_> = (0..10).map(|i| event(&format!("k{i}"), 300)).collect();
+        let response =
+            pb::WatchResponse { watch_id: 3, events: events.clone(), ..Default::default() };
+        let parts = fragments(response, 1_000);
+        assert!(parts.len() > 3, "{} parts", parts.len());
+        assert!(parts.iter().all(|part| part.encoded_len() < 1_000 && part.watch_id == 3));
+        assert!(parts[..parts.len() - 1].iter().all(|part| part.fragment));
+        assert!(!parts[parts.len() - 1].fragment);
+        let joined: Vec<_> = parts.into_iter().flat_map(|part| part.events).collect();
+        assert_eq!(joined, events);
+    }
+
+    #[test]
+    fn one_event_larger_than_the_limit_is_sent_alone() {
+        let response = pb::WatchResponse {
+            events: vec![event("a", 5_000), event("b", 5_000)],
+            ..Default::default()
+        };
+        let parts = fragments(response, 1_000);
+        assert_eq!(parts.len(), 2);
+        assert!(parts[0].fragment && !parts[1].fragment);
+    }
+}
