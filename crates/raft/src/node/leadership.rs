@@ -183,9 +183,22 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         {
             // This member keeps the turn and takes writes again (see
             // Rotation::overdue_transfer).
+            let last_index = self.raw.raft.raft_log.last_index();
+            let progress = self.raw.raft.prs().get(target).map(|pr| {
+                format!(
+                    "its log matched to {} of {last_index} ({:?}, next {}, paused {})",
+                    pr.matched,
+                    pr.state,
+                    pr.next_idx,
+                    pr.is_paused()
+                )
+            });
+            let heard = self.last_heard.get(&target).map(|at| now.duration_since(*at));
             self.raw.raft.abort_leader_transfer();
             rotation.abandon_transfer(self.config.id, now);
             tracing::info!(
+                progress = progress.as_deref().unwrap_or("unknown"),
+                last_heard_ms = heard.map(|d| d.as_secs_f64() * 1e3),
                 "member {target} did not take over within takeover_grace_ms of its boundary: this member keeps the turn"
             );
             // What waited through the transfer (raft-rs refused it, or it went on to the
