@@ -28,11 +28,13 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let unix_ns = self.schedule_unix_ns();
         let leader = self.raw.raft.leader_id;
         let rotation = self.rotation.as_mut()?;
-        // Only while the schedule is on track (the leader is the turn's own member): a
-        // leader that kept a turn not its own (the handoff skipped — a member's clock
-        // beyond the bound, a silent or lagging target) most likely keeps the next one
-        // too, and writes sent ahead would wait at a member that does not lead.
-        if rotation.scheduled_at(unix_ns) != Some(leader) {
+        // Only while the schedule is on track (the leader is the turn's own member and
+        // came in with it): a leader that kept a turn (the handoff skipped — a member's
+        // clock beyond the bound, a silent or lagging target) most likely keeps the next
+        // one too, and writes sent ahead would wait at a member that does not lead.
+        if rotation.scheduled_at(unix_ns) != Some(leader)
+            || !rotation.leader_came_with_turn(leader, unix_ns)
+        {
             return None;
         }
         rotation.incoming(unix_ns)

@@ -216,6 +216,9 @@ pub struct Rotation {
     transfer: Option<Transfer>,
     /// When this member last became leader (UNIX ns), while it leads.
     led_since_unix_ns: Option<u64>,
+    /// The leader this member sees and since when (schedule time): whether it came in at
+    /// its turn's boundary or has been keeping turns.
+    leader_since: Option<(u64, u64)>,
     log: Arc<Mutex<TurnLog>>,
 }
 
@@ -263,6 +266,7 @@ impl Rotation {
             decided: None,
             transfer: None,
             led_since_unix_ns: None,
+            leader_since: None,
             log: Arc::default(),
         })
     }
@@ -424,6 +428,23 @@ impl Rotation {
         self.scheduled_leader(slot)
     }
 
+    /// Whether `leader` came in with the current turn (at its boundary, by a handoff or
+    /// an election since): not a leader that has been keeping turns — one that paused
+    /// rotation (a member's clock beyond the bound) or whose last handoff failed keeps
+    /// the next turn too, most likely, and a write sent ahead would wait for a handoff
+    /// that does not come.
+    pub fn leader_came_with_turn(&self, leader: u64, now_unix_ns: u64) -> bool {
+        let (Some(position), Some((seen, since))) = (self.position(now_unix_ns), self.leader_since)
+        else {
+            return false;
+        };
+        let turn_start = u128::from(now_unix_ns).saturating_sub(position.into_turn_ns);
+        // The handoff begins handoff_lead before the boundary; this member learns of it
+        // up to a grace later.
+        let early = (self.config.handoff_lead + self.config.takeover_grace).as_nanos();
+        seen == leader && u128::from(since) + early >= turn_start
+    }
+
     /// Inside the last `forward_ahead` of a turn: the next turn's member and the time left
     /// until its turn begins.
     pub fn incoming(&mut self, now_unix_ns: u64) -> Option<(u64, Duration)> {
@@ -479,6 +500,9 @@ impl Rotation {
             (true, None) => self.led_since_unix_ns = Some(now_unix_ns),
             (false, Some(_)) => self.led_since_unix_ns = None,
             _ => {}
+        }
+        if self.leader_since.is_none_or(|(seen, _)| seen != leader) {
+            self.leader_since = Some((leader, now_unix_ns));
         }
         let Some(transfer) = &mut self.transfer else {
             return;
