@@ -123,10 +123,7 @@ impl Store {
     /// The events of the store's newest revision among the keys `spans` names (each a key
     /// and range end, as a request names them): every such key whose history ends at that
     /// revision. Spans may name keys the revision did not touch; they are not events.
-    pub fn head_events<'a>(
-        &self,
-        spans: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-    ) -> Vec<Event> {
+    pub fn head_events(&self, spans: &[(Vec<u8>, Vec<u8>)]) -> Vec<Event> {
         let mut events: Vec<Event> = Vec::new();
         for (key, range_end) in spans {
             for (key, history) in self.keys_in(key, range_end) {
@@ -139,6 +136,36 @@ impl Store {
         events.sort_by(|a, b| a.kv.key.cmp(&b.kv.key));
         events.dedup_by(|a, b| a.kv.key == b.kv.key);
         events
+    }
+}
+
+impl Store {
+    /// For every key among `spans` written at the newest revision: the lease it was
+    /// attached to before and the one after (0: none).
+    pub(crate) fn head_lease_moves(
+        &self,
+        spans: &[(Vec<u8>, Vec<u8>)],
+    ) -> Vec<(Vec<u8>, i64, i64)> {
+        let mut moves = Vec::new();
+        for (key, range_end) in spans {
+            for (key, history) in self.keys_in(key, range_end) {
+                let at = history.len() - 1;
+                if history[at].revision != self.revision {
+                    continue;
+                }
+                let lease = |entry: Option<&Entry>| {
+                    entry.and_then(|e| e.kv.as_ref()).map_or(0, |kv| kv.lease)
+                };
+                let old = lease(at.checked_sub(1).map(|before| &history[before]));
+                let new = lease(Some(&history[at]));
+                if old != new {
+                    moves.push((key.clone(), old, new));
+                }
+            }
+        }
+        moves.sort();
+        moves.dedup();
+        moves
     }
 }
 
@@ -267,7 +294,7 @@ mod tests {
             ..TxnRequest::default()
         };
         store.txn(&txn).unwrap();
-        let spans: [(&[u8], &[u8]); 3] = [(b"c", b""), (b"a", b"\0"), (b"z", b"")];
-        assert_eq!(summary(&store.head_events(spans)), ["4 Delete a= prev=1", "4 Put c=2 prev=-"]);
+        let spans = [(b"c".to_vec(), vec![]), (b"a".to_vec(), vec![0]), (b"z".to_vec(), vec![])];
+        assert_eq!(summary(&store.head_events(&spans)), ["4 Delete a= prev=1", "4 Put c=2 prev=-"]);
     }
 }

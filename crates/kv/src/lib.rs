@@ -9,11 +9,13 @@
 
 mod decode;
 mod events;
+mod leases;
 mod machine;
 mod store;
 mod types;
 
 pub use events::{in_range, Changes, Event, EventKind, EVENT_OVERHEAD_BYTES};
+pub use leases::{Lease, Leases, LEASE_TTL_MAX};
 pub use machine::{
     Applied, Command, Outcome, Proposal, RequestId, ScheduleChange, ScheduleSettings,
     SnapshotError, StateMachine, DEDUP_WINDOW, SCHEDULE_CHANGES_MAX,

@@ -5,6 +5,7 @@ use imbl::{OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
+use crate::leases::Leases;
 use crate::store::Store;
 use crate::types::*;
 
@@ -85,6 +86,24 @@ pub enum Command {
     RaiseAlarm(AlarmMember),
     /// Clear an alarm (etcd's `AlarmRequest` DEACTIVATE).
     ClearAlarm(AlarmMember),
+    /// Grant a lease (id 0: the state machine chooses one).
+    LeaseGrant {
+        /// The id asked for, or 0.
+        id: i64,
+        /// Seconds.
+        ttl: i64,
+    },
+    /// Revoke a lease, deleting its keys at one revision (also how a lease expires: the
+    /// leader proposes it).
+    LeaseRevoke {
+        /// The lease.
+        id: i64,
+    },
+    /// A keep-alive: the lease's TTL starts again from when each member applies this.
+    LeaseRefresh {
+        /// The lease.
+        id: i64,
+    },
 }
 
 /// A log entry's payload: the command and who asked for it.
@@ -134,6 +153,23 @@ pub enum Outcome {
     Error(KvError),
     /// The alarm raised or cleared (empty: it already was, or was not raised).
     Alarm(Option<AlarmMember>),
+    /// A lease granted.
+    LeaseGranted {
+        /// Its id.
+        id: i64,
+        /// Its TTL in seconds.
+        ttl: i64,
+    },
+    /// A lease revoked (its keys deleted).
+    LeaseRevoked {
+        /// Keys deleted.
+        deleted: i64,
+    },
+    /// A lease kept alive.
+    LeaseRefreshed {
+        /// Its TTL in seconds.
+        ttl: i64,
+    },
 }
 
 /// What applying returns: the outcome and the revision after it.
@@ -158,8 +194,24 @@ pub struct StateMachine {
     #[serde(deserialize_with = "crate::decode::ord_map")]
     answers: OrdMap<RequestId, (Outcome, i64)>,
     schedule: Vec<ScheduleChange>,
-    /// Raised alarms, sorted. Last, so that a state written before alarms existed decodes
-    /// as the same fields without it (see [`StateMachine::restore`]).
+    /// Raised alarms, sorted. After the fields above, so that a state written before
+    /// alarms existed decodes as the same fields without it (see
+    /// [`StateMachine::restore`]).
+    alarms: Vec<AlarmMember>,
+    /// Leases; last, for the same reason.
+    leases: Leases,
+}
+
+/// A state machine as encoded before leases.
+#[derive(Deserialize)]
+struct BeforeLeases {
+    store: Store,
+    applied_index: u64,
+    #[serde(deserialize_with = "crate::decode::vector")]
+    recent: Vector<RequestId>,
+    #[serde(deserialize_with = "crate::decode::ord_map")]
+    answers: OrdMap<RequestId, (Outcome, i64)>,
+    schedule: Vec<ScheduleChange>,
     alarms: Vec<AlarmMember>,
 }
 
@@ -220,11 +272,25 @@ impl StateMachine {
             {
                 Err(KvError::NoSpace)
             }
-            Command::Put(put) => self.store.put(put).map(Outcome::Put),
-            Command::DeleteRange(delete) => {
-                self.store.delete_range(delete).map(Outcome::DeleteRange)
+            Command::Put(_) | Command::DeleteRange(_) | Command::Txn(_) => {
+                self.write(&proposal.command)
             }
-            Command::Txn(txn) => self.store.txn(txn).map(Outcome::Txn),
+            Command::LeaseGrant { id, ttl } => {
+                // The entry's index suggests the id: unique in the log, the same everywhere.
+                let suggested = i64::try_from(index).unwrap_or(i64::MAX);
+                self.leases
+                    .grant(*id, *ttl, suggested)
+                    .map(|id| Outcome::LeaseGranted { id, ttl: *ttl })
+            }
+            Command::LeaseRevoke { id } => self
+                .leases
+                .revoke(*id)
+                .map(|keys| Outcome::LeaseRevoked { deleted: self.store.delete_keys(&keys) }),
+            Command::LeaseRefresh { id } => self
+                .leases
+                .get(*id)
+                .map(|lease| Outcome::LeaseRefreshed { ttl: lease.ttl })
+                .ok_or(KvError::LeaseNotFound),
             Command::Compact { revision } => {
                 self.store.compact(*revision).map(|()| Outcome::Compact)
             }
@@ -262,6 +328,33 @@ impl StateMachine {
         Applied { outcome, revision, duplicate: false }
     }
 
+    /// A put, delete or transaction, with the leases' keys kept in step.
+    fn write(&mut self, command: &Command) -> Result<Outcome, KvError> {
+        let leases = &self.leases;
+        let lease_exists = |id: i64| leases.get(id).is_some();
+        let single = |op: RequestOp| TxnRequest { success: vec![op], ..TxnRequest::default() };
+        let before = self.store.revision();
+        let outcome = match command {
+            Command::Put(put) => {
+                let txn = single(RequestOp::Put(put.clone()));
+                match self.store.txn_with_leases(&txn, &lease_exists)?.responses.pop() {
+                    Some(ResponseOp::Put(put)) => Outcome::Put(put),
+                    _ => unreachable!("a put transaction answers with a put"),
+                }
+            }
+            Command::DeleteRange(delete) => Outcome::DeleteRange(self.store.delete_range(delete)?),
+            Command::Txn(txn) => Outcome::Txn(self.store.txn_with_leases(txn, &lease_exists)?),
+            _ => unreachable!("only writes are written"),
+        };
+        if !self.leases.is_empty() && self.store.revision() > before {
+            let spans = self.watch_spans(command);
+            for (key, old, new) in self.store.head_lease_moves(&spans) {
+                self.leases.moved(&key, old, new);
+            }
+        }
+        Ok(outcome)
+    }
+
     fn remember(&mut self, id: RequestId, outcome: Outcome, revision: i64) {
         if self.recent.len() == DEDUP_WINDOW {
             if let Some(oldest) = self.recent.pop_front() {
@@ -273,16 +366,17 @@ impl StateMachine {
         assert_eq!(self.recent.len(), self.answers.len());
     }
 
-    /// The events of the revision `command` just took, when applying it advanced the
-    /// revision (the caller knows: the revision before and after). Every key the command
-    /// could write is looked at, both branches of a transaction alike; only the keys
-    /// whose history ends at the new revision are events.
-    pub fn events_of(&self, command: &Command) -> Vec<Event> {
-        fn spans<'a>(ops: &'a [RequestOp], out: &mut Vec<(&'a [u8], &'a [u8])>) {
+    /// The key ranges `command` may write, taken before it is applied (a lease's
+    /// revoke writes the keys attached to it then): for [`StateMachine::events_in`].
+    /// Both branches of a transaction alike; what did not change is no event.
+    pub fn watch_spans(&self, command: &Command) -> Vec<(Vec<u8>, Vec<u8>)> {
+        fn spans(ops: &[RequestOp], out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
             for op in ops {
                 match op {
-                    RequestOp::Put(put) => out.push((&put.key, &[])),
-                    RequestOp::DeleteRange(delete) => out.push((&delete.key, &delete.range_end)),
+                    RequestOp::Put(put) => out.push((put.key.clone(), Vec::new())),
+                    RequestOp::DeleteRange(delete) => {
+                        out.push((delete.key.clone(), delete.range_end.clone()));
+                    }
                     RequestOp::Txn(nested) => {
                         spans(&nested.success, out);
                         spans(&nested.failure, out);
@@ -293,15 +387,33 @@ impl StateMachine {
         }
         let mut named = Vec::new();
         match command {
-            Command::Put(put) => named.push((&put.key[..], &[][..])),
-            Command::DeleteRange(delete) => named.push((&delete.key[..], &delete.range_end[..])),
+            Command::Put(put) => named.push((put.key.clone(), Vec::new())),
+            Command::DeleteRange(delete) => {
+                named.push((delete.key.clone(), delete.range_end.clone()));
+            }
             Command::Txn(txn) => {
                 spans(&txn.success, &mut named);
                 spans(&txn.failure, &mut named);
             }
-            _ => return Vec::new(),
+            Command::LeaseRevoke { id } => {
+                if let Some(lease) = self.leases.get(*id) {
+                    named.extend(lease.keys().map(|key| (key.clone(), Vec::new())));
+                }
+            }
+            _ => {}
         }
-        self.store.head_events(named)
+        named
+    }
+
+    /// The events of the newest revision among `spans` ([`StateMachine::watch_spans`] of
+    /// the command that took it, when applying it advanced the revision).
+    pub fn events_in(&self, spans: &[(Vec<u8>, Vec<u8>)]) -> Vec<Event> {
+        self.store.head_events(spans)
+    }
+
+    /// The leases.
+    pub fn leases(&self) -> &Leases {
+        &self.leases
     }
 
     /// Raised alarms, sorted.
@@ -325,20 +437,33 @@ impl StateMachine {
     pub fn restore(bytes: &[u8]) -> Result<Self, SnapshotError> {
         let mut machine: Self = match postcard::from_bytes(bytes) {
             Ok(machine) => machine,
-            Err(error) => match postcard::from_bytes::<BeforeAlarms>(bytes) {
+            Err(error) => match postcard::from_bytes::<BeforeLeases>(bytes) {
                 Ok(before) => Self {
                     store: before.store,
                     applied_index: before.applied_index,
                     recent: before.recent,
                     answers: before.answers,
                     schedule: before.schedule,
-                    alarms: Vec::new(),
+                    alarms: before.alarms,
+                    leases: Leases::default(),
                 },
-                Err(_) => return Err(SnapshotError(error.to_string())),
+                Err(_) => match postcard::from_bytes::<BeforeAlarms>(bytes) {
+                    Ok(before) => Self {
+                        store: before.store,
+                        applied_index: before.applied_index,
+                        recent: before.recent,
+                        answers: before.answers,
+                        schedule: before.schedule,
+                        alarms: Vec::new(),
+                        leases: Leases::default(),
+                    },
+                    Err(_) => return Err(SnapshotError(error.to_string())),
+                },
             },
         };
         machine.store.check().map_err(SnapshotError)?;
         machine.store.recount();
+        machine.leases.check(&machine.store).map_err(SnapshotError)?;
         if !machine.alarms.is_sorted_by(|a, b| a < b) {
             return Err(SnapshotError("the alarms are not a sorted set".into()));
         }
@@ -372,6 +497,9 @@ impl StateMachine {
         // Only when raised, so a state without alarms digests as it did before they existed.
         if !self.alarms.is_empty() {
             hash.write(&postcard::to_allocvec(&self.alarms).unwrap_or_default());
+        }
+        if !self.leases.is_empty() {
+            hash.write(&postcard::to_allocvec(&self.leases).unwrap_or_default());
         }
         hash.0
     }

@@ -49,6 +49,15 @@ fn entry_bytes(key: &[u8], entry: &Entry) -> u64 {
     ENTRY_OVERHEAD_BYTES + (key.len() + value) as u64
 }
 
+/// What a transaction's check has seen so far.
+struct Checked<'a> {
+    /// Keys put.
+    keys: Vec<Vec<u8>>,
+    /// Ranges deleted.
+    deleted: Vec<(Vec<u8>, Vec<u8>)>,
+    lease_exists: &'a dyn Fn(i64) -> bool,
+}
+
 /// The key set a request names.
 enum Span<'a> {
     One(&'a [u8]),
@@ -312,8 +321,7 @@ impl Store {
         &self,
         ops: &[RequestOp],
         path: &mut std::slice::Iter<'_, bool>,
-        written: &mut Vec<Vec<u8>>,
-        deleted: &mut Vec<(Vec<u8>, Vec<u8>)>,
+        checked: &mut Checked<'_>,
     ) -> Result<(), KvError> {
         for op in ops {
             match op {
@@ -327,30 +335,30 @@ impl Store {
                     if (put.ignore_value || put.ignore_lease) && self.current(&put.key).is_none() {
                         return Err(KvError::KeyNotFound);
                     }
-                    if put.lease != 0 && !put.ignore_lease {
+                    if put.lease != 0 && !put.ignore_lease && !(checked.lease_exists)(put.lease) {
                         return Err(KvError::LeaseNotFound);
                     }
-                    if written.contains(&put.key) {
+                    if checked.keys.contains(&put.key) {
                         return Err(KvError::DuplicateKey);
                     }
-                    written.push(put.key.clone());
+                    checked.keys.push(put.key.clone());
                 }
                 RequestOp::DeleteRange(delete) => {
                     if delete.key.is_empty() {
                         return Err(KvError::EmptyKey);
                     }
-                    deleted.push((delete.key.clone(), delete.range_end.clone()));
+                    checked.deleted.push((delete.key.clone(), delete.range_end.clone()));
                 }
                 RequestOp::Txn(nested) => {
                     let succeeded = *path.next().unwrap_or(&false);
                     let branch = if succeeded { &nested.success } else { &nested.failure };
-                    self.check_ops(branch, path, written, deleted)?;
+                    self.check_ops(branch, path, checked)?;
                 }
             }
         }
         // A key both put and deleted in one transaction is as ambiguous as two puts.
-        for key in written.iter() {
-            if deleted.iter().any(|(start, end)| span_contains(key, start, end)) {
+        for key in checked.keys.iter() {
+            if checked.deleted.iter().any(|(start, end)| span_contains(key, start, end)) {
                 return Err(KvError::DuplicateKey);
             }
         }
@@ -384,8 +392,18 @@ impl Store {
         Ok(responses)
     }
 
-    /// Runs a transaction atomically; writes share one new revision.
+    /// Runs a transaction atomically; writes share one new revision. A store alone has
+    /// no leases: a put that names one is refused (see [`Store::txn_with_leases`]).
     pub fn txn(&mut self, txn: &TxnRequest) -> Result<TxnResponse, KvError> {
+        self.txn_with_leases(txn, &|_| false)
+    }
+
+    /// [`Store::txn`], where a put may name a lease for which `lease_exists` holds.
+    pub fn txn_with_leases(
+        &mut self,
+        txn: &TxnRequest,
+        lease_exists: &dyn Fn(i64) -> bool,
+    ) -> Result<TxnResponse, KvError> {
         if txn.success.len().max(txn.failure.len()) > TXN_OPS_MAX {
             return Err(KvError::TooManyOps);
         }
@@ -393,7 +411,8 @@ impl Store {
         self.txn_path(txn, &mut path);
         let succeeded = path[0];
         let branch = if succeeded { &txn.success } else { &txn.failure };
-        self.check_ops(branch, &mut path[1..].iter(), &mut Vec::new(), &mut Vec::new())?;
+        let mut written = Checked { keys: Vec::new(), deleted: Vec::new(), lease_exists };
+        self.check_ops(branch, &mut path[1..].iter(), &mut written)?;
         let revision = self.revision + 1;
         self.recorded = 0;
         let responses = self.run_ops(branch, &mut path[1..].iter(), revision)?;
@@ -428,6 +447,39 @@ impl Store {
             Some(ResponseOp::DeleteRange(response)) => Ok(response),
             _ => unreachable!("a delete transaction answers with a delete"),
         }
+    }
+
+    /// Deletes `keys` (those that exist) at one new revision, as a lease's revoke does,
+    /// however many; how many were deleted.
+    pub(crate) fn delete_keys(&mut self, keys: &[Vec<u8>]) -> i64 {
+        let revision = self.revision + 1;
+        let mut deleted = 0;
+        for key in keys {
+            if self.current(key).is_some() {
+                self.record(key, revision, None);
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            self.revision = revision;
+        }
+        self.recorded = 0;
+        deleted
+    }
+
+    /// The lease key `key` is attached to now, if any.
+    pub(crate) fn lease_of(&self, key: &[u8]) -> Option<i64> {
+        self.current(key).map(|kv| kv.lease).filter(|lease| *lease != 0)
+    }
+
+    /// How many keys are attached to a lease now.
+    pub(crate) fn leased_keys(&self) -> usize {
+        self.keys
+            .values()
+            .filter(|history| {
+                history.last().and_then(|e| e.kv.as_ref()).is_some_and(|kv| kv.lease != 0)
+            })
+            .count()
     }
 
     /// Forgets history before `revision`: reads below it fail with `Compacted`.

@@ -265,6 +265,12 @@ pub enum KvError {
     /// A write that adds data while the cluster's NOSPACE alarm is raised.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// A grant naming a lease that exists.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// A grant beyond [`crate::LEASE_TTL_MAX`].
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
 }
 
 /// What an alarm is about (etcd's `AlarmType`).

@@ -27,8 +27,8 @@ pub mod transport;
 pub mod validate;
 
 pub use node::{
-    ClientRequest, Clock, Node, NodeConfig, NodeCounters, NodeError, NodeHandle, NodeStatus,
-    ReadReply, ReadView, StartError, SystemClock, Transport, WriteReply,
+    ClientRequest, Clock, LeaseReport, Node, NodeConfig, NodeCounters, NodeError, NodeHandle,
+    NodeStatus, ReadReply, ReadView, StartError, SystemClock, Transport, WriteReply,
 };
 pub use planted::PlantedBug;
 pub use storage::{EngineStorage, LogStats, LogStore, SnapshotSlot, StoreError};

@@ -633,6 +633,13 @@ impl ServerConfig {
         Duration::from_millis(self.request_timeout_ms)
     }
 
+    /// The shortest lease TTL granted (etcd's `minLeaseTTL`): 1.5 election timeouts, in
+    /// whole seconds rounded up.
+    pub fn lease_ttl_min(&self) -> i64 {
+        let election_ms = self.tick_ms.saturating_mul(self.election_ticks as u64);
+        i64::try_from((election_ms.saturating_mul(3) / 2).div_ceil(1000)).unwrap_or(i64::MAX)
+    }
+
     /// How often a quiet watch that asked for them hears the current revision.
     pub fn watch_progress_interval(&self) -> Duration {
         Duration::from_millis(self.watch_progress_notify_interval_ms)

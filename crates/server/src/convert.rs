@@ -33,6 +33,8 @@ pub fn kv_status(error: &kv::KvError) -> Status {
     let code = match error {
         kv::KvError::Compacted { .. } | kv::KvError::FutureRevision => Code::OutOfRange,
         kv::KvError::LeaseNotFound => Code::NotFound,
+        kv::KvError::LeaseExists => Code::FailedPrecondition,
+        kv::KvError::LeaseTtlTooLarge => Code::OutOfRange,
         kv::KvError::NoSpace => Code::ResourceExhausted,
         kv::KvError::EmptyKey
         | kv::KvError::KeyNotFound

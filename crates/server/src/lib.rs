@@ -45,6 +45,7 @@ pub mod checks;
 pub mod config;
 pub mod convert;
 pub mod kv_routes;
+pub mod lease;
 pub mod local_cluster;
 pub mod metrics;
 pub mod serve;

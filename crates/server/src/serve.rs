@@ -247,6 +247,7 @@ async fn run_async(
         quota_bytes: config.quota_bytes(),
         watch_progress_interval: config.watch_progress_interval(),
         watch_stats: Arc::default(),
+        lease_ttl_min: config.lease_ttl_min(),
     });
     if let Some(listener) = metrics_listener {
         let source = MetricsSource {
@@ -305,6 +306,7 @@ async fn serve_api(
         .add_service(pb::watch_server::WatchServer::new(crate::watch::WatchService::new(
             shared.clone(),
         )))
+        .add_service(pb::lease_server::LeaseServer::new(crate::lease::LeaseService(shared.clone())))
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService(shared)))
         .add_service(adminpb::admin_server::AdminServer::new(admin));
     let listener = listener.into_std().map_err(ServeError::Runtime)?;

@@ -38,6 +38,9 @@ pub struct Shared {
     pub watch_progress_interval: std::time::Duration,
     /// What the watch streams do.
     pub watch_stats: Arc<crate::watch::WatchStats>,
+    /// The shortest lease TTL granted, in seconds (etcd's: 1.5 election timeouts, rounded
+    /// up): a shorter one could expire while a leader is being elected.
+    pub lease_ttl_min: i64,
 }
 
 impl Shared {

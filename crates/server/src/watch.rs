@@ -262,9 +262,8 @@ impl WatchStream {
         } else {
             create.watch_id
         };
-        let filters = |kind: pb::watch_create_request::FilterType| {
-            create.filters.contains(&(kind as i32))
-        };
+        let filters =
+            |kind: pb::watch_create_request::FilterType| create.filters.contains(&(kind as i32));
         let watch = Watch {
             key,
             range_end,

@@ -7,6 +7,7 @@
 
 pub mod ahead;
 pub mod elections;
+pub mod leases;
 pub mod requests;
 pub mod snapshots;
 

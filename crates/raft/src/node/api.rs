@@ -166,6 +166,28 @@ impl ReadView {
     }
 }
 
+/// The leases a member knows and how long each has left by its clock.
+#[derive(Clone, Debug)]
+pub struct LeaseReport {
+    /// The leases (a clone, O(1)).
+    pub leases: worknode_kv::Leases,
+    /// Time left per lease id (zero: due, its revoke on its way).
+    pub remaining: Vec<(i64, Duration)>,
+    /// Store revision at the time.
+    pub revision: i64,
+    /// Raft term at the time.
+    pub term: u64,
+}
+
+impl LeaseReport {
+    /// What lease `id` has left, in whole seconds (the fraction dropped, as etcd reports
+    /// it).
+    pub fn remaining_seconds(&self, id: i64) -> Option<i64> {
+        let (_, left) = self.remaining.iter().find(|(lease, _)| *lease == id)?;
+        Some(i64::try_from(left.as_secs()).unwrap_or(i64::MAX))
+    }
+}
+
 /// A read's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadReply {
@@ -204,6 +226,11 @@ pub enum ClientRequest {
     Digest {
         /// Where the answer goes.
         reply: oneshot::Sender<StateMachine>,
+    },
+    /// The leases as this member has applied them, with what each has left by its clock.
+    Leases {
+        /// Where the answer goes.
+        reply: oneshot::Sender<LeaseReport>,
     },
     /// Fault injection: the loop panics, as a bug in it would (see fail-stop in the
     /// server, which must end the process).

@@ -22,8 +22,8 @@ use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot}
 use raft::{ProgressState, RawNode, ReadOnlyOption, StateRole};
 use tokio::sync::oneshot;
 use worknode_kv::{
-    Applied, Command, KvError, Proposal, RangeRequest, RangeResponse, RequestId, ScheduleChange,
-    StateMachine,
+    Applied, Command, KvError, Outcome, Proposal, RangeRequest, RangeResponse, RequestId,
+    ScheduleChange, StateMachine,
 };
 
 use crate::doorbell::{Doorbell, LoopSender};
@@ -56,6 +56,7 @@ mod api;
 mod clocks;
 mod elections;
 mod leadership;
+mod leases;
 mod ready;
 mod requests;
 mod snapshots;
@@ -118,6 +119,11 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     due_at: Option<Instant>,
     /// When raft-rs ticks next.
     next_tick: Instant,
+    /// The leases' deadlines on this member's clock ([`crate::engine::leases`]).
+    leases: crate::engine::leases::Leases,
+    /// Revokes this member proposed as leader: (its term then, how many), for their
+    /// request ids.
+    revokes: (u64, u64),
 }
 
 /// Why a node could not start.
@@ -210,7 +216,10 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             takeover_note: None,
             last_leader: raft::INVALID_ID,
             next_tick: now + tick,
+            leases: crate::engine::leases::Leases::default(),
+            revokes: (0, 0),
         };
+        node.restore_leases(now);
         node.draw_election_timeout();
         Ok((node, handle))
     }
@@ -279,6 +288,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 self.due_at = None;
             }
             self.expire_and_retry(now);
+            self.expire_leases(now);
         }
         self.maybe_snapshot()?;
         self.handle_ready()?;

@@ -98,6 +98,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 continue;
             };
             let before = self.machine.store().revision();
+            let spans = watched.then(|| self.machine.watch_spans(&proposal.command));
             let applied = if self.planted(crate::PlantedBug::SkipDedup) {
                 // A request id no one used: the deduplication window never matches.
                 let id = RequestId { session: u64::MAX, sequence: entry.index };
@@ -106,9 +107,10 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 self.machine.apply(entry.index, &proposal)
             };
             if applied.revision > before {
-                let events = watched.then(|| self.machine.events_of(&proposal.command));
+                let events = spans.map(|spans| self.machine.events_in(&spans));
                 revisions.push((applied.revision, events));
             }
+            self.leases_applied(&applied.outcome, &proposal.command);
             if matches!(proposal.command, Command::SetSchedule(_)) {
                 self.schedule_changed();
             }

@@ -45,6 +45,25 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             ClientRequest::Digest { reply } => {
                 let _ = reply.send(self.machine.clone());
             }
+            ClientRequest::Leases { reply } => {
+                let leases = self.machine.leases().clone();
+                let remaining = leases
+                    .iter()
+                    .map(|(id, _)| {
+                        (
+                            id,
+                            self.leases.remaining(id, now).map_or(Duration::ZERO, |(left, _)| left),
+                        )
+                    })
+                    .collect();
+                let report = LeaseReport {
+                    leases,
+                    remaining,
+                    revision: self.machine.store().revision(),
+                    term: self.term(),
+                };
+                let _ = reply.send(report);
+            }
             ClientRequest::InjectPanic => panic!("fault injection: the Raft loop panics"),
             ClientRequest::TransferLeader { target, reply } => {
                 let result = if self.raw.raft.state != StateRole::Leader {

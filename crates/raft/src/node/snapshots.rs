@@ -102,6 +102,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 self.raw.mut_store().install_snapshot(snapshot)?;
                 self.machine = machine;
                 self.handle.changes.reset(self.machine.store().revision());
+                self.restore_leases(self.clock.now());
                 let (index, bytes) = (snapshot.get_metadata().index, snapshot.get_data().len());
                 self.snapshots.installed(index, bytes as u64);
                 self.handle.counters.snapshots.fetch_add(1, Ordering::Relaxed);
