@@ -108,6 +108,42 @@ async fn etcdctl_put_get_del_txn_status_members_move_leader() {
     let (ok, _, err) = etcdctl(&all, &["get", ""], None);
     assert!(!ok);
     assert!(err.contains("etcdserver: key is not provided"), "{err}");
+
+    // HashKV agrees on every member at one revision, and moves with a write.
+    let hashes = |at: i64| {
+        let (ok, out, err) =
+            etcdctl(&all, &["endpoint", "hashkv", &format!("--rev={at}"), "-w", "json"], None);
+        assert!(ok, "{err}");
+        let answers: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let hashes: Vec<(u64, i64)> = answers
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                let answer = &a["HashKV"];
+                (answer["hash"].as_u64().unwrap(), answer["compact_revision"].as_i64().unwrap())
+            })
+            .collect();
+        assert_eq!(hashes.len(), 3);
+        assert!(hashes.iter().all(|h| *h == hashes[0]), "members disagree at {at}: {hashes:?}");
+        hashes[0]
+    };
+    let (hash, compacted) = hashes(revision);
+    assert_eq!(compacted, revision);
+    etcdctl(&all, &["put", "k", "3"], None);
+    // Wait for every member to apply it: a serializable read at each.
+    for member in &cluster.members {
+        let endpoint = member.client.to_string();
+        for _ in 0..100 {
+            let (_, out, _) =
+                etcdctl(&endpoint, &["get", "k", "--consistency=s", "--print-value-only"], None);
+            if out.trim() == "3" {
+                break;
+            }
+        }
+    }
+    assert_eq!(hashes(revision).0, hash, "the hash at an old revision does not move");
+    assert_ne!(hashes(revision + 1).0, hash);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

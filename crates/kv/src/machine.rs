@@ -528,7 +528,7 @@ fn adds_data(command: &Command) -> bool {
 pub struct SnapshotError(pub String);
 
 /// FNV-1a, 64-bit: stable across platforms and versions, unlike `std`'s hasher.
-struct Fnv(u64);
+pub(crate) struct Fnv(pub(crate) u64);
 
 impl Default for Fnv {
     fn default() -> Self {
@@ -537,7 +537,7 @@ impl Default for Fnv {
 }
 
 impl Fnv {
-    fn write(&mut self, bytes: &[u8]) {
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
         for &byte in bytes {
             self.0 ^= u64::from(byte);
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);

@@ -44,6 +44,7 @@ pub mod authority;
 pub mod checks;
 pub mod config;
 pub mod convert;
+pub mod health;
 pub mod kv_routes;
 pub mod lease;
 pub mod local_cluster;

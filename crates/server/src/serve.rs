@@ -249,15 +249,15 @@ async fn run_async(
         watch_stats: Arc::default(),
         lease_ttl_min: config.lease_ttl_min(),
     });
+    let metrics = MetricsSource {
+        node: member.handle.clone(),
+        transport: member.stats.clone(),
+        log: member.log_stats.clone(),
+        telemetry: telemetry.clone(),
+        watch: shared.watch_stats.clone(),
+    };
     if let Some(listener) = metrics_listener {
-        let source = MetricsSource {
-            node: member.handle.clone(),
-            transport: member.stats.clone(),
-            log: member.log_stats.clone(),
-            telemetry: telemetry.clone(),
-            watch: shared.watch_stats.clone(),
-        };
-        tokio::spawn(serve_metrics(listener, source));
+        tokio::spawn(serve_metrics(listener, metrics.clone()));
         tracing::info!(address = ?me.metrics, "serving Prometheus metrics at /metrics");
     }
     let admin = AdminService {
@@ -269,7 +269,7 @@ async fn run_async(
         telemetry,
         rotation_cache: Arc::default(),
     };
-    let api = ApiParts { shared, admin, listener: client_listener, tls: client_tls };
+    let api = ApiParts { shared, admin, metrics, listener: client_listener, tls: client_tls };
     let result = serve_api(api, authority).await?;
     tracing::info!("shutting down: stopping the raft loop");
     drop(sampler);
@@ -285,6 +285,8 @@ async fn run_async(
 struct ApiParts {
     shared: Arc<Shared>,
     admin: AdminService,
+    /// Also served at `/metrics` on the client port, as etcd does.
+    metrics: MetricsSource,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -296,10 +298,9 @@ async fn serve_api(
     api: ApiParts,
     authority: Option<Arc<CoreAuthority>>,
 ) -> Result<Result<(), ServeError>, ServeError> {
-    let ApiParts { shared, admin, listener, tls } = api;
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(KvRoutes::new(shared.clone()))
+    let ApiParts { shared, admin, metrics, listener, tls } = api;
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(KvRoutes::new(shared.clone()))
         .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService(
             shared.clone(),
         )))
@@ -307,8 +308,22 @@ async fn serve_api(
             shared.clone(),
         )))
         .add_service(pb::lease_server::LeaseServer::new(crate::lease::LeaseService(shared.clone())))
-        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(shared)))
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService(shared.clone())))
+        .add_service(crate::health::healthpb::health_server::HealthServer::new(
+            crate::health::HealthService(shared.clone()),
+        ))
         .add_service(adminpb::admin_server::AdminServer::new(admin));
+    // etcd's HTTP endpoints beside gRPC on one port: HTTP/1.1 is accepted, and paths no
+    // gRPC service claims go to the HTTP routes.
+    let routes = grpc
+        .routes()
+        .into_axum_router()
+        .merge(crate::health::http_routes(shared, Some(metrics)))
+        .fallback(crate::health::fallback);
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .accept_http1(true)
+        .add_routes(tonic::service::Routes::from(routes));
     let listener = listener.into_std().map_err(ServeError::Runtime)?;
     let grant = authority.as_ref().and_then(|a| a.grant("api").ok());
     let spec = WorknodeSpec::new("api", WorknodeClass::Normal);

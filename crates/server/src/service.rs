@@ -385,6 +385,42 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         }))
     }
 
+    /// etcd's HashKV: the store's history up to a revision, hashed off this runtime.
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let revision = request.into_inner().revision;
+        let view = self.0.view(false).await?;
+        let current = view.store.revision();
+        let hashed = tokio::task::spawn_blocking(move || view.store.hash_kv(revision))
+            .await
+            .map_err(|_| convert::status(&NodeError::Stopped))?
+            .map_err(|error| convert::kv_status(&error))?;
+        let (hash, compact_revision) = hashed;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.0.header_at(current)),
+            hash,
+            compact_revision,
+            hash_revision: if revision > 0 { revision } else { current },
+        }))
+    }
+
+    /// etcd's Hash (of its whole database): here the store's whole history, which is
+    /// what this member keeps of the key-value data.
+    async fn hash(
+        &self,
+        _request: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        let view = self.0.view(false).await?;
+        let current = view.store.revision();
+        let (hash, _) = tokio::task::spawn_blocking(move || view.store.hash_kv(0))
+            .await
+            .map_err(|_| convert::status(&NodeError::Stopped))?
+            .map_err(|error| convert::kv_status(&error))?;
+        Ok(Response::new(pb::HashResponse { header: Some(self.0.header_at(current)), hash }))
+    }
+
     async fn move_leader(
         &self,
         request: Request<pb::MoveLeaderRequest>,
