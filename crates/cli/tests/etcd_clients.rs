@@ -236,3 +236,27 @@ async fn the_etcd_client_crate_works_unchanged() {
     let members = client.member_list().await.unwrap();
     assert_eq!(members.members().len(), 3);
 }
+
+/// `auto_compaction_mode = "periodic"`: history older than the retention goes by itself,
+/// newer history stays, whichever member leads when a compaction falls due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_auto_compaction_keeps_the_retention_and_drops_the_rest() {
+    let config = "auto_compaction_mode = \"periodic\"\nauto_compaction_retention = \"2s\"\n[schedule]\nrotation = \"on\"\nslot_ms = 50\nslots_per_turn = 4\n";
+    let cluster = ProcessCluster::start_with("auto-compaction", 3, 20, config);
+    cluster.leader().await;
+    let endpoints: Vec<String> =
+        cluster.members.iter().map(|m| format!("http://{}", m.client)).collect();
+    let mut client = Client::connect(endpoints, None).await.unwrap();
+    let first = client.put("k", "0", None).await.unwrap().header().unwrap().revision();
+    let started = std::time::Instant::now();
+    let mut recent = first;
+    while started.elapsed() < std::time::Duration::from_millis(3_500) {
+        recent = client.put("k", "x", None).await.unwrap().header().unwrap().revision();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let old = client.get("k", Some(GetOptions::new().with_revision(first))).await;
+    let error = old.expect_err("the first revision is older than the retention").to_string();
+    assert!(error.contains("required revision has been compacted"), "{error}");
+    let kept = client.get("k", Some(GetOptions::new().with_revision(recent - 5))).await;
+    assert!(kept.is_ok(), "the last moments' history stays: {kept:?}");
+}

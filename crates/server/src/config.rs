@@ -259,6 +259,24 @@ fn default_request_timeout_ms() -> u64 {
 fn default_watch_progress_notify_interval_ms() -> u64 {
     10 * 60 * 1000
 }
+/// A periodic retention: a number and a unit (h, m, s, ms), or a bare number of hours
+/// (etcd's forms).
+fn parse_retention(text: &str) -> Option<Duration> {
+    if let Ok(hours) = text.parse::<u64>() {
+        return hours.checked_mul(3600).map(Duration::from_secs);
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let scale = match unit {
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1_000,
+        "ms" => 1,
+        _ => return None,
+    };
+    number.checked_mul(scale).map(Duration::from_millis)
+}
 /// etcd's default space quota.
 pub const QUOTA_BYTES_DEFAULT: u64 = 2 * 1024 * 1024 * 1024;
 /// The largest quota: a store past it could not travel as a snapshot
@@ -305,6 +323,14 @@ pub struct ServerConfig {
     /// revision.
     #[serde(default = "default_watch_progress_notify_interval_ms")]
     pub watch_progress_notify_interval_ms: u64,
+    /// etcd's `--auto-compaction-mode`: `periodic` (keep a duration of history) or
+    /// `revision` (keep a number of revisions). Unset: no compaction but an operator's.
+    #[serde(default)]
+    pub auto_compaction_mode: Option<String>,
+    /// etcd's `--auto-compaction-retention`: for `periodic` a duration (`"72h"`, `"30m"`,
+    /// `"90s"`, or a number of hours), for `revision` a number of revisions.
+    #[serde(default)]
+    pub auto_compaction_retention: Option<String>,
     /// Threads of the net worknode's runtime (client gRPC, peer connections). Default:
     /// one per CPU the core plan gives the net worknode, or 1 when pinning is off. With
     /// 1 the runtime runs on the worknode's own thread and every wakeup stays on it.
@@ -411,6 +437,7 @@ impl ServerConfig {
             }
         }
         config.rotation_config().map_err(&fail)?;
+        config.auto_compaction().map_err(&fail)?;
         config.check_tls().map_err(&fail)?;
         if !config.members.iter().any(|m| m.id == config.member_id) {
             return Err(fail(format!(
@@ -640,6 +667,33 @@ impl ServerConfig {
         i64::try_from((election_ms.saturating_mul(3) / 2).div_ceil(1000)).unwrap_or(i64::MAX)
     }
 
+    /// What the member compacts by itself (`auto_compaction_mode` and `_retention`).
+    pub fn auto_compaction(&self) -> Result<crate::compactor::AutoCompaction, String> {
+        use crate::compactor::AutoCompaction;
+        let retention = self.auto_compaction_retention.as_deref().map(str::trim);
+        match (self.auto_compaction_mode.as_deref(), retention) {
+            (None, None) => Ok(AutoCompaction::Off),
+            (None, Some(_)) => Err("auto_compaction_retention: set auto_compaction_mode (\"periodic\" or \"revision\") too".into()),
+            (Some(_), None) => Err("auto_compaction_mode: set auto_compaction_retention too".into()),
+            (Some("periodic"), Some(text)) => {
+                let retention = parse_retention(text).ok_or_else(|| {
+                    format!("auto_compaction_retention: {text:?} is not a duration (\"72h\", \"30m\", \"90s\", or hours)")
+                })?;
+                if retention < Duration::from_secs(1) || retention > Duration::from_secs(10 * 365 * 86_400) {
+                    return Err(format!("auto_compaction_retention: {text:?} is not between 1 s and 10 years"));
+                }
+                Ok(AutoCompaction::Periodic(retention))
+            }
+            (Some("revision"), Some(text)) => match text.parse::<i64>() {
+                Ok(revisions) if revisions > 0 => Ok(AutoCompaction::Revision(revisions)),
+                _ => Err(format!("auto_compaction_retention: {text:?} is not a positive number of revisions")),
+            },
+            (Some(mode), Some(_)) => Err(format!(
+                "auto_compaction_mode: {mode:?} is neither \"periodic\" nor \"revision\""
+            )),
+        }
+    }
+
     /// How often a quiet watch that asked for them hears the current revision.
     pub fn watch_progress_interval(&self) -> Duration {
         Duration::from_millis(self.watch_progress_notify_interval_ms)
@@ -778,6 +832,35 @@ client = "127.0.0.1:22379"
         );
         let off = format!("{GOOD}\n[schedule]\nsilence_heartbeats = 0\n");
         assert_eq!(ServerConfig::parse("c", &off).unwrap().silence_heartbeats(), 0);
+    }
+
+    #[test]
+    fn auto_compaction_reads_etcds_forms() {
+        use crate::compactor::AutoCompaction;
+        let with = |mode: &str, retention: &str| {
+            let text = format!(
+                "auto_compaction_mode = \"{mode}\"\nauto_compaction_retention = \"{retention}\"\n{GOOD}"
+            );
+            ServerConfig::parse("node.toml", &text).map(|c| c.auto_compaction().unwrap())
+        };
+        let hour = Duration::from_secs(3600);
+        assert_eq!(with("periodic", "72h").unwrap(), AutoCompaction::Periodic(72 * hour));
+        assert_eq!(with("periodic", "2").unwrap(), AutoCompaction::Periodic(2 * hour));
+        assert_eq!(
+            with("periodic", "90s").unwrap(),
+            AutoCompaction::Periodic(Duration::from_secs(90))
+        );
+        assert_eq!(with("revision", "1000").unwrap(), AutoCompaction::Revision(1000));
+        assert_eq!(
+            ServerConfig::parse("a", GOOD).unwrap().auto_compaction(),
+            Ok(AutoCompaction::Off)
+        );
+        let error = |mode, retention| with(mode, retention).unwrap_err().to_string();
+        assert!(error("periodic", "3 days")
+            .contains("auto_compaction_retention: \"3 days\" is not a duration"));
+        assert!(error("revision", "-5").contains("is not a positive number of revisions"));
+        assert!(error("hourly", "1").contains("auto_compaction_mode: \"hourly\" is neither"));
+        assert!(error("periodic", "0s").contains("is not between 1 s and 10 years"));
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub mod adminpb {
 pub mod admin;
 pub mod authority;
 pub mod checks;
+pub mod compactor;
 pub mod config;
 pub mod convert;
 pub mod health;

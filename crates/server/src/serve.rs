@@ -260,6 +260,13 @@ async fn run_async(
         tokio::spawn(serve_metrics(listener, metrics.clone()));
         tracing::info!(address = ?me.metrics, "serving Prometheus metrics at /metrics");
     }
+    match config.auto_compaction() {
+        Ok(crate::compactor::AutoCompaction::Off) | Err(_) => {}
+        Ok(mode) => {
+            tracing::info!(?mode, "compacting the history by itself (auto-compaction)");
+            tokio::spawn(crate::compactor::run(shared.clone(), mode));
+        }
+    }
     let admin = AdminService {
         shared: shared.clone(),
         blocked: member.blocked.clone(),

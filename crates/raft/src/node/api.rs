@@ -261,6 +261,8 @@ pub struct NodeStatus {
     pub applied_index: u64,
     /// Store revision.
     pub revision: i64,
+    /// Store compaction revision (0: never compacted).
+    pub compact_revision: i64,
     /// The store's size ([`worknode_kv::Store::size_bytes`]), what the space quota counts.
     pub store_bytes: u64,
     /// Raised alarms (replicated).

@@ -486,6 +486,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             commit_index: raft.raft_log.committed,
             applied_index: self.machine.applied_index(),
             revision: self.machine.store().revision(),
+            compact_revision: self.machine.store().compact_revision(),
             store_bytes: self.machine.store().size_bytes(),
             alarms: self.machine.alarms().to_vec(),
             pending_writes: self.pending.pending_writes(),
