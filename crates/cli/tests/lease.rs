@@ -276,3 +276,92 @@ async fn etcdctl_elect_campaigns_observes_and_fails_over() {
         let _ = child.wait();
     }
 }
+
+/// `v3lockpb.Lock` through the `etcd-client` crate (it calls the service rather than
+/// running the recipe): one holder; the next gets it on unlock, and the one after when its
+/// holder's lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_service_hands_the_lock_on_at_unlock_and_at_lease_expiry() {
+    use etcd_client::LockOptions;
+    let cluster = ProcessCluster::start_with("lock-service", 3, 20, ROTATION);
+    cluster.leader().await;
+    let mut c = client(&cluster, 0).await;
+    let leases: Vec<i64> = {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(c.lease_grant(2, None).await.unwrap().id());
+        }
+        ids
+    };
+    let first = c.lock("jobs", Some(LockOptions::new().with_lease(leases[0]))).await.unwrap();
+    assert_eq!(first.key(), format!("jobs/{:x}", leases[0]).as_bytes());
+    let mut keeper = c.lease_keep_alive(leases[0]).await.unwrap().0;
+    keeper.keep_alive().await.unwrap();
+    let waiting = |lease: i64| {
+        let cluster_client = cluster.members[1].client;
+        tokio::spawn(async move {
+            let mut c = Client::connect([format!("http://{cluster_client}")], None).await.unwrap();
+            let response = c.lock("jobs", Some(LockOptions::new().with_lease(lease))).await;
+            (response.map(|r| r.key().to_vec()), Instant::now())
+        })
+    };
+    // The second keeps its lease alive; the third does not need to (it waits behind it).
+    let mut second_keeper = c.lease_keep_alive(leases[1]).await.unwrap().0;
+    let second = waiting(leases[1]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let third = waiting(leases[2]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished() && !third.is_finished(), "both wait for the holder");
+    let unlocked = Instant::now();
+    c.unlock(first.key()).await.unwrap();
+    let (key, at) = second.await.unwrap();
+    assert_eq!(key.unwrap(), format!("jobs/{:x}", leases[1]).into_bytes());
+    assert!(at.duration_since(unlocked) < Duration::from_secs(1));
+    // The second holder dies (its lease is no longer kept alive): the third's lease,
+    // granted at the start and never kept alive, has expired too, so it is refused.
+    second_keeper.keep_alive().await.unwrap();
+    drop(second_keeper);
+    drop(keeper);
+    let (third_key, _) = third.await.unwrap();
+    let error = third_key.unwrap_err().to_string();
+    assert!(error.contains("session is expired") || error.contains("lease not found"), "{error}");
+}
+
+/// `v3electionpb.Election` through the `etcd-client` crate: campaign, leader, proclaim,
+/// observe, resign — and the next campaigner leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_election_service_campaigns_proclaims_observes_and_resigns() {
+    use etcd_client::{ProclaimOptions, ResignOptions};
+    let cluster = ProcessCluster::start_with("election-service", 3, 20, ROTATION);
+    cluster.leader().await;
+    let mut c = client(&cluster, 0).await;
+    let error = c.leader("pool").await.unwrap_err().to_string();
+    assert!(error.contains("election: no leader"), "{error}");
+    let alpha = c.lease_grant(30, None).await.unwrap().id();
+    let beta = c.lease_grant(30, None).await.unwrap().id();
+    let campaign = c.campaign("pool", "alpha", alpha).await.unwrap();
+    let leader = campaign.leader().unwrap().clone();
+    assert_eq!(leader.key(), format!("pool/{alpha:x}").as_bytes());
+    assert_eq!(c.leader("pool").await.unwrap().kv().unwrap().value(), b"alpha");
+
+    let mut watcher = client(&cluster, 2).await;
+    let mut observed = watcher.observe("pool").await.unwrap();
+    assert_eq!(observed.message().await.unwrap().unwrap().kv().unwrap().value(), b"alpha");
+    c.proclaim("alpha-2", Some(ProclaimOptions::new().with_leader(leader.clone()))).await.unwrap();
+    assert_eq!(observed.message().await.unwrap().unwrap().kv().unwrap().value(), b"alpha-2");
+
+    let endpoint = cluster.members[1].client;
+    let second = tokio::spawn(async move {
+        let mut c = Client::connect([format!("http://{endpoint}")], None).await.unwrap();
+        c.campaign("pool", "beta", beta).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished(), "beta waits while alpha leads");
+    c.resign(Some(ResignOptions::new().with_leader(leader.clone()))).await.unwrap();
+    let beta_leads = second.await.unwrap();
+    assert_eq!(beta_leads.leader().unwrap().key(), format!("pool/{beta:x}").as_bytes());
+    assert_eq!(observed.message().await.unwrap().unwrap().kv().unwrap().value(), b"beta");
+    let error =
+        c.proclaim("late", Some(ProclaimOptions::new().with_leader(leader))).await.unwrap_err();
+    assert!(error.to_string().contains("election: not leader"), "{error}");
+}

@@ -76,6 +76,12 @@ impl ChangeFeed {
         Subscription { head: self.head.subscribe(), feed: Arc::clone(self) }
     }
 
+    /// The newest applied revision as it changes, without subscribing to events (for
+    /// waiting on a state rather than on a stream of changes).
+    pub fn heads(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.head.subscribe()
+    }
+
     /// Whether anyone reads the feed (the loop builds events only then).
     pub fn watched(&self) -> bool {
         self.subscribers.load(Ordering::SeqCst) > 0

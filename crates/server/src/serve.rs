@@ -319,6 +319,12 @@ async fn serve_api(
         .add_service(crate::health::healthpb::health_server::HealthServer::new(
             crate::health::HealthService(shared.clone()),
         ))
+        .add_service(crate::v3lockpb::lock_server::LockServer::new(
+            crate::concurrency::LockService(shared.clone()),
+        ))
+        .add_service(crate::v3electionpb::election_server::ElectionServer::new(
+            crate::concurrency::ElectionService(shared.clone()),
+        ))
         .add_service(adminpb::admin_server::AdminServer::new(admin));
     // etcd's HTTP endpoints beside gRPC on one port: HTTP/1.1 is accepted, and paths no
     // gRPC service claims go to the HTTP routes.
