@@ -419,3 +419,34 @@ async fn a_watcher_that_stops_reading_catches_up_from_history() {
     );
     assert_eq!(metric(&cluster, 1, "worknode_watches"), 1);
 }
+
+/// A watch that requires a leader (clientv3's `WithRequireLeader`, which Kubernetes
+/// uses) ends with "no leader" once its member is cut off, so its client moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_requires_a_leader_ends_when_its_member_loses_it() {
+    let cluster = ProcessCluster::start("watch-leader", 3, 20);
+    let leader = cluster.leader().await;
+    let cut = (leader + 1) % 3;
+    let options = etcd_client::ConnectOptions::new().with_require_leader(true);
+    let endpoint = format!("http://{}", cluster.members[cut].client);
+    let mut watcher = Client::connect([endpoint], Some(options)).await.unwrap();
+    let mut stream = watcher.watch("k", None).await.unwrap();
+    assert!(next(&mut stream).await.created());
+    cluster.isolate(cut).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within 10 s");
+    let error = ended.unwrap_err().to_string();
+    assert!(error.contains("etcdserver: no leader"), "{error}");
+    // Created afresh while the member has no leader, it is refused at once.
+    let error = watcher.watch("k", None).await.map(drop).unwrap_err().to_string();
+    assert!(error.contains("etcdserver: no leader"), "{error}");
+    cluster.heal().await;
+}

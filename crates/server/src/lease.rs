@@ -96,6 +96,10 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let require_leader = Shared::requires_leader(&request);
+        if require_leader && self.0.node.status().leader_id == 0 {
+            return Err(Shared::no_leader());
+        }
         let mut inbound = request.into_inner();
         let (out, responses) = mpsc::channel(KEEP_ALIVE_OUTBOUND_MAX);
         let shared = Arc::clone(&self.0);
@@ -103,7 +107,11 @@ impl pb::lease_server::Lease for LeaseService {
             // One at a time, in order; a failure ends the stream as etcd ends it (the
             // client opens another and carries on).
             while let Ok(Some(request)) = inbound.message().await {
-                let answer = shared.keep_alive(request.id).await;
+                let answer = if require_leader && shared.node.status().leader_id == 0 {
+                    Err(Shared::no_leader())
+                } else {
+                    shared.keep_alive(request.id).await
+                };
                 let failed = answer.is_err();
                 if out.send(answer).await.is_err() || failed {
                     break;

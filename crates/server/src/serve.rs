@@ -248,6 +248,9 @@ async fn run_async(
         watch_progress_interval: config.watch_progress_interval(),
         watch_stats: Arc::default(),
         lease_ttl_min: config.lease_ttl_min(),
+        election_timeout: Duration::from_millis(
+            config.tick_ms.saturating_mul(config.election_ticks as u64),
+        ),
     });
     let metrics = MetricsSource {
         node: member.handle.clone(),

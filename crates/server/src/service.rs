@@ -38,6 +38,8 @@ pub struct Shared {
     pub watch_progress_interval: std::time::Duration,
     /// What the watch streams do.
     pub watch_stats: Arc<crate::watch::WatchStats>,
+    /// The election timeout: how often a stream that requires a leader checks there is one.
+    pub election_timeout: std::time::Duration,
     /// The shortest lease TTL granted, in seconds (etcd's: 1.5 election timeouts, rounded
     /// up): a shorter one could expire while a leader is being elected.
     pub lease_ttl_min: i64,
@@ -109,6 +111,18 @@ impl Shared {
             Ok(Err(error)) => Err(convert::status(&error)),
             Err(_) => Err(convert::status(&NodeError::Stopped)),
         }
+    }
+
+    /// Whether a stream asked etcd's `hasleader` (clientv3's `WithRequireLeader`): it
+    /// must end with "no leader" while its member has none, so the client moves to a
+    /// member that has one (Kubernetes' watches ask it).
+    pub(crate) fn requires_leader<T>(request: &Request<T>) -> bool {
+        request.metadata().get("hasleader").is_some_and(|value| value == "true")
+    }
+
+    /// A stream that requires a leader, refused or ended: etcd's status.
+    pub(crate) fn no_leader() -> Status {
+        convert::status(&NodeError::NoLeader)
     }
 
     /// A response header at `revision` in the member's current term.

@@ -90,6 +90,10 @@ impl pb::watch_server::Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let require_leader = Shared::requires_leader(&request);
+        if require_leader && self.shared.node.status().leader_id == 0 {
+            return Err(Shared::no_leader());
+        }
         let inbound = request.into_inner();
         let (out, responses) = mpsc::channel(OUTBOUND_MAX);
         self.shared.watch_stats.streams.fetch_add(1, Ordering::Relaxed);
@@ -100,6 +104,7 @@ impl pb::watch_server::Watch for WatchService {
             watches: BTreeMap::new(),
             next_id: 0,
             progress_asked: false,
+            require_leader,
         };
         tokio::spawn(stream.run(inbound, self.shared.watch_progress_interval));
         Ok(Response::new(ReceiverStream::new(responses)))
@@ -138,6 +143,8 @@ enum End {
     Client,
     /// The node stopped.
     Stopped,
+    /// The member has no leader and the client requires one.
+    NoLeader,
 }
 
 struct WatchStream {
@@ -148,6 +155,9 @@ struct WatchStream {
     next_id: i64,
     /// A `WatchProgressRequest` waits for every watch to catch up.
     progress_asked: bool,
+    /// The client asked etcd's `hasleader`: the stream ends while the member has no
+    /// leader.
+    require_leader: bool,
 }
 
 impl Drop for WatchStream {
@@ -167,6 +177,10 @@ impl WatchStream {
         let mut progress = tokio::time::interval(progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         progress.reset();
+        // etcd looks once an election timeout for streams that require a leader.
+        let mut leader_check = tokio::time::interval(self.shared.election_timeout);
+        leader_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        leader_check.reset();
         let end = loop {
             let behind = match self.deliver().await {
                 Ok(behind) => behind,
@@ -184,14 +198,21 @@ impl WatchStream {
                     request = inbound.message() => self.on_request(request).await,
                     changed = self.subscription.changed() => changed.map(drop).map_err(|_| End::Stopped),
                     _ = progress.tick() => self.progress_tick().await,
+                    _ = leader_check.tick(), if self.require_leader => self.check_leader(),
                 }
             };
             if let Err(end) = step {
                 break end;
             }
         };
-        if let End::Stopped = end {
-            let _ = self.out.send(Err(Status::unavailable("etcdserver: server stopped"))).await;
+        match end {
+            End::Stopped => {
+                let _ = self.out.send(Err(Status::unavailable("etcdserver: server stopped"))).await;
+            }
+            End::NoLeader => {
+                let _ = self.out.send(Err(Shared::no_leader())).await;
+            }
+            End::Client => {}
         }
     }
 
@@ -428,6 +449,13 @@ impl WatchStream {
                 ..pb::WatchResponse::default()
             };
             self.send(response).await?;
+        }
+        Ok(())
+    }
+
+    fn check_leader(&self) -> Result<(), End> {
+        if self.shared.node.status().leader_id == 0 {
+            return Err(End::NoLeader);
         }
         Ok(())
     }
