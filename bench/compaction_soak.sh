@@ -43,7 +43,7 @@ while kill -0 "$bench" 2>/dev/null; do
   sleep 10
 done
 wait "$bench"
-compactions=$(grep -c "compacted the history" "$work"/soak-n*.log || true)
+compactions=$(cat "$work"/soak-n*.log | grep -c "compacted the history" || true)
 
 python3 - "$work" "$seconds" "$retention" "$compactions" <<'PY'
 import datetime, json, sys

@@ -7,10 +7,11 @@
 //! - `revision`: keep the last `retention` revisions. Every five minutes the member
 //!   compacts to the current revision minus `retention`.
 //!
-//! Every member takes notes, so whichever member leads when a compaction falls due
-//! proposes it: under rotation the leader changes every few hundred milliseconds, and a
-//! compactor that ran only where it started would rarely find itself leading. A
-//! compaction two members propose at once compacts once; the second finds it done.
+//! Every member takes notes and proposes what falls due once it leads (or drops it once
+//! another member has compacted as far): under rotation the leader changes every few
+//! hundred milliseconds, and a compactor that ran only where it started would rarely find
+//! itself leading. A compaction two members propose at once compacts once; the second
+//! finds it done.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -88,23 +89,42 @@ impl Compactor {
     }
 }
 
-/// Runs `mode` for this member until the process ends: takes notes every interval and,
-/// while this member leads, proposes what falls due.
+/// How often a member that has a compaction due looks whether it leads now.
+const LEADS_YET: Duration = Duration::from_millis(50);
+
+/// Runs `mode` for this member until the process ends: takes notes every interval and
+/// proposes what falls due once it leads (or drops it once another member compacted as
+/// far). Waiting to lead matters under rotation: a member's interval can fall at the same
+/// phase of the schedule every time, always inside other members' turns.
 pub async fn run(shared: Arc<Shared>, mode: AutoCompaction) {
     let Some(interval) = mode.interval() else { return };
     let mut compactor = Compactor::new(mode);
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leads_yet = tokio::time::interval(LEADS_YET);
+    leads_yet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut due: Option<i64> = None;
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {
+                let status = shared.node.status();
+                let now = Instant::now();
+                if let Some(target) = compactor.look(now, status.revision, status.compact_revision) {
+                    due = Some(due.map_or(target, |earlier| earlier.max(target)));
+                }
+            }
+            _ = leads_yet.tick(), if due.is_some() => {}
+        }
+        let Some(target) = due else { continue };
         let status = shared.node.status();
-        let Some(target) = compactor.look(Instant::now(), status.revision, status.compact_revision)
-        else {
+        if target <= status.compact_revision {
+            due = None;
             continue;
-        };
+        }
         if !status.is_leader {
             continue;
         }
+        due = None;
         match shared.write(kv::Command::Compact { revision: target }).await {
             Ok(written) => match written.applied.outcome {
                 kv::Outcome::Compact => {
