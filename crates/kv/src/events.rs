@@ -6,6 +6,9 @@
 //! The same history answers a watcher that resumes from an old revision (until compaction
 //! drops it) and the watchers that follow the newest writes, so both see one stream.
 //!
+//! etcd's HashKV reads the same history, so members that applied the same log agree on
+//! it at a revision.
+//!
 //! Within one revision events come in key order, live and replayed alike (etcd lists a
 //! transaction's events in operation order; no client relies on the order inside one
 //! revision, and one order for both keeps a resumed stream identical to a live one).
@@ -140,6 +143,35 @@ impl Store {
 }
 
 impl Store {
+    /// etcd's HashKV: a hash of every history entry (key, revision, value or deletion) at
+    /// or below `revision` (0: the current one) that compaction kept, with the compaction
+    /// revision. Members that applied the same log agree on it at the same revision.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
+        let at = self.check_revision(revision)?;
+        let mut hash = crate::machine::Fnv::default();
+        hash.write(&self.compact_revision.to_le_bytes());
+        for (key, history) in &self.keys {
+            for entry in history.iter().take_while(|entry| entry.revision <= at) {
+                hash.write(&(key.len() as u64).to_le_bytes());
+                hash.write(key);
+                hash.write(&entry.revision.to_le_bytes());
+                match &entry.kv {
+                    Some(kv) => {
+                        hash.write(&[1]);
+                        hash.write(&kv.create_revision.to_le_bytes());
+                        hash.write(&kv.version.to_le_bytes());
+                        hash.write(&kv.lease.to_le_bytes());
+                        hash.write(&(kv.value.len() as u64).to_le_bytes());
+                        hash.write(&kv.value);
+                    }
+                    None => hash.write(&[0]),
+                }
+            }
+        }
+        // Folded to etcd's 32 bits.
+        Ok(((hash.0 >> 32) as u32 ^ hash.0 as u32, self.compact_revision))
+    }
+
     /// For every key among `spans` written at the newest revision: the lease it was
     /// attached to before and the one after (0: none).
     pub(crate) fn head_lease_moves(

@@ -182,7 +182,7 @@ impl Store {
         self.keys.get(key)?.last()?.kv.as_ref()
     }
 
-    fn check_revision(&self, revision: i64) -> Result<i64, KvError> {
+    pub(crate) fn check_revision(&self, revision: i64) -> Result<i64, KvError> {
         if revision <= 0 {
             return Ok(self.revision);
         }
@@ -447,35 +447,6 @@ impl Store {
             Some(ResponseOp::DeleteRange(response)) => Ok(response),
             _ => unreachable!("a delete transaction answers with a delete"),
         }
-    }
-
-    /// etcd's HashKV: a hash of every history entry (key, revision, value or deletion) at
-    /// or below `revision` (0: the current one) that compaction kept, with the compaction
-    /// revision. Members that applied the same log agree on it at the same revision.
-    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
-        let at = self.check_revision(revision)?;
-        let mut hash = crate::machine::Fnv::default();
-        hash.write(&self.compact_revision.to_le_bytes());
-        for (key, history) in &self.keys {
-            for entry in history.iter().take_while(|entry| entry.revision <= at) {
-                hash.write(&(key.len() as u64).to_le_bytes());
-                hash.write(key);
-                hash.write(&entry.revision.to_le_bytes());
-                match &entry.kv {
-                    Some(kv) => {
-                        hash.write(&[1]);
-                        hash.write(&kv.create_revision.to_le_bytes());
-                        hash.write(&kv.version.to_le_bytes());
-                        hash.write(&kv.lease.to_le_bytes());
-                        hash.write(&(kv.value.len() as u64).to_le_bytes());
-                        hash.write(&kv.value);
-                    }
-                    None => hash.write(&[0]),
-                }
-            }
-        }
-        // Folded to etcd's 32 bits.
-        Ok(((hash.0 >> 32) as u32 ^ hash.0 as u32, self.compact_revision))
     }
 
     /// Deletes `keys` (those that exist) at one new revision, as a lease's revoke does,

@@ -89,6 +89,14 @@ impl Compactor {
     }
 }
 
+/// Starts [`run`] on the current runtime, unless `mode` is off.
+pub fn start(shared: Arc<Shared>, mode: AutoCompaction) {
+    if mode != AutoCompaction::Off {
+        tracing::info!(?mode, "compacting the history by itself (auto-compaction)");
+        tokio::spawn(run(shared, mode));
+    }
+}
+
 /// How often a member that has a compaction due looks whether it leads now.
 const LEADS_YET: Duration = Duration::from_millis(50);
 

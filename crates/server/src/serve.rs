@@ -236,22 +236,7 @@ async fn run_async(
         raft_cpus = %raft_thread.report().effective,
         "worknode member serving"
     );
-    let shared = Arc::new(Shared {
-        node: member.handle.clone(),
-        cluster_id,
-        member_id: me.id,
-        members: config.members.clone(),
-        request_timeout: config.request_timeout(),
-        session: rand::random(),
-        sequence: AtomicU64::new(1),
-        quota_bytes: config.quota_bytes(),
-        watch_progress_interval: config.watch_progress_interval(),
-        watch_stats: Arc::default(),
-        lease_ttl_min: config.lease_ttl_min(),
-        election_timeout: Duration::from_millis(
-            config.tick_ms.saturating_mul(config.election_ticks as u64),
-        ),
-    });
+    let shared = shared_state(&config, member.handle.clone(), cluster_id);
     let metrics = MetricsSource {
         node: member.handle.clone(),
         transport: member.stats.clone(),
@@ -263,12 +248,8 @@ async fn run_async(
         tokio::spawn(serve_metrics(listener, metrics.clone()));
         tracing::info!(address = ?me.metrics, "serving Prometheus metrics at /metrics");
     }
-    match config.auto_compaction() {
-        Ok(crate::compactor::AutoCompaction::Off) | Err(_) => {}
-        Ok(mode) => {
-            tracing::info!(?mode, "compacting the history by itself (auto-compaction)");
-            tokio::spawn(crate::compactor::run(shared.clone(), mode));
-        }
+    if let Ok(mode) = config.auto_compaction() {
+        crate::compactor::start(shared.clone(), mode);
     }
     let admin = AdminService {
         shared: shared.clone(),
@@ -289,6 +270,30 @@ async fn run_async(
     result?;
     raft_result?;
     Ok(())
+}
+
+/// What every service of this member shares, from its config.
+fn shared_state(
+    config: &ServerConfig,
+    node: worknode_raft::NodeHandle,
+    cluster_id: u64,
+) -> Arc<Shared> {
+    Arc::new(Shared {
+        node,
+        cluster_id,
+        member_id: config.member_id,
+        members: config.members.clone(),
+        request_timeout: config.request_timeout(),
+        session: rand::random(),
+        sequence: AtomicU64::new(1),
+        quota_bytes: config.quota_bytes(),
+        watch_progress_interval: config.watch_progress_interval(),
+        watch_stats: Arc::default(),
+        lease_ttl_min: config.lease_ttl_min(),
+        election_timeout: Duration::from_millis(
+            config.tick_ms.saturating_mul(config.election_ticks as u64),
+        ),
+    })
 }
 
 /// What the client API serves with.
