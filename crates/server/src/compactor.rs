@@ -7,11 +7,10 @@
 //! - `revision`: keep the last `retention` revisions. Every five minutes the member
 //!   compacts to the current revision minus `retention`.
 //!
-//! Every member takes notes and proposes what falls due once it leads (or drops it once
-//! another member has compacted as far): under rotation the leader changes every few
+//! Every member takes notes and proposes what falls due once it leads, or drops it once
+//! another member has compacted since: under rotation the leader changes every few
 //! hundred milliseconds, and a compactor that ran only where it started would rarely find
-//! itself leading. A compaction two members propose at once compacts once; the second
-//! finds it done.
+//! itself leading.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -101,8 +100,8 @@ pub fn start(shared: Arc<Shared>, mode: AutoCompaction) {
 const LEADS_YET: Duration = Duration::from_millis(50);
 
 /// Runs `mode` for this member until the process ends: takes notes every interval and
-/// proposes what falls due once it leads (or drops it once another member compacted as
-/// far). Waiting to lead matters under rotation: a member's interval can fall at the same
+/// proposes what falls due once it leads (or drops it once another member compacted
+/// since). Waiting to lead matters under rotation: a member's interval can fall at the same
 /// phase of the schedule every time, always inside other members' turns.
 pub async fn run(shared: Arc<Shared>, mode: AutoCompaction) {
     let Some(interval) = mode.interval() else { return };
@@ -111,21 +110,25 @@ pub async fn run(shared: Arc<Shared>, mode: AutoCompaction) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leads_yet = tokio::time::interval(LEADS_YET);
     leads_yet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut due: Option<i64> = None;
+    // The target due, and the compaction revision when it fell due: a member that sees
+    // another compact since drops its own (each compaction scans the whole store, and the
+    // members' notes differ by moments, so each would otherwise compact once more).
+    let mut due: Option<(i64, i64)> = None;
     loop {
         tokio::select! {
             _ = ticks.tick() => {
                 let status = shared.node.status();
                 let now = Instant::now();
                 if let Some(target) = compactor.look(now, status.revision, status.compact_revision) {
-                    due = Some(due.map_or(target, |earlier| earlier.max(target)));
+                    let target = due.map_or(target, |(earlier, _)| earlier.max(target));
+                    due = Some((target, status.compact_revision));
                 }
             }
             _ = leads_yet.tick(), if due.is_some() => {}
         }
-        let Some(target) = due else { continue };
+        let Some((target, compacted_then)) = due else { continue };
         let status = shared.node.status();
-        if target <= status.compact_revision {
+        if target <= status.compact_revision || status.compact_revision > compacted_then {
             due = None;
             continue;
         }

@@ -19,18 +19,7 @@ use crate::convert;
 use crate::metrics::MetricsSource;
 use crate::service::Shared;
 
-/// `grpc.health.v1` messages and service (generated).
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    unused_qualifications,
-    missing_debug_implementations,
-    clippy::all,
-    reason = "generated protobuf code"
-)]
-pub mod healthpb {
-    tonic::include_proto!("grpc.health.v1");
-}
+pub use crate::healthpb;
 
 /// How often a `Health.Watch` stream looks again.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);

@@ -1,72 +1,56 @@
 //! worknode's server: the etcd v3 gRPC API over the replicated node, wired to worknodes.
 
-/// etcd's `etcdserverpb` messages and services (generated).
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    unused_qualifications,
-    missing_debug_implementations,
-    clippy::all,
-    reason = "generated protobuf code"
-)]
-pub mod pb {
-    tonic::include_proto!("etcdserverpb");
+/// A module of generated protobuf code, with the lints that do not apply to it off.
+macro_rules! generated {
+    ($(#[$doc:meta])* $name:ident, $package:literal) => {
+        $(#[$doc])*
+        #[allow(
+            missing_docs,
+            unreachable_pub,
+            unused_qualifications,
+            missing_debug_implementations,
+            clippy::all,
+            reason = "generated protobuf code"
+        )]
+        pub mod $name {
+            tonic::include_proto!($package);
+        }
+    };
 }
 
-/// etcd's `mvccpb` messages (generated).
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    unused_qualifications,
-    missing_debug_implementations,
-    clippy::all,
-    reason = "generated protobuf code"
-)]
-pub mod mvccpb {
-    tonic::include_proto!("mvccpb");
-}
-
-/// etcd's `v3lockpb` (generated).
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    unused_qualifications,
-    missing_debug_implementations,
-    clippy::all,
-    reason = "generated protobuf code"
-)]
-pub mod v3lockpb {
-    tonic::include_proto!("v3lockpb");
-}
-
-/// etcd's `v3electionpb` (generated).
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    unused_qualifications,
-    missing_debug_implementations,
-    clippy::all,
-    reason = "generated protobuf code"
-)]
-pub mod v3electionpb {
-    tonic::include_proto!("v3electionpb");
-}
+generated!(
+    /// etcd's `etcdserverpb` messages and services (generated).
+    pb,
+    "etcdserverpb"
+);
+generated!(
+    /// etcd's `mvccpb` messages (generated).
+    mvccpb,
+    "mvccpb"
+);
+generated!(
+    /// etcd's `v3lockpb` (generated).
+    v3lockpb,
+    "v3lockpb"
+);
+generated!(
+    /// etcd's `v3electionpb` (generated).
+    v3electionpb,
+    "v3electionpb"
+);
+generated!(
+    /// gRPC's `grpc.health.v1` messages and service (generated).
+    healthpb,
+    "grpc.health.v1"
+);
+generated!(
+    /// worknode's own admin API (generated).
+    adminpb,
+    "worknode"
+);
 
 /// The generated code of other packages names etcd's messages by package.
 pub use pb as etcdserverpb;
-
-/// worknode's own admin API (generated).
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    unused_qualifications,
-    missing_debug_implementations,
-    clippy::all,
-    reason = "generated protobuf code"
-)]
-pub mod adminpb {
-    tonic::include_proto!("worknode");
-}
 
 pub mod admin;
 pub mod authority;
