@@ -5,32 +5,8 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
-use support::ProcessCluster;
-
-fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut child = Command::new("etcdctl")
-        .arg(format!("--endpoints={endpoints}"))
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("etcdctl is installed (scripts/deps.sh installs Debian's etcd-client)");
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use support::{etcdctl_with_input, ProcessCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_put_get_del_txn_status_members_move_leader() {
@@ -39,19 +15,19 @@ async fn etcdctl_put_get_del_txn_status_members_move_leader() {
     let all = cluster.endpoints();
     let one = cluster.members[(leader + 1) % 3].client.to_string();
 
-    assert_eq!(etcdctl(&all, &["put", "app/a", "1"], None).1.trim(), "OK");
+    assert_eq!(etcdctl_with_input(&all, &["put", "app/a", "1"], None).1.trim(), "OK");
     assert_eq!(
-        etcdctl(&one, &["put", "app/b", "2"], None).1.trim(),
+        etcdctl_with_input(&one, &["put", "app/b", "2"], None).1.trim(),
         "OK",
         "a follower accepts writes"
     );
-    let (ok, out, err) = etcdctl(&all, &["get", "app", "--prefix"], None);
+    let (ok, out, err) = etcdctl_with_input(&all, &["get", "app", "--prefix"], None);
     assert!(ok, "{err}");
     assert_eq!(out.lines().collect::<Vec<_>>(), ["app/a", "1", "app/b", "2"]);
-    let (_, out, _) = etcdctl(&one, &["get", "app/a", "--print-value-only"], None);
+    let (_, out, _) = etcdctl_with_input(&one, &["get", "app/a", "--print-value-only"], None);
     assert_eq!(out.trim(), "1");
 
-    let (ok, out, err) = etcdctl(
+    let (ok, out, err) = etcdctl_with_input(
         &all,
         &["txn"],
         Some("value(\"app/a\") = \"1\"\n\nput app/a 10\nget app/b\n\nput app/a failed\n\n"),
@@ -59,13 +35,16 @@ async fn etcdctl_put_get_del_txn_status_members_move_leader() {
     assert!(ok, "{err}");
     assert!(out.starts_with("SUCCESS"), "{out}");
     assert!(out.contains("app/b\n2"), "{out}");
-    assert_eq!(etcdctl(&all, &["get", "app/a", "--print-value-only"], None).1.trim(), "10");
+    assert_eq!(
+        etcdctl_with_input(&all, &["get", "app/a", "--print-value-only"], None).1.trim(),
+        "10"
+    );
 
-    let (_, out, _) = etcdctl(&all, &["del", "app", "--prefix"], None);
+    let (_, out, _) = etcdctl_with_input(&all, &["del", "app", "--prefix"], None);
     assert_eq!(out.trim(), "2");
-    assert_eq!(etcdctl(&all, &["get", "app", "--prefix"], None).1, "");
+    assert_eq!(etcdctl_with_input(&all, &["get", "app", "--prefix"], None).1, "");
 
-    let (ok, out, err) = etcdctl(&all, &["endpoint", "status", "-w", "json"], None);
+    let (ok, out, err) = etcdctl_with_input(&all, &["endpoint", "status", "-w", "json"], None);
     assert!(ok, "{err}");
     let statuses: serde_json::Value = serde_json::from_str(&out).unwrap();
     let leaders: Vec<u64> = statuses
@@ -75,14 +54,14 @@ async fn etcdctl_put_get_del_txn_status_members_move_leader() {
         .map(|s| s["Status"]["leader"].as_u64().unwrap())
         .collect();
     assert!(leaders.iter().all(|l| *l == leaders[0]), "members agree on the leader: {leaders:?}");
-    assert!(etcdctl(&one, &["endpoint", "health"], None).0);
+    assert!(etcdctl_with_input(&one, &["endpoint", "health"], None).0);
 
-    let (ok, out, _) = etcdctl(&all, &["member", "list"], None);
+    let (ok, out, _) = etcdctl_with_input(&all, &["member", "list"], None);
     assert!(ok);
     assert_eq!(out.lines().count(), 3, "{out}");
 
     let target = cluster.members[(leader + 2) % 3].id;
-    let (ok, out, err) = etcdctl(&all, &["move-leader", &format!("{target:x}")], None);
+    let (ok, out, err) = etcdctl_with_input(&all, &["move-leader", &format!("{target:x}")], None);
     assert!(ok, "{out}{err}");
     assert!(
         out.contains(&format!(
@@ -94,25 +73,29 @@ async fn etcdctl_put_get_del_txn_status_members_move_leader() {
     assert_eq!(cluster.members[cluster.leader().await].id, target);
 
     // etcd's error text reaches etcdctl.
-    etcdctl(&all, &["put", "k", "1"], None);
-    etcdctl(&all, &["put", "k", "2"], None);
-    let (_, out, _) = etcdctl(&all, &["get", "k", "-w", "json"], None);
+    etcdctl_with_input(&all, &["put", "k", "1"], None);
+    etcdctl_with_input(&all, &["put", "k", "2"], None);
+    let (_, out, _) = etcdctl_with_input(&all, &["get", "k", "-w", "json"], None);
     let revision = serde_json::from_str::<serde_json::Value>(&out).unwrap()["header"]["revision"]
         .as_i64()
         .unwrap();
-    assert!(etcdctl(&all, &["compaction", &revision.to_string()], None).0);
-    let (ok, _, err) = etcdctl(&all, &["get", "k", &format!("--rev={}", revision - 1)], None);
+    assert!(etcdctl_with_input(&all, &["compaction", &revision.to_string()], None).0);
+    let (ok, _, err) =
+        etcdctl_with_input(&all, &["get", "k", &format!("--rev={}", revision - 1)], None);
     assert!(!ok);
     assert!(err.contains("required revision has been compacted"), "{err}");
     // etcd's checks before a request is served or proposed.
-    let (ok, _, err) = etcdctl(&all, &["get", ""], None);
+    let (ok, _, err) = etcdctl_with_input(&all, &["get", ""], None);
     assert!(!ok);
     assert!(err.contains("etcdserver: key is not provided"), "{err}");
 
     // HashKV agrees on every member at one revision, and moves with a write.
     let hashes = |at: i64| {
-        let (ok, out, err) =
-            etcdctl(&all, &["endpoint", "hashkv", &format!("--rev={at}"), "-w", "json"], None);
+        let (ok, out, err) = etcdctl_with_input(
+            &all,
+            &["endpoint", "hashkv", &format!("--rev={at}"), "-w", "json"],
+            None,
+        );
         assert!(ok, "{err}");
         let answers: serde_json::Value = serde_json::from_str(&out).unwrap();
         let hashes: Vec<(u64, i64)> = answers
@@ -130,13 +113,16 @@ async fn etcdctl_put_get_del_txn_status_members_move_leader() {
     };
     let (hash, compacted) = hashes(revision);
     assert_eq!(compacted, revision);
-    etcdctl(&all, &["put", "k", "3"], None);
+    etcdctl_with_input(&all, &["put", "k", "3"], None);
     // Wait for every member to apply it: a serializable read at each.
     for member in &cluster.members {
         let endpoint = member.client.to_string();
         for _ in 0..100 {
-            let (_, out, _) =
-                etcdctl(&endpoint, &["get", "k", "--consistency=s", "--print-value-only"], None);
+            let (_, out, _) = etcdctl_with_input(
+                &endpoint,
+                &["get", "k", "--consistency=s", "--print-value-only"],
+                None,
+            );
             if out.trim() == "3" {
                 break;
             }
@@ -155,7 +141,7 @@ async fn the_space_quota_raises_nospace_until_compaction_and_disarm() {
     let value = "v".repeat(1024);
     let mut refused = None;
     for i in 0..200 {
-        let (ok, _, err) = etcdctl(&all, &["put", &format!("k{i:03}"), &value], None);
+        let (ok, _, err) = etcdctl_with_input(&all, &["put", &format!("k{i:03}"), &value], None);
         if !ok {
             refused = Some((i, err));
             break;
@@ -168,32 +154,33 @@ async fn the_space_quota_raises_nospace_until_compaction_and_disarm() {
     // The alarm is replicated: every member lists it and refuses puts, reads go on.
     for member in &cluster.members {
         let endpoint = member.client.to_string();
-        let (ok, out, err) = etcdctl(&endpoint, &["alarm", "list"], None);
+        let (ok, out, err) = etcdctl_with_input(&endpoint, &["alarm", "list"], None);
         assert!(ok && out.contains("alarm:NOSPACE"), "{endpoint}: {out}{err}");
-        let (ok, _, err) = etcdctl(&endpoint, &["put", "small", "1"], None);
+        let (ok, _, err) = etcdctl_with_input(&endpoint, &["put", "small", "1"], None);
         assert!(!ok && err.contains("database space exceeded"), "{endpoint}: {err}");
-        let (ok, out, _) = etcdctl(&endpoint, &["get", "k000", "--print-value-only"], None);
+        let (ok, out, _) =
+            etcdctl_with_input(&endpoint, &["get", "k000", "--print-value-only"], None);
         assert!(ok && out.trim() == value, "{endpoint}: reads stop under the alarm");
     }
-    let (ok, out, _) = etcdctl(&all, &["endpoint", "status", "-w", "json"], None);
+    let (ok, out, _) = etcdctl_with_input(&all, &["endpoint", "status", "-w", "json"], None);
     assert!(ok && out.contains("alarm:NOSPACE"), "{out}");
     assert!(out.contains("\"dbSize\""), "{out}");
 
     // etcd's routine: delete, compact, defragment, disarm; then writes work again.
-    let (ok, out, _) = etcdctl(&all, &["del", "k", "--prefix"], None);
+    let (ok, out, _) = etcdctl_with_input(&all, &["del", "k", "--prefix"], None);
     assert!(ok && out.trim() == stored.to_string(), "{out}");
-    let (_, out, _) = etcdctl(&all, &["get", "none", "-w", "json"], None);
+    let (_, out, _) = etcdctl_with_input(&all, &["get", "none", "-w", "json"], None);
     let revision = serde_json::from_str::<serde_json::Value>(&out).unwrap()["header"]["revision"]
         .as_i64()
         .unwrap();
-    assert!(etcdctl(&all, &["compaction", &revision.to_string()], None).0);
-    let (ok, _, err) = etcdctl(&all, &["defrag"], None);
+    assert!(etcdctl_with_input(&all, &["compaction", &revision.to_string()], None).0);
+    let (ok, _, err) = etcdctl_with_input(&all, &["defrag"], None);
     assert!(ok, "{err}");
-    let (ok, out, err) = etcdctl(&all, &["alarm", "disarm"], None);
+    let (ok, out, err) = etcdctl_with_input(&all, &["alarm", "disarm"], None);
     assert!(ok && out.contains("alarm:NOSPACE"), "{out}{err}");
-    let (_, out, _) = etcdctl(&all, &["alarm", "list"], None);
+    let (_, out, _) = etcdctl_with_input(&all, &["alarm", "list"], None);
     assert_eq!(out.trim(), "");
-    let (ok, _, err) = etcdctl(&all, &["put", "small", "1"], None);
+    let (ok, _, err) = etcdctl_with_input(&all, &["put", "small", "1"], None);
     assert!(ok, "{err}");
 }
 

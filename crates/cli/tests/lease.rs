@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, EventType, PutOptions, WatchOptions};
-use support::ProcessCluster;
+use support::{etcdctl, ProcessCluster};
 
 /// 200 ms turns; 20 ms ticks and 10-tick elections make a 200 ms election timeout and a
 /// 1 s shortest lease.
@@ -21,20 +21,6 @@ const ELECTION: Duration = Duration::from_millis(200);
 async fn client(cluster: &ProcessCluster, index: usize) -> Client {
     let endpoint = format!("http://{}", cluster.members[index].client);
     Client::connect([endpoint], None).await.unwrap()
-}
-
-fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new("etcdctl")
-        .arg(format!("--endpoints={endpoints}"))
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .output()
-        .expect("etcdctl is installed (scripts/deps.sh installs Debian's etcd-client)");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 /// Polls until `key` is gone; when, measured from `from`.

@@ -151,6 +151,14 @@ impl Store {
         self.compact_revision
     }
 
+    /// Every history entry the store holds, by key and then revision: the key, the
+    /// revision that wrote it and what it wrote (`None`: a delete).
+    pub fn history(&self) -> impl Iterator<Item = (&[u8], i64, Option<&KeyValue>)> + '_ {
+        self.keys.iter().flat_map(|(key, history)| {
+            history.iter().map(move |entry| (key.as_slice(), entry.revision, entry.kv.as_ref()))
+        })
+    }
+
     pub(crate) fn keys_in<'a>(
         &'a self,
         key: &'a [u8],

@@ -27,7 +27,7 @@ pub struct LeaseService(pub Arc<Shared>);
 
 impl Shared {
     /// The leases as this member knows them, with what each has left.
-    async fn lease_report(&self) -> Result<LeaseReport, Status> {
+    pub(crate) async fn lease_report(&self) -> Result<LeaseReport, Status> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.node
             .submit(ClientRequest::Leases { reply })

@@ -54,6 +54,7 @@ pub use pb as etcdserverpb;
 
 pub mod admin;
 pub mod authority;
+pub mod backup;
 pub mod checks;
 pub mod compactor;
 pub mod concurrency;

@@ -290,6 +290,7 @@ fn shared_state(
         watch_progress_interval: config.watch_progress_interval(),
         watch_stats: Arc::default(),
         lease_ttl_min: config.lease_ttl_min(),
+        data_dir: config.data_dir.clone(),
         election_timeout: Duration::from_millis(
             config.tick_ms.saturating_mul(config.election_ticks as u64),
         ),

@@ -43,10 +43,12 @@ pub struct Shared {
     /// The shortest lease TTL granted, in seconds (etcd's: 1.5 election timeouts, rounded
     /// up): a shorter one could expire while a leader is being elected.
     pub lease_ttl_min: i64,
+    /// The member's data directory (a snapshot's scratch file goes there).
+    pub data_dir: std::path::PathBuf,
 }
 
 impl Shared {
-    fn header(&self, revision: i64, term: u64) -> pb::ResponseHeader {
+    pub(crate) fn header(&self, revision: i64, term: u64) -> pb::ResponseHeader {
         header(self.cluster_id, self.member_id, revision, term)
     }
 
@@ -433,6 +435,15 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             .map_err(|_| convert::status(&NodeError::Stopped))?
             .map_err(|error| convert::kv_status(&error))?;
         Ok(Response::new(pb::HashResponse { header: Some(self.0.header_at(current)), hash }))
+    }
+
+    type SnapshotStream = crate::backup::SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Ok(Response::new(self.0.snapshot().await?))
     }
 
     async fn move_leader(

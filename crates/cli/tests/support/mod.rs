@@ -27,6 +27,41 @@ pub(crate) struct ProcessCluster {
     pub(crate) client_tls: Option<PathBuf>,
 }
 
+/// Runs Debian's `etcdctl` (v3 API) against `endpoints` with `stdin` as its input; whether
+/// it succeeded, its output and its errors.
+pub(crate) fn etcdctl_with_input(
+    endpoints: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new("etcdctl")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl is installed (scripts/deps.sh installs Debian's etcd-client)");
+    let input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        let mut input = input;
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// [`etcdctl_with_input`] with no input.
+pub(crate) fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String, String) {
+    etcdctl_with_input(endpoints, args, None)
+}
+
 /// `GET /metrics` from a member: the exposition text.
 pub(crate) fn scrape(address: SocketAddr) -> String {
     use std::io::{Read, Write};

@@ -166,7 +166,8 @@ impl ReadView {
     }
 }
 
-/// The leases a member knows and how long each has left by its clock.
+/// The leases a member knows and how long each has left by its clock, with the store as
+/// of the same applied entry (together: what a backup of the member holds).
 #[derive(Clone, Debug)]
 pub struct LeaseReport {
     /// The leases (a clone, O(1)).
@@ -177,6 +178,10 @@ pub struct LeaseReport {
     pub revision: i64,
     /// Raft term at the time.
     pub term: u64,
+    /// The store (a clone, O(1)).
+    pub store: worknode_kv::Store,
+    /// The last log entry applied to both.
+    pub applied_index: u64,
 }
 
 impl LeaseReport {

@@ -61,6 +61,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                     remaining,
                     revision: self.machine.store().revision(),
                     term: self.term(),
+                    store: self.machine.store().clone(),
+                    applied_index: self.machine.applied_index(),
                 };
                 let _ = reply.send(report);
             }
