@@ -450,3 +450,61 @@ async fn a_watch_that_requires_a_leader_ends_when_its_member_loses_it() {
     assert!(error.contains("etcdserver: no leader"), "{error}");
     cluster.heal().await;
 }
+
+/// Watchers on many narrow ranges, some created while writes go on, on every member:
+/// each sees exactly the writes to its range after its creation, in order — the streams
+/// the hub does not wake skip what is not theirs and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_on_many_ranges_see_exactly_their_writes_while_others_write() {
+    const PREFIXES: usize = 12;
+    let cluster = ProcessCluster::start_with("watch-many", 3, 20, ROTATION);
+    cluster.leader().await;
+    let prefix = |p: usize| format!("r/{p:02}/");
+    let watch = |member: usize, p: usize| {
+        let endpoint = format!("http://{}", cluster.members[member].client);
+        async move {
+            let mut client = Client::connect([endpoint], None).await.unwrap();
+            let options = WatchOptions::new().with_prefix();
+            let mut stream = client.watch(prefix(p), Some(options)).await.unwrap();
+            let created = next(&mut stream).await;
+            assert!(created.created());
+            (p, created.header().unwrap().revision(), client, stream)
+        }
+    };
+    let mut watchers = Vec::new();
+    for p in 0..PREFIXES {
+        watchers.push(watch(p % 3, p).await);
+    }
+    // Writers put keys under twice as many prefixes as are watched.
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let mut writer = client(&cluster, w % 3).await;
+        writers.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            for n in 0..150usize {
+                let key = format!("r/{:02}/{w}-{n}", (n * 7 + w * 5) % (2 * PREFIXES));
+                let put = writer.put(key.clone(), "v", None).await.unwrap();
+                written.push((put.header().unwrap().revision(), key));
+            }
+            written
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for p in 0..PREFIXES {
+        watchers.push(watch((p + 1) % 3, p).await);
+    }
+    let mut written = Vec::new();
+    for writer in writers {
+        written.extend(writer.await.unwrap());
+    }
+    written.sort();
+    for (p, created, _client, mut stream) in watchers {
+        let expected: Vec<(i64, String)> = written
+            .iter()
+            .filter(|(revision, key)| *revision > created && key.starts_with(&prefix(p)))
+            .map(|(revision, key)| (*revision, format!("PUT {key}=v")))
+            .collect();
+        let seen = events(&mut stream, expected.len()).await;
+        assert_eq!(seen, expected, "prefix {} watched from {created}", prefix(p));
+    }
+}

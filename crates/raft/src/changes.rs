@@ -115,7 +115,7 @@ impl ChangeFeed {
     /// The loop applied `revisions` (consecutive, each one revision after the last
     /// recorded, with their events when [`ChangeFeed::watched`]; `None`: no one watched,
     /// the events were not built).
-    pub(crate) fn applied(&self, revisions: Vec<(i64, Option<Vec<Event>>)>) {
+    pub fn applied(&self, revisions: Vec<(i64, Option<Vec<Event>>)>) {
         let Some(newest) = revisions.last().map(|(revision, _)| *revision) else {
             return;
         };

@@ -69,3 +69,4 @@ pub mod serve;
 pub mod service;
 pub mod tls_listener;
 pub mod watch;
+mod watch_hub;

@@ -1,7 +1,8 @@
 //! `etcdserverpb.Watch`: many watches per bidirectional stream, each on a key, a range
 //! or a prefix, from any revision the store's history still holds.
 //!
-//! Every stream is one task. It reads the node's change feed
+//! Every stream is one task, woken by the hub ([`crate::watch_hub`]) only when an
+//! applied revision touches one of its watches. It reads the node's change feed
 //! ([`worknode_raft::changes`]) for the revisions applied since each watch's last, and
 //! the store's history for revisions the feed no longer holds (a watch that starts in
 //! the past, or one whose client read slower than the cluster wrote). Either way a watch
@@ -28,6 +29,7 @@ use crate::convert::{self, REQUEST_BYTES_MAX};
 use crate::pb;
 use crate::pb::watch_request::RequestUnion;
 use crate::service::Shared;
+use crate::watch_hub::{Slot, WatchHub};
 
 /// Events read per watch at a time (from the feed or from history): about one message.
 const BATCH_BYTES: usize = REQUEST_BYTES_MAX;
@@ -71,6 +73,8 @@ pub struct WatchStats {
 #[derive(Clone, Debug)]
 pub struct WatchService {
     shared: Arc<Shared>,
+    /// Started with the first stream, on the runtime that serves the streams.
+    hub: Arc<std::sync::OnceLock<Arc<WatchHub>>>,
 }
 
 impl WatchService {
@@ -78,7 +82,7 @@ impl WatchService {
     /// notifications get one every [`Shared::watch_progress_interval`] they receive
     /// nothing else.
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self { shared, hub: Arc::default() }
     }
 }
 
@@ -97,9 +101,13 @@ impl pb::watch_server::Watch for WatchService {
         let inbound = request.into_inner();
         let (out, responses) = mpsc::channel(OUTBOUND_MAX);
         self.shared.watch_stats.streams.fetch_add(1, Ordering::Relaxed);
+        let changes = self.shared.node.changes();
+        let hub = self.hub.get_or_init(|| WatchHub::start(Arc::clone(changes)));
         let stream = WatchStream {
             shared: Arc::clone(&self.shared),
-            subscription: self.shared.node.changes().subscribe(),
+            slot: hub.slot(),
+            skip_floor: i64::MAX,
+            subscription: changes.subscribe(),
             out,
             watches: BTreeMap::new(),
             next_id: 0,
@@ -118,6 +126,9 @@ struct Watch {
     range_end: Vec<u8>,
     /// The next revision to deliver.
     next: i64,
+    /// The newest revision the hub checked before this watch was added: the watch reads
+    /// its way past it before it skips anything.
+    unchecked_through: i64,
     no_put: bool,
     no_delete: bool,
     prev_kv: bool,
@@ -149,6 +160,12 @@ enum End {
 
 struct WatchStream {
     shared: Arc<Shared>,
+    /// The hub wakes this stream for revisions its watches want.
+    slot: Slot,
+    /// No watch moves past this revision without reading it: a match the hub reported
+    /// that some watch has not reached yet (`i64::MAX`: none).
+    skip_floor: i64,
+    /// Keeps the loop building events while the stream lives.
     subscription: Subscription,
     out: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     watches: BTreeMap<i64, Watch>,
@@ -196,7 +213,7 @@ impl WatchStream {
             } else {
                 tokio::select! {
                     request = inbound.message() => self.on_request(request).await,
-                    changed = self.subscription.changed() => changed.map(drop).map_err(|_| End::Stopped),
+                    () = self.slot.wake.notified() => Ok(()),
                     _ = progress.tick() => self.progress_tick().await,
                     _ = leader_check.tick(), if self.require_leader => self.check_leader(),
                 }
@@ -230,6 +247,7 @@ impl WatchStream {
                     // etcd answers nothing for a watch it does not have.
                     return Ok(());
                 }
+                self.slot.remove(cancel.watch_id);
                 self.stats().watches.fetch_sub(1, Ordering::Relaxed);
                 let response = pb::WatchResponse {
                     header: Some(self.header(self.subscription.feed().head())),
@@ -285,10 +303,12 @@ impl WatchStream {
         };
         let filters =
             |kind: pb::watch_create_request::FilterType| create.filters.contains(&(kind as i32));
+        let unchecked_through = self.slot.add(id, &key, &range_end);
         let watch = Watch {
             key,
             range_end,
             next: if create.start_revision == 0 { head + 1 } else { create.start_revision },
+            unchecked_through,
             no_put: filters(pb::watch_create_request::FilterType::Noput),
             no_delete: filters(pb::watch_create_request::FilterType::Nodelete),
             prev_kv: create.prev_kv,
@@ -311,6 +331,7 @@ impl WatchStream {
     /// is. Answers a progress request once none is.
     async fn deliver(&mut self) -> Result<bool, End> {
         let head = self.subscription.seen();
+        self.skip_checked(head)?;
         let ids: Vec<i64> = self
             .watches
             .iter()
@@ -321,6 +342,11 @@ impl WatchStream {
             self.deliver_batch(id).await?;
         }
         let behind = self.watches.values().any(|watch| watch.next <= head);
+        // A watch still behind has not read everything up to `head`: none moves past
+        // where it stands; a match newer than `head` stays recorded.
+        let unread = self.watches.values().map(|watch| watch.next).filter(|&next| next <= head);
+        let carried = if self.skip_floor > head { self.skip_floor } else { i64::MAX };
+        self.skip_floor = unread.min().unwrap_or(i64::MAX).min(carried);
         if !behind && self.progress_asked {
             self.progress_asked = false;
             let response = pb::WatchResponse {
@@ -331,6 +357,24 @@ impl WatchStream {
             self.send(response).await?;
         }
         Ok(behind)
+    }
+
+    /// Moves each watch past the revisions the hub checked without finding anything
+    /// for this stream (never past a reported match, nor past what a watch added since
+    /// the check has not read itself).
+    fn skip_checked(&mut self, head: i64) -> Result<(), End> {
+        let checked = self.slot.take();
+        if checked.closed {
+            return Err(End::Stopped);
+        }
+        self.skip_floor = self.skip_floor.min(checked.pending);
+        let skip_to = self.skip_floor.min(checked.through.saturating_add(1)).min(head + 1);
+        for watch in self.watches.values_mut() {
+            if watch.next > watch.unchecked_through && watch.next < skip_to {
+                watch.next = skip_to;
+            }
+        }
+        Ok(())
     }
 
     /// The next batch of watch `id`'s revisions: from the feed, or from history when the
@@ -416,6 +460,7 @@ impl WatchStream {
     /// The history watch `id` needs is compacted away: the watch ends with the
     /// compaction revision, as etcd ends it.
     async fn compacted(&mut self, id: i64, compact_revision: i64) -> Result<(), End> {
+        self.slot.remove(id);
         if self.watches.remove(&id).is_some() {
             self.stats().watches.fetch_sub(1, Ordering::Relaxed);
             self.stats().compacted.fetch_add(1, Ordering::Relaxed);

@@ -1,5 +1,7 @@
-//! `worknode bench put|get|range|fill`: a closed-loop load generator speaking the etcd v3
-//! API, for worknode and etcd alike, over plain TCP or TLS.
+//! `worknode bench put|get|range|fill|watch|lease-grant|keep-alive`: a closed-loop load
+//! generator speaking the etcd v3 API, for worknode and etcd alike, over plain TCP or TLS.
+
+mod streams;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -38,6 +40,13 @@ pub(crate) enum Workload {
     Range,
     /// Writes each of the --key-space keys once, then stops (the data `range` reads).
     Fill,
+    /// --watchers watch streams on one prefix while --clients put under it: events
+    /// delivered per second and put-to-event latency.
+    Watch,
+    /// Lease grants (60 s TTL), one after another per client.
+    LeaseGrant,
+    /// Keep-alives of one lease per client on its own stream, one after another.
+    KeepAlive,
 }
 
 /// Arguments of `worknode bench`.
@@ -64,6 +73,13 @@ pub(crate) struct BenchArgs {
     /// How long to run: 10s, 500ms, 1m.
     #[arg(long, default_value = "10s")]
     duration: String,
+    /// Watch streams (watch), each watching the written prefix.
+    #[arg(long, default_value_t = 64)]
+    watchers: usize,
+    /// Watch streams to open first and hold, idle (on a prefix nobody writes), through
+    /// the run: what watchers a workload carries cost it.
+    #[arg(long, default_value_t = 0)]
+    idle_watchers: usize,
     /// Serve gets from the member's local state (no read index).
     #[arg(long)]
     serializable: bool,
@@ -117,6 +133,11 @@ struct Report {
     /// Completions left out of the `--completions` file (beyond its bound).
     #[serde(skip_serializing_if = "is_zero")]
     completions_unlisted: u64,
+    /// Puts made by a watch run (its ops are the events delivered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    writes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    writes_per_s: Option<f64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -222,6 +243,9 @@ impl Tally {
                 Workload::Range if args.serializable => "range (serializable)",
                 Workload::Range => "range (linearizable)",
                 Workload::Fill => "fill",
+                Workload::Watch => "watch (events delivered; latency put to event)",
+                Workload::LeaseGrant => "lease grant",
+                Workload::KeepAlive => "lease keep-alive",
             },
             clients: args.clients,
             connections: args.connections,
@@ -241,6 +265,8 @@ impl Tally {
             stalls: self.stalls.clone(),
             stalls_unlisted: self.stalls_unlisted,
             completions_unlisted: self.completions_unlisted,
+            writes: None,
+            writes_per_s: None,
         }
     }
 
@@ -351,6 +377,9 @@ async fn call(
             let request = pb::RangeRequest { key, serializable, ..Default::default() };
             client.range(request).await.map(|_| ())
         }
+        Workload::Watch | Workload::LeaseGrant | Workload::KeepAlive => {
+            unreachable!("streams.rs runs the stream workloads")
+        }
         Workload::Range => {
             let request = pb::RangeRequest {
                 key: b"bench-".to_vec(),
@@ -427,6 +456,9 @@ pub(crate) fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError
             report.failovers,
             report.stall_ms_max
         )?;
+        if let (Some(writes), Some(per_s)) = (report.writes, report.writes_per_s) {
+            writeln!(out, "  {writes} puts ({per_s:.1}/s) to {} watchers", args.watchers)?;
+        }
         for (kind, count) in &report.error_kinds {
             writeln!(out, "  {count} × {kind}")?;
         }
@@ -513,6 +545,21 @@ async fn measure(
     let mut channels = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
         channels.push(connect(&endpoints[index % endpoints.len()], tls.as_ref()).await?);
+    }
+    let _idle = streams::idle_watchers(&channels, args.idle_watchers).await?;
+    if matches!(args.workload, Workload::Watch | Workload::LeaseGrant | Workload::KeepAlive) {
+        let (tally, elapsed, writes) = streams::measure(
+            args.workload,
+            &channels,
+            args.clients,
+            args.watchers,
+            args.value_size,
+            args.key_space,
+            duration,
+        )
+        .await?;
+        let report = tally.report(args, endpoints, elapsed).with_writes(writes, duration);
+        return Ok((report, Vec::new()));
     }
     let value = vec![b'x'; args.value_size];
     if args.workload == Workload::Get {
