@@ -3,7 +3,10 @@
 # loopback, measured one after the other with the same load generator (`worknode bench`):
 # 256-byte puts with 1 client (on the leader's address, then on a follower's), 16 and 64
 # clients (spread over the members), linearizable gets with 16 clients, and serializable
-# gets with one client (a request that needs neither Raft nor the disk).
+# gets with one client (a request that needs neither Raft nor the disk); then watch (64
+# watchers on one prefix while 16 clients put under it: events delivered per second and
+# put-to-event latency), lease keep-alives and lease grants with 16 clients, and the
+# 16-client puts again with 1,000 idle watch streams attached.
 # Prints one table with ratios (worknode ÷ etcd for throughput, etcd ÷ worknode for p50).
 #
 # With --tmpfs both systems keep their data in /dev/shm, where fsync and fdatasync return
@@ -67,6 +70,11 @@ run_suite() { # $1 = system name
   bench get --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-get-16.json"
   # No Raft round and no disk: the load generator's and the gRPC stack's share of a request.
   bench get --serializable --endpoints "$leader" --clients 1 --connections 1 --duration "${seconds}s" --json > "$work/$name-get-1-serializable.json"
+  bench watch --watchers 64 --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-watch-64.json"
+  bench put --idle-watchers 1000 --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-put-16-idle.json"
+  bench keep-alive --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-keep-alive-16.json"
+  # Last: the leases it grants live on (60 s) after the run.
+  bench lease-grant --endpoints "$endpoints" --clients 16 --connections 16 --duration "${seconds}s" --json > "$work/$name-lease-grant-16.json"
 }
 wait_ready() {
   for _ in $(seq 1 100); do
@@ -148,7 +156,7 @@ import json, sys, datetime
 work, seconds, storage, tls = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 def load(system, case):
     return json.load(open(f"{work}/{system}-{case}.json"))
-rows = [("put, 1 client at the leader", "put-1-leader"), ("put, 1 client at a follower", "put-1-follower"), ("put, 16 clients", "put-16"), ("put, 64 clients", "put-64"), ("linearizable get, 16 clients", "get-16"), ("serializable get, 1 client (no Raft, no disk)", "get-1-serializable")]
+rows = [("put, 1 client at the leader", "put-1-leader"), ("put, 1 client at a follower", "put-1-follower"), ("put, 16 clients", "put-16"), ("put, 64 clients", "put-64"), ("linearizable get, 16 clients", "get-16"), ("serializable get, 1 client (no Raft, no disk)", "get-1-serializable"), ("watch: events delivered to 64 watchers, 16 writers (latency: put to event)", "watch-64"), ("put, 16 clients, 1,000 idle watchers attached", "put-16-idle"), ("lease keep-alive, 16 clients", "keep-alive-16"), ("lease grant, 16 clients", "lease-grant-16")]
 print()
 where = "on tmpfs (no disk: fsync returns at once)" if storage == "tmpfs" else "on disk, fsync on"
 security = ", TLS for clients and peers (client certificates required)" if tls == "on" else ""
@@ -161,4 +169,9 @@ for label, case in rows:
     print(f"| {label} | {e['ops_per_s']:.0f} | {w['ops_per_s']:.0f} | {w['ops_per_s'] / max(e['ops_per_s'], 1e-9):.2f}× "
           f"| {e['p50_ms']:.2f} | {w['p50_ms']:.2f} | {e['p50_ms'] / max(w['p50_ms'], 1e-9):.2f}× "
           f"| {e['p99_ms']:.2f} | {w['p99_ms']:.2f} | {e['errors']} / {w['errors']} |")
+print()
+print("| with 1,000 idle watchers attached | etcd | worknode |")
+print("|---|---:|---:|")
+idle = [load(system, "put-16-idle")["ops_per_s"] / max(load(system, "put-16")["ops_per_s"], 1e-9) for system in ("etcd", "worknode")]
+print(f"| put throughput, 16 clients, vs none attached | {idle[0]:.2f}× | {idle[1]:.2f}× |")
 PY

@@ -130,6 +130,12 @@ async fn etcdctl_put_get_del_txn_status_members_move_leader() {
     }
     assert_eq!(hashes(revision).0, hash, "the hash at an old revision does not move");
     assert_ne!(hashes(revision + 1).0, hash);
+
+    // check datascale writes 10,000 keys and reads each member's resident memory from
+    // the Prometheus process metrics on its client port.
+    let all = cluster.members.iter().map(|m| m.client.to_string()).collect::<Vec<_>>().join(",");
+    let (ok, out, err) = etcdctl_with_input(&all, &["check", "datascale", "--load=s"], None);
+    assert!(ok && out.contains("PASS: Approximate system memory used"), "{out}{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,7 @@ pub fn render(source: &MetricsSource) -> String {
     render_transport(&mut text, &source.transport);
     render_rejections(&mut text, &source.node.rejections().counts());
     render_watch(&mut text, &source.watch);
+    render_process(&mut text);
     text.push_str(&source.telemetry.lock().unwrap_or_else(PoisonError::into_inner).prometheus());
     text
 }
@@ -268,6 +269,57 @@ fn render_watch(text: &mut String, stats: &crate::watch::WatchStats) {
     ] {
         family(text, name, kind, help);
         let _ = writeln!(text, "{name} {value}");
+    }
+}
+
+/// The process metrics every Prometheus client library exports (`etcdctl check
+/// datascale` reads `process_resident_memory_bytes`), from `/proc/self`.
+fn render_process(text: &mut String) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |field: &str| {
+        status.lines().find_map(|line| {
+            let value = line.strip_prefix(field)?.trim().strip_suffix("kB")?;
+            value.trim().parse::<u64>().ok().map(|kib| kib * 1024)
+        })
+    };
+    // utime and stime, in USER_HZ (100 per second on Linux, whatever the kernel's HZ).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let cpu_ticks = stat.rsplit_once(')').and_then(|(_, rest)| {
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    });
+    let open_fds = std::fs::read_dir("/proc/self/fd").map(Iterator::count).ok();
+    let samples = [
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            kib("VmRSS:").map(|b| b as f64),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            kib("VmSize:").map(|b| b as f64),
+        ),
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            cpu_ticks.map(|t| t as f64 / 100.0),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            open_fds.map(|n| n as f64),
+        ),
+    ];
+    for (name, kind, help, value) in samples {
+        if let Some(value) = value {
+            family(text, name, kind, help);
+            let _ = writeln!(text, "{name} {value}");
+        }
     }
 }
 

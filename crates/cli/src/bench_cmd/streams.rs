@@ -30,6 +30,8 @@ const WATCH_PREFIX: &[u8] = b"bench-watch-";
 const WATCH_PREFIX_END: &[u8] = b"bench-watch.";
 /// TTL of the leases the lease workloads grant: longer than any run.
 const LEASE_TTL_S: i64 = 60;
+/// How long a keep-alive may wait for its answer before the run counts it failed.
+const ANSWER_WAIT_MAX: Duration = Duration::from_secs(10);
 /// How long watchers may take, after the writers stop, to deliver the last put.
 const DRAIN_MAX: Duration = Duration::from_secs(10);
 
@@ -302,54 +304,46 @@ async fn keep_alive(
     end: Instant,
     tally: &Mutex<Tally>,
 ) {
+    let failed = |status: &tonic::Status, began: Instant| {
+        let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
+        tally.failed(status, false, began, Instant::now());
+    };
     let began = Instant::now();
     let id = match client.lease_grant(pb::LeaseGrantRequest { ttl: LEASE_TTL_S, id: 0 }).await {
         Ok(granted) => granted.into_inner().id,
-        Err(status) => {
-            tally.lock().unwrap_or_else(PoisonError::into_inner).failed(
-                &status,
-                false,
-                began,
-                Instant::now(),
-            );
-            return;
-        }
+        Err(status) => return failed(&status, began),
     };
+    // The first keep-alive goes out with the call: etcd (grpc-go) sends a stream's
+    // response headers only with its first answer, which the call waits for.
     let (requests, outgoing) = mpsc::channel(1);
+    let mut began = Instant::now();
+    let _ = requests.send(pb::LeaseKeepAliveRequest { id }).await;
     let mut answers = match client.lease_keep_alive(ReceiverStream::new(outgoing)).await {
         Ok(answers) => answers.into_inner(),
-        Err(status) => {
-            tally.lock().unwrap_or_else(PoisonError::into_inner).failed(
-                &status,
-                false,
-                began,
-                Instant::now(),
-            );
+        Err(status) => return failed(&status, began),
+    };
+    loop {
+        let answer = tokio::time::timeout(ANSWER_WAIT_MAX, answers.next()).await;
+        let now = Instant::now();
+        let status = match answer {
+            Ok(Some(Ok(answer))) if answer.ttl > 0 => {
+                tally.lock().unwrap_or_else(PoisonError::into_inner).succeeded(index, began, now);
+                None
+            }
+            Ok(Some(Ok(_))) => Some(tonic::Status::not_found("the lease expired")),
+            Ok(Some(Err(status))) => Some(status),
+            Ok(None) => Some(tonic::Status::aborted("the keep-alive stream ended")),
+            Err(_) => Some(tonic::Status::deadline_exceeded("no keep-alive answer in 10 s")),
+        };
+        if let Some(status) = status {
+            return failed(&status, began);
+        }
+        if now >= end {
             return;
         }
-    };
-    while Instant::now() < end {
-        let began = Instant::now();
+        began = now;
         if requests.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
             return;
-        }
-        let answer = answers.next().await;
-        let now = Instant::now();
-        let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
-        match answer {
-            Some(Ok(answer)) if answer.ttl > 0 => tally.succeeded(index, began, now),
-            Some(Ok(_)) => {
-                tally.failed(&tonic::Status::not_found("lease expired"), false, began, now);
-                return;
-            }
-            Some(Err(status)) => {
-                tally.failed(&status, false, began, now);
-                return;
-            }
-            None => {
-                tally.failed(&tonic::Status::aborted("keep-alive stream ended"), false, began, now);
-                return;
-            }
         }
     }
 }
