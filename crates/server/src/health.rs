@@ -65,11 +65,15 @@ pub async fn fallback(
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("application/grpc"));
+    let message = format!(
+        "worknode does not serve {} (auth, users and roles, and membership changes are not implemented)",
+        uri.path()
+    );
+    if uri.path().starts_with("/v3/") {
+        // A JSON gateway path of a method worknode does not serve: the gateway's answer.
+        return crate::gateway::error(&Status::unimplemented(message));
+    }
     if grpc {
-        let message = format!(
-            "worknode does not serve {} (auth, users and roles, and membership changes are not implemented)",
-            uri.path()
-        );
         let (parts, ()) = Status::unimplemented(message).into_http::<()>().into_parts();
         axum::response::Response::from_parts(parts, axum::body::Body::empty())
     } else {

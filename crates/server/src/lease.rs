@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status, Streaming};
 use worknode_kv as kv;
 use worknode_raft::{ClientRequest, LeaseReport, NodeError};
@@ -49,6 +50,58 @@ impl Shared {
             kv::Outcome::Error(error) => Err(convert::kv_status(&error)),
             other => Err(Status::internal(format!("keep-alive answered with {other:?}"))),
         }
+    }
+}
+
+impl LeaseService {
+    /// Answers `requests`' keep-alives one at a time, in order; a failure ends the stream
+    /// as etcd ends it (the client opens another and carries on). For gRPC and the JSON
+    /// gateway.
+    pub(crate) fn keep_alive_stream<S>(
+        &self,
+        mut requests: S,
+        require_leader: bool,
+    ) -> Result<ReceiverStream<Result<pb::LeaseKeepAliveResponse, Status>>, Status>
+    where
+        S: tokio_stream::Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>>
+            + Send
+            + Unpin
+            + 'static,
+    {
+        if require_leader && self.0.node.status().leader_id == 0 {
+            return Err(Shared::no_leader());
+        }
+        let (out, responses) = mpsc::channel(KEEP_ALIVE_OUTBOUND_MAX);
+        let shared = Arc::clone(&self.0);
+        tokio::spawn(async move {
+            while let Some(Ok(request)) = requests.next().await {
+                let answer = if require_leader && shared.node.status().leader_id == 0 {
+                    Err(Shared::no_leader())
+                } else {
+                    shared.keep_alive(request.id).await
+                };
+                let failed = answer.is_err();
+                if out.send(answer).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(ReceiverStream::new(responses))
+    }
+
+    /// [`LeaseService::keep_alive_stream`] without requiring a leader, awaited (the JSON
+    /// gateway's form).
+    pub(crate) async fn lease_keep_alive_stream<S>(
+        &self,
+        requests: S,
+    ) -> Result<ReceiverStream<Result<pb::LeaseKeepAliveResponse, Status>>, Status>
+    where
+        S: tokio_stream::Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>>
+            + Send
+            + Unpin
+            + 'static,
+    {
+        self.keep_alive_stream(requests, false)
     }
 }
 
@@ -97,28 +150,8 @@ impl pb::lease_server::Lease for LeaseService {
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let require_leader = Shared::requires_leader(&request);
-        if require_leader && self.0.node.status().leader_id == 0 {
-            return Err(Shared::no_leader());
-        }
-        let mut inbound = request.into_inner();
-        let (out, responses) = mpsc::channel(KEEP_ALIVE_OUTBOUND_MAX);
-        let shared = Arc::clone(&self.0);
-        tokio::spawn(async move {
-            // One at a time, in order; a failure ends the stream as etcd ends it (the
-            // client opens another and carries on).
-            while let Ok(Some(request)) = inbound.message().await {
-                let answer = if require_leader && shared.node.status().leader_id == 0 {
-                    Err(Shared::no_leader())
-                } else {
-                    shared.keep_alive(request.id).await
-                };
-                let failed = answer.is_err();
-                if out.send(answer).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(responses)))
+        let answers = self.keep_alive_stream(request.into_inner(), require_leader)?;
+        Ok(Response::new(answers))
     }
 
     async fn lease_time_to_live(

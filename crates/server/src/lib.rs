@@ -2,7 +2,13 @@
 
 /// A module of generated protobuf code, with the lints that do not apply to it off.
 macro_rules! generated {
+    ($(#[$doc:meta])* $name:ident, $package:literal, serde: $serde:literal) => {
+        generated!($(#[$doc])* $name, $package, { include!(concat!(env!("OUT_DIR"), "/", $serde)); });
+    };
     ($(#[$doc:meta])* $name:ident, $package:literal) => {
+        generated!($(#[$doc])* $name, $package, {});
+    };
+    ($(#[$doc:meta])* $name:ident, $package:literal, { $($extra:tt)* }) => {
         $(#[$doc])*
         #[allow(
             missing_docs,
@@ -14,6 +20,7 @@ macro_rules! generated {
         )]
         pub mod $name {
             tonic::include_proto!($package);
+            $($extra)*
         }
     };
 }
@@ -21,12 +28,14 @@ macro_rules! generated {
 generated!(
     /// etcd's `etcdserverpb` messages and services (generated).
     pb,
-    "etcdserverpb"
+    "etcdserverpb",
+    serde: "etcdserverpb.serde.rs"
 );
 generated!(
     /// etcd's `mvccpb` messages (generated).
     mvccpb,
-    "mvccpb"
+    "mvccpb",
+    serde: "mvccpb.serde.rs"
 );
 generated!(
     /// etcd's `v3lockpb` (generated).
@@ -60,6 +69,7 @@ pub mod compactor;
 pub mod concurrency;
 pub mod config;
 pub mod convert;
+pub mod gateway;
 pub mod health;
 pub mod kv_routes;
 pub mod lease;

@@ -315,14 +315,14 @@ async fn serve_api(
     authority: Option<Arc<CoreAuthority>>,
 ) -> Result<Result<(), ServeError>, ServeError> {
     let ApiParts { shared, admin, metrics, listener, tls } = api;
+    // One watch service (one hub) for gRPC and the JSON gateway.
+    let watch = crate::watch::WatchService::new(shared.clone());
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(KvRoutes::new(shared.clone()))
         .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService(
             shared.clone(),
         )))
-        .add_service(pb::watch_server::WatchServer::new(crate::watch::WatchService::new(
-            shared.clone(),
-        )))
+        .add_service(pb::watch_server::WatchServer::new(watch.clone()))
         .add_service(pb::lease_server::LeaseServer::new(crate::lease::LeaseService(shared.clone())))
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService(shared.clone())))
         .add_service(crate::health::healthpb::health_server::HealthServer::new(
@@ -340,6 +340,7 @@ async fn serve_api(
     let routes = grpc
         .routes()
         .into_axum_router()
+        .merge(crate::gateway::json_routes(shared.clone(), watch))
         .merge(crate::health::http_routes(shared, Some(metrics)))
         .fallback(crate::health::fallback);
     let router = tonic::transport::Server::builder()

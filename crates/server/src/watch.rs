@@ -21,6 +21,7 @@ use std::time::Duration;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status, Streaming};
 use worknode_kv as kv;
 use worknode_raft::changes::{FeedRead, Subscription};
@@ -95,10 +96,31 @@ impl pb::watch_server::Watch for WatchService {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let require_leader = Shared::requires_leader(&request);
+        Ok(Response::new(self.open(request.into_inner(), require_leader)?))
+    }
+}
+
+/// What a stream's client sends.
+pub(crate) trait Inbound:
+    tokio_stream::Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin + 'static
+{
+}
+
+impl<S> Inbound for S where
+    S: tokio_stream::Stream<Item = Result<pb::WatchRequest, Status>> + Send + Unpin + 'static
+{
+}
+
+impl WatchService {
+    /// Opens a watch stream reading `inbound` (gRPC's, or the JSON gateway's requests).
+    pub(crate) fn open(
+        &self,
+        inbound: impl Inbound,
+        require_leader: bool,
+    ) -> Result<ReceiverStream<Result<pb::WatchResponse, Status>>, Status> {
         if require_leader && self.shared.node.status().leader_id == 0 {
             return Err(Shared::no_leader());
         }
-        let inbound = request.into_inner();
         let (out, responses) = mpsc::channel(OUTBOUND_MAX);
         self.shared.watch_stats.streams.fetch_add(1, Ordering::Relaxed);
         let changes = self.shared.node.changes();
@@ -115,7 +137,7 @@ impl pb::watch_server::Watch for WatchService {
             require_leader,
         };
         tokio::spawn(stream.run(inbound, self.shared.watch_progress_interval));
-        Ok(Response::new(ReceiverStream::new(responses)))
+        Ok(ReceiverStream::new(responses))
     }
 }
 
@@ -190,7 +212,10 @@ impl WatchStream {
         &self.shared.watch_stats
     }
 
-    async fn run(mut self, mut inbound: Streaming<pb::WatchRequest>, progress_interval: Duration) {
+    async fn run(mut self, mut inbound: impl Inbound, progress_interval: Duration) {
+        // A client that closes its side has sent all its requests; its watches go on
+        // until it goes away (as etcd's do).
+        let mut inbound_open = true;
         let mut progress = tokio::time::interval(progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         progress.reset();
@@ -207,13 +232,14 @@ impl WatchStream {
                 // Still catching up: take a request if one is waiting, then go on.
                 tokio::select! {
                     biased;
-                    request = inbound.message() => self.on_request(request).await,
+                    request = inbound.next(), if inbound_open => self.on_request(request, &mut inbound_open).await,
                     () = std::future::ready(()) => Ok(()),
                 }
             } else {
                 tokio::select! {
-                    request = inbound.message() => self.on_request(request).await,
+                    request = inbound.next(), if inbound_open => self.on_request(request, &mut inbound_open).await,
                     () = self.slot.wake.notified() => Ok(()),
+                    () = self.out.closed() => Err(End::Client),
                     _ = progress.tick() => self.progress_tick().await,
                     _ = leader_check.tick(), if self.require_leader => self.check_leader(),
                 }
@@ -235,10 +261,16 @@ impl WatchStream {
 
     async fn on_request(
         &mut self,
-        request: Result<Option<pb::WatchRequest>, Status>,
+        request: Option<Result<pb::WatchRequest, Status>>,
+        inbound_open: &mut bool,
     ) -> Result<(), End> {
-        let Ok(Some(request)) = request else {
-            return Err(End::Client);
+        let request = match request {
+            Some(Ok(request)) => request,
+            Some(Err(_)) => return Err(End::Client),
+            None => {
+                *inbound_open = false;
+                return Ok(());
+            }
         };
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
