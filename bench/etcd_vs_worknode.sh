@@ -52,8 +52,7 @@ if [ "$tls" = on ]; then
   client_flags=(--cacert "$work/certs/ca.pem" --cert "$work/certs/admin.pem" --key "$work/certs/admin-key.pem")
   etcdctl_flags=(--cacert="$work/certs/ca.pem" --cert="$work/certs/admin.pem" --key="$work/certs/admin-key.pem")
 fi
-# etcdctl and the load generator take TLS from their flags; a scheme in an endpoint would
-# reach worknode in the :authority header, which its HTTP/2 layer refuses.
+# etcdctl and the load generator take TLS from their flags, so endpoints carry no scheme.
 endpoints="127.0.0.1:12379,127.0.0.1:12479,127.0.0.1:12579"
 ctl() { ETCDCTL_API=3 etcdctl "${etcdctl_flags[@]}" --endpoints="$endpoints" "$@"; }
 bench() { "$worknode" bench "$@" "${client_flags[@]}"; }

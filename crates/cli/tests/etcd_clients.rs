@@ -131,6 +131,25 @@ async fn etcdctl_put_get_del_txn_status_members_move_leader() {
     assert_eq!(hashes(revision).0, hash, "the hash at an old revision does not move");
     assert_ne!(hashes(revision + 1).0, hash);
 
+    // Endpoints with a scheme, as etcd's documentation writes them, and --cluster, which
+    // dials the members' client URLs: etcdctl then sends the scheme in `:authority`.
+    let schemed =
+        cluster.members.iter().map(|m| format!("http://{}", m.client)).collect::<Vec<_>>();
+    let (ok, _, err) = etcdctl_with_input(&schemed.join(","), &["put", "schemed", "yes"], None);
+    assert!(ok, "{err}");
+    let (ok, out, err) =
+        etcdctl_with_input(&schemed[1], &["get", "schemed", "--print-value-only"], None);
+    assert_eq!((ok, out.trim()), (true, "yes"), "{err}");
+    let one_member = cluster.members[0].client.to_string();
+    for command in [["endpoint", "status"], ["endpoint", "hashkv"], ["endpoint", "health"]] {
+        let mut args = command.to_vec();
+        args.push("--cluster");
+        let (ok, out, err) = etcdctl_with_input(&one_member, &args, None);
+        let members =
+            schemed.iter().filter(|url| format!("{out}{err}").contains(url.as_str())).count();
+        assert!(ok && members == 3, "etcdctl {args:?}: {out}{err}");
+    }
+
     // check datascale writes 10,000 keys and reads each member's resident memory from
     // the Prometheus process metrics on its client port.
     let all = cluster.members.iter().map(|m| m.client.to_string()).collect::<Vec<_>>().join(",");

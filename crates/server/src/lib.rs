@@ -70,6 +70,7 @@ pub mod concurrency;
 pub mod config;
 pub mod convert;
 pub mod gateway;
+pub mod h2_authority;
 pub mod health;
 pub mod kv_routes;
 pub mod lease;

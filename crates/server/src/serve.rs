@@ -388,10 +388,16 @@ fn serve_clients(
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener).map_err(ServeError::Runtime)?;
         let incoming = incoming_nodelay(listener);
+        // etcd 3.4's clients send a scheme in `:authority`: see `h2_authority`.
+        use tokio_stream::StreamExt as _;
         match tls {
-            None => router.serve_with_incoming_shutdown(incoming, shutdown_signal()).await?,
+            None => {
+                let incoming = incoming.map(crate::h2_authority::wrap);
+                router.serve_with_incoming_shutdown(incoming, shutdown_signal()).await?;
+            }
             Some(acceptor) => {
-                let incoming = crate::tls_listener::incoming(incoming, acceptor);
+                let incoming = crate::tls_listener::incoming(incoming, acceptor)
+                    .map(crate::h2_authority::wrap);
                 router.serve_with_incoming_shutdown(incoming, shutdown_signal()).await?;
             }
         }
