@@ -5,7 +5,9 @@
 //! the HTTP/2 server: it reads the client's frames, and a header block whose
 //! `:authority` is a literal carrying a scheme goes on with the bare authority; every
 //! other byte passes as it came. A connection that does not open with HTTP/2's preface
-//! (HTTP/1.1: `/health`, the JSON gateway) passes untouched.
+//! (HTTP/1.1: `/health`, the JSON gateway) passes untouched, and so does the rest of a
+//! connection whose first request names its authority without a scheme: a gRPC client
+//! sends one authority per connection, so only clients that need the rewrite pay for it.
 //!
 //! Header blocks are HPACK-compressed against a table both ends keep, so the shim keeps
 //! the client's table as the client does. Its rewrite only shortens a value, so the
@@ -187,6 +189,11 @@ impl<T> AuthorityShim<T> {
             let frame = self.raw[at..at + FRAME_HEADER + length].to_vec();
             at += FRAME_HEADER + length;
             self.frame(&frame)?;
+            if self.mode == Mode::Passthrough {
+                self.ready.extend_from_slice(&self.raw[at..]);
+                self.raw.clear();
+                return Ok(());
+            }
         }
         self.raw.drain(..at);
         Ok(())
@@ -240,7 +247,12 @@ impl<T> AuthorityShim<T> {
     /// A whole header block: on as it came, or rebuilt without an authority's scheme.
     fn finish(&mut self, block: Block) -> io::Result<()> {
         match self.table.read(&block.fragment)? {
-            None => self.ready.extend_from_slice(&block.frames),
+            None => {
+                self.ready.extend_from_slice(&block.frames);
+                if !self.table.schemes_seen {
+                    self.mode = Mode::Passthrough;
+                }
+            }
             Some(rebuilt) => {
                 let mut first = Vec::new();
                 if let Some(priority) = block.priority {
@@ -311,6 +323,8 @@ struct Table {
     entries: VecDeque<(Vec<u8>, usize)>,
     size: usize,
     max: usize,
+    /// A literal authority with a scheme came (later blocks may refer to it by index).
+    schemes_seen: bool,
 }
 
 /// A literal `:authority` with a scheme: where its value's string begins (its length
@@ -323,7 +337,7 @@ struct Rewrite {
 
 impl Table {
     fn new() -> Self {
-        Self { entries: VecDeque::new(), size: 0, max: TABLE_SIZE_DEFAULT }
+        Self { entries: VecDeque::new(), size: 0, max: TABLE_SIZE_DEFAULT, schemes_seen: false }
     }
 
     /// Reads a header block, keeping the table; the block rebuilt when a literal
@@ -351,6 +365,7 @@ impl Table {
             let value = string(block, &mut at)?;
             if name == b":authority" {
                 if let Some(bare) = without_scheme(&value) {
+                    self.schemes_seen = true;
                     rewrites.push(Rewrite { value_at, end: at, bare });
                 }
             }
@@ -706,6 +721,11 @@ mod tests {
         literal(&mut block, 0x40, 6, 1, "127.0.0.1:2379", true);
         let mut client = PREFACE.to_vec();
         client.extend(request(&block, 1, Some(3)));
+        // After a first request without a scheme the connection passes untouched (one
+        // authority per connection), even a later literal with one.
+        let mut later = Vec::new();
+        literal(&mut later, 0x00, 4, 1, "http://127.0.0.1:2379", false);
+        client.extend(request(&later, 3, None));
         assert_eq!(through(client.clone(), 5).await, client);
         let http1 = b"GET /health HTTP/1.1\r\nHost: http://x\r\n\r\n".to_vec();
         assert_eq!(through(http1.clone(), 3).await, http1);
