@@ -74,14 +74,27 @@ pub fn alarm_error(alarm: kv::AlarmMember) -> String {
 
 /// State-machine event → wire event.
 pub fn event(event: kv::Event) -> crate::mvccpb::Event {
-    let kind = match event.kind {
+    crate::mvccpb::Event {
+        r#type: event_type(event.kind),
+        kv: Some(key_value(event.kv)),
+        prev_kv: event.prev_kv.map(key_value),
+    }
+}
+
+fn event_type(kind: kv::EventKind) -> i32 {
+    let kind = match kind {
         kv::EventKind::Put => crate::mvccpb::event::EventType::Put,
         kv::EventKind::Delete => crate::mvccpb::event::EventType::Delete,
     };
+    kind as i32
+}
+
+/// A shared event → wire event, copying its previous value only when asked for.
+pub fn event_ref(event: &kv::Event, prev_kv: bool) -> crate::mvccpb::Event {
     crate::mvccpb::Event {
-        r#type: kind as i32,
-        kv: Some(key_value(event.kv)),
-        prev_kv: event.prev_kv.map(key_value),
+        r#type: event_type(event.kind),
+        kv: Some(key_value(event.kv.clone())),
+        prev_kv: if prev_kv { event.prev_kv.clone().map(key_value) } else { None },
     }
 }
 

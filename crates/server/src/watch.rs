@@ -413,15 +413,17 @@ impl WatchStream {
     /// feed no longer holds them.
     async fn deliver_batch(&mut self, id: i64) -> Result<(), End> {
         let Some(watch) = self.watches.get(&id) else { return Ok(()) };
+        let prev_kv = watch.prev_kv;
         let (events, through) = match self.subscription.feed().read(watch.next, BATCH_BYTES) {
             FeedRead::Revisions(revisions) => {
                 let Some(last) = revisions.last() else { return Ok(()) };
                 let through = last.revision;
-                let events: Vec<kv::Event> = revisions
+                // Shared by every watcher: each copies only what it sends.
+                let events: Vec<_> = revisions
                     .iter()
                     .flat_map(|revision| revision.events.iter())
                     .filter(|event| watch.wants(event))
-                    .cloned()
+                    .map(|event| convert::event_ref(event, prev_kv))
                     .collect();
                 (events, through)
             }
@@ -441,8 +443,17 @@ impl WatchStream {
                 .map_err(|_| End::Stopped)?;
                 match read {
                     Ok(changes) => {
-                        let events =
-                            changes.events.into_iter().filter(|e| watch.wants(e)).collect();
+                        let events = changes
+                            .events
+                            .into_iter()
+                            .filter(|event| watch.wants(event))
+                            .map(|mut event| {
+                                if !prev_kv {
+                                    event.prev_kv = None;
+                                }
+                                convert::event(event)
+                            })
+                            .collect();
                         (events, changes.through)
                     }
                     Err(kv::KvError::Compacted { compact_revision }) => {
@@ -463,16 +474,7 @@ impl WatchStream {
         }
         watch.sent_since_tick = true;
         self.shared.watch_stats.events_sent.fetch_add(events.len() as u64, Ordering::Relaxed);
-        let (prev_kv, fragment) = (watch.prev_kv, watch.fragment);
-        let events = events
-            .into_iter()
-            .map(|mut event| {
-                if !prev_kv {
-                    event.prev_kv = None;
-                }
-                convert::event(event)
-            })
-            .collect();
+        let fragment = watch.fragment;
         let response = pb::WatchResponse {
             header: Some(self.header(through)),
             watch_id: id,
