@@ -228,7 +228,9 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         let Some(rotation) = &mut self.rotation else {
             return false;
         };
-        match rotation.decide(&self.raw.raft, unix_ns, now, heard_recently, checked, paused) {
+        let raft = &self.raw.raft;
+        let view = |target| crate::rotation::TransferView::of(raft, target);
+        match rotation.decide(raft.id, view, unix_ns, now, heard_recently, checked, paused) {
             Some(target) => {
                 self.raw.transfer_leader(target);
                 true

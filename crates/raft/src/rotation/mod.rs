@@ -573,6 +573,7 @@ impl Rotation {
 }
 
 mod handoff;
+pub use handoff::TransferView;
 mod succession;
 pub use succession::{Succession, SUCCESSION_TURNS};
 mod turn_log;
