@@ -8,6 +8,7 @@
 pub mod ahead;
 pub mod elections;
 pub mod leases;
+pub mod optimistic;
 pub mod requests;
 pub mod snapshots;
 

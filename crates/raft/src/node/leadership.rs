@@ -3,6 +3,7 @@
 //! each turn boundary.
 
 use super::*;
+use crate::engine::optimistic::{Action as OptimisticAction, AppendAnswer, FollowerProgress};
 
 impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
     /// Whether a new write goes to the incoming leader instead of the current one: on a
@@ -113,61 +114,47 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
     }
 
-    /// A new leader's first append (its empty entry) probes each follower, and raft-rs
-    /// sends nothing more to it until it answers: the writes held for this member's turn
-    /// would wait a second round trip and log sync on every follower. Right after a
-    /// handoff the followers' logs end where this one does, so they are treated as
-    /// replicating at once: the held writes follow the empty entry without waiting. The
-    /// progress state decides only what is sent when, never what commits (that rests on
-    /// the followers' answers); a follower that turns out to lack entries answers with a
-    /// rejection, and [`Node::step`] puts it back to probing with raft-rs's usual hint.
+    /// A new leader replicates at once to the followers whose logs end where its own
+    /// does (see [`crate::engine::optimistic`]).
     pub(super) fn replicate_at_once(&mut self) {
         let raft = &mut self.raw.raft;
         let (me, last) = (raft.id, raft.raft_log.last_index());
-        self.optimistic.clear();
-        for (&id, progress) in raft.mut_prs().iter_mut() {
-            // Probing from the empty entry (next = last), the probe sent and unanswered.
-            if id != me
-                && progress.state == ProgressState::Probe
-                && progress.paused
-                && progress.next_idx == last
-            {
-                progress.state = ProgressState::Replicate;
-                progress.paused = false;
-                progress.next_idx = last + 1;
-                progress.ins.reset();
-                self.optimistic.push(id);
-            }
+        let followers: Vec<FollowerProgress> =
+            raft.prs().iter().map(|(&id, progress)| follower_progress(id, progress)).collect();
+        for action in self.optimistic.took_over(me, last, followers) {
+            self.act_on_progress(action);
         }
     }
 
-    /// A follower's first answer to a new leader that replicated to it at once: accepted,
-    /// raft-rs's own bookkeeping takes over; rejected, it goes back to probing (in
-    /// replicating state raft-rs would restart from its match, still 0: the whole log, or
-    /// a snapshot).
+    /// A follower's answer, for the followers replicated to at once: the first ends the
+    /// wait, or sends a rejecting follower back to probing.
     pub(super) fn first_answer(&mut self, message: &Message) {
+        let raft = &self.raw.raft;
         if message.get_msg_type() != MessageType::MsgAppendResponse
-            || self.raw.raft.state != StateRole::Leader
-            || message.term != self.raw.raft.term
+            || raft.state != StateRole::Leader
+            || message.term != raft.term
         {
             return;
         }
-        let Some(at) = self.optimistic.iter().position(|&id| id == message.from) else {
-            return;
+        let answer =
+            AppendAnswer { from: message.from, reject: message.reject, index: message.index };
+        let progress = raft.prs().get(message.from).map(|p| follower_progress(message.from, p));
+        if let Some(action) = self.optimistic.answered(answer, progress) {
+            self.act_on_progress(action);
+            self.handle.counters.optimistic_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn act_on_progress(&mut self, action: OptimisticAction) {
+        let (id, state, next) = match action {
+            OptimisticAction::Replicate { id, next } => (id, ProgressState::Replicate, next),
+            OptimisticAction::Probe { id, next } => (id, ProgressState::Probe, next),
         };
-        self.optimistic.swap_remove(at);
-        if message.reject {
-            if let Some(progress) = self.raw.raft.mut_prs().get_mut(message.from) {
-                if progress.state == ProgressState::Replicate && progress.matched == 0 {
-                    // Probing from this rejection: raft-rs takes it as the probe's answer
-                    // and moves back by the follower's hint.
-                    progress.state = ProgressState::Probe;
-                    progress.paused = false;
-                    progress.next_idx = message.index + 1;
-                    progress.ins.reset();
-                    self.handle.counters.optimistic_rejected.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+        if let Some(progress) = self.raw.raft.mut_prs().get_mut(id) {
+            progress.state = state;
+            progress.paused = false;
+            progress.next_idx = next;
+            progress.ins.reset();
         }
     }
 
@@ -249,5 +236,15 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
                 rotation.timeout_now_sent(self.clock.now());
             }
         }
+    }
+}
+
+fn follower_progress(id: u64, progress: &raft::Progress) -> FollowerProgress {
+    FollowerProgress {
+        id,
+        state: progress.state,
+        paused: progress.paused,
+        next: progress.next_idx,
+        matched: progress.matched,
     }
 }

@@ -103,7 +103,7 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     passed_ahead: Vec<Message>,
     /// Followers this new leader replicates to before their first answer (see
     /// [`Node::replicate_at_once`]), until that answer comes.
-    optimistic: Vec<u64>,
+    optimistic: crate::engine::optimistic::Optimistic,
     /// Election timeouts, the schedule's favour, failover and takeover
     /// ([`crate::engine::elections`]).
     elections: crate::engine::elections::Elections,
@@ -209,7 +209,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             last_heard: HashMap::default(),
             held: ahead::Held::default(),
             passed_ahead: Vec::new(),
-            optimistic: Vec::new(),
+            optimistic: crate::engine::optimistic::Optimistic::default(),
             elections,
             elections_due: None,
             clocks: clocks::Clocks::default(),
@@ -403,7 +403,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             };
             message = stepped;
         }
-        if !self.optimistic.is_empty() {
+        if self.optimistic.awaiting() {
             self.first_answer(&message);
         }
         // Messages for another member, or from a removed one, are not ours to act on.
