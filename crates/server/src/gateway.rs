@@ -78,10 +78,7 @@ pub fn json_routes(shared: Arc<Shared>, watch: crate::watch::WatchService) -> ax
         "/v3/lease/keepalive",
         post(move |body: Bytes| {
             let lease = lease.clone();
-            streamed(
-                body,
-                move |requests| async move { lease.lease_keep_alive_stream(requests).await },
-            )
+            streamed(body, move |requests| async move { lease.keep_alive_stream(requests, false) })
         }),
     );
     router.route(

@@ -88,21 +88,6 @@ impl LeaseService {
         });
         Ok(ReceiverStream::new(responses))
     }
-
-    /// [`LeaseService::keep_alive_stream`] without requiring a leader, awaited (the JSON
-    /// gateway's form).
-    pub(crate) async fn lease_keep_alive_stream<S>(
-        &self,
-        requests: S,
-    ) -> Result<ReceiverStream<Result<pb::LeaseKeepAliveResponse, Status>>, Status>
-    where
-        S: tokio_stream::Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>>
-            + Send
-            + Unpin
-            + 'static,
-    {
-        self.keep_alive_stream(requests, false)
-    }
 }
 
 #[tonic::async_trait]
