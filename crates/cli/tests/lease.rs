@@ -68,8 +68,12 @@ async fn grant_attach_keep_alive_time_to_live_list_and_revoke() {
     assert_eq!((answer.id(), answer.ttl()), (id, 30));
 
     // A key put again without the lease leaves it.
-    c.put("svc/b", "2", None).await.unwrap();
-    let mut watch = other.watch("svc/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    let put = c.put("svc/b", "2", None).await.unwrap();
+    // From the revision after that put: member 3 may not have applied it yet, and a watch
+    // from "now" there would see it.
+    let after = put.header().unwrap().revision() + 1;
+    let options = WatchOptions::new().with_prefix().with_start_revision(after);
+    let mut watch = other.watch("svc/", Some(options)).await.unwrap();
     assert!(watch.message().await.unwrap().unwrap().created());
     c.lease_revoke(id).await.unwrap();
     let deleted = watch.message().await.unwrap().unwrap();
