@@ -81,3 +81,4 @@ pub mod service;
 pub mod tls_listener;
 pub mod watch;
 mod watch_hub;
+pub mod write_coalescing;

@@ -388,21 +388,29 @@ fn serve_clients(
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener).map_err(ServeError::Runtime)?;
         let incoming = incoming_nodelay(listener);
-        // etcd 3.4's clients send a scheme in `:authority`: see `h2_authority`.
         use tokio_stream::StreamExt as _;
         match tls {
             None => {
-                let incoming = incoming.map(crate::h2_authority::wrap);
+                let incoming = incoming.map(client_connection);
                 router.serve_with_incoming_shutdown(incoming, shutdown_signal()).await?;
             }
             Some(acceptor) => {
-                let incoming = crate::tls_listener::incoming(incoming, acceptor)
-                    .map(crate::h2_authority::wrap);
+                let incoming =
+                    crate::tls_listener::incoming(incoming, acceptor).map(client_connection);
                 router.serve_with_incoming_shutdown(incoming, shutdown_signal()).await?;
             }
         }
         Ok(())
     })
+}
+
+/// An accepted client connection as the servers see it: writes gathered into one per turn
+/// (`write_coalescing`), and the scheme taken off the `:authority` that etcd 3.4's clients
+/// send (`h2_authority`).
+fn client_connection<T>(
+    accepted: std::io::Result<T>,
+) -> std::io::Result<crate::h2_authority::AuthorityShim<crate::write_coalescing::Coalesced<T>>> {
+    crate::h2_authority::wrap(accepted.map(crate::write_coalescing::Coalesced::new))
 }
 
 /// Exit status of a member whose Raft loop ended without being asked to (EX_SOFTWARE).
