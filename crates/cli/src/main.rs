@@ -18,6 +18,7 @@ mod jitter_cmd;
 mod schedule_cmd;
 mod serve_cmd;
 mod sim_cmd;
+mod snapshot_cmd;
 mod stakes_input;
 mod status_cmd;
 mod svg;
@@ -72,6 +73,9 @@ enum Command {
     /// TLS: make a CA and member, peer and client certificates (`certs init`).
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
+    /// Snapshots: make a new cluster's data directories from one (`snapshot restore`).
+    #[command(subcommand)]
+    Snapshot(snapshot_cmd::SnapshotCommand),
 }
 
 /// A failure reported to the user as one line.
@@ -151,6 +155,9 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Sim(args) => sim_cmd::run(args, &mut out),
         Command::Certs(command) => certs_cmd::run(command, &mut out).map(|()| ExitCode::SUCCESS),
+        Command::Snapshot(command) => {
+            snapshot_cmd::run(command, &mut out).map(|()| ExitCode::SUCCESS)
+        }
         Command::Cores(command) => cores_cmd::run(command, &mut out).map(|outcome| match outcome {
             cores_cmd::CoresOutcome::Done => ExitCode::SUCCESS,
             cores_cmd::CoresOutcome::CriticalFailures(_) => ExitCode::from(EXIT_CRITICAL),

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod backup;
 mod decode;
 mod events;
 mod leases;
@@ -14,6 +15,7 @@ mod machine;
 mod store;
 mod types;
 
+pub use backup::BackupContents;
 pub use events::{in_range, Changes, Event, EventKind, EVENT_OVERHEAD_BYTES};
 pub use leases::{Lease, Leases, LEASE_TTL_MAX};
 pub use machine::{

@@ -233,6 +233,12 @@ impl StateMachine {
         Self { store: Store::new(), ..Self::default() }
     }
 
+    /// A state machine holding `store` and `leases`, as of log entry `applied_index`,
+    /// with nothing in its deduplication window (a backup restored).
+    pub(crate) fn rebuilt(store: Store, leases: Leases, applied_index: u64) -> Self {
+        Self { store, leases, applied_index, ..Self::default() }
+    }
+
     /// The store, for reads.
     pub fn store(&self) -> &Store {
         &self.store

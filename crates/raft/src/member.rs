@@ -149,6 +149,38 @@ pub fn open_member(spec: &MemberSpec) -> Result<OpenMember, OpenError> {
     Ok(OpenMember { node, handle, stats, log_stats, blocked, data_dir, recovery_note })
 }
 
+/// Writes a new member's data directory whose state is `machine` (a backup restored):
+/// a snapshot at the machine's applied index, term 1, with `voters` as the configuration.
+/// Every member restored from one backup gets the same snapshot, so they start as one
+/// cluster with equal state, and the first start records it in the log
+/// ([`check_start`]). Only a new or empty data directory is written.
+pub fn bootstrap_restored(
+    data_dir: &Path,
+    cluster_id: u64,
+    member_id: u64,
+    voters: &[u64],
+    machine: &worknode_kv::StateMachine,
+) -> Result<(), OpenError> {
+    let dir = DataDir::open(data_dir, cluster_id, member_id)?;
+    let snapshot_file = SnapshotFile::in_dir(dir.path());
+    let log_dir = dir.log_dir();
+    let log_written = std::fs::read_dir(&log_dir).is_ok_and(|mut entries| entries.next().is_some());
+    if log_written || snapshot_file.path().exists() {
+        return Err(OpenError::Inconsistent(format!(
+            "data dir {} already holds a member's log or snapshot: a restore writes only into a new or empty data dir (move this one away first)",
+            data_dir.display()
+        )));
+    }
+    let mut snapshot = Snapshot::default();
+    let metadata = snapshot.mut_metadata();
+    metadata.index = machine.applied_index();
+    metadata.term = 1;
+    metadata.mut_conf_state().voters = voters.to_vec();
+    snapshot.set_data(machine.snapshot().into());
+    snapshot_file.save(&snapshot)?;
+    Ok(())
+}
+
 /// Reads every log file before raft-engine does: a complete batch that fails its checksum
 /// with valid ones after it is corruption and refuses the start (raft-engine checks the
 /// entries of only each file's last batch, and would fail on the others when a peer needs

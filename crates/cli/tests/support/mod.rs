@@ -108,6 +108,15 @@ impl ProcessCluster {
 
     /// Starts with extra top-level config tables (e.g. `[schedule]`).
     pub(crate) fn start_with(name: &str, size: u64, tick_ms: u64, extra: &str) -> Self {
+        let mut cluster = Self::configure(name, size, tick_ms, extra);
+        for index in 0..size as usize {
+            cluster.spawn(index);
+        }
+        cluster
+    }
+
+    /// Writes the members' configs (`n{id}.toml` in `root`) without starting them.
+    pub(crate) fn configure(name: &str, size: u64, tick_ms: u64, extra: &str) -> Self {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
@@ -123,13 +132,13 @@ impl ProcessCluster {
             );
             std::fs::write(root.join(format!("n{}.toml", m.id)), config).unwrap();
         }
-        let client_tls = None;
-        let mut cluster = Self { root, members, children: Vec::new(), client_tls };
-        for index in 0..size as usize {
-            cluster.children.push(None);
-            cluster.spawn(index);
-        }
-        cluster
+        let children = (0..size).map(|_| None).collect();
+        Self { root, members, children, client_tls: None }
+    }
+
+    /// Member `index`'s config file.
+    pub(crate) fn config_path(&self, index: usize) -> PathBuf {
+        self.root.join(format!("n{}.toml", self.members[index].id))
     }
 
     /// Starts (or restarts) member `index`.

@@ -13,18 +13,18 @@ use std::io::{self, Seek, SeekFrom, Write};
 
 /// bbolt's page size on x86-64 Linux (the OS page size), which etcd keeps.
 pub(crate) const PAGE_SIZE: usize = 4096;
-const MAGIC: u32 = 0xED0C_DAED;
-const VERSION: u32 = 2;
-const PAGE_HEADER: usize = 16;
+pub(crate) const MAGIC: u32 = 0xED0C_DAED;
+pub(crate) const VERSION: u32 = 2;
+pub(crate) const PAGE_HEADER: usize = 16;
 /// A leaf element (flags, position, key size, value size) and a branch element
 /// (position, key size, child page) are both 16 bytes.
-const ELEMENT: usize = 16;
-const BRANCH_PAGE: u16 = 0x01;
-const LEAF_PAGE: u16 = 0x02;
-const META_PAGE: u16 = 0x04;
+pub(crate) const ELEMENT: usize = 16;
+pub(crate) const BRANCH_PAGE: u16 = 0x01;
+pub(crate) const LEAF_PAGE: u16 = 0x02;
+pub(crate) const META_PAGE: u16 = 0x04;
 const FREELIST_PAGE: u16 = 0x10;
 /// A leaf element whose value is a bucket header, not data.
-const BUCKET_LEAF: u32 = 0x01;
+pub(crate) const BUCKET_LEAF: u32 = 0x01;
 /// bbolt refuses longer keys and values.
 const KEY_SIZE_MAX: usize = 32_768;
 const VALUE_SIZE_MAX: usize = (1 << 31) - 2;
@@ -258,7 +258,7 @@ impl<W: Write + Seek> DbWriter<W> {
 }
 
 /// FNV-1a, 64 bits: bbolt's meta page checksum.
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })

@@ -9,7 +9,9 @@
 //! however the stream ends.
 
 mod bbolt;
+mod bbolt_reader;
 mod etcd_db;
+pub mod restore;
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom};
