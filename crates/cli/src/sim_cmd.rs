@@ -31,7 +31,7 @@ pub(crate) struct SimArgs {
     #[arg(long, default_value = "30s")]
     duration: String,
     /// Faults to inject: `all`, `none`, or a list of crash, partition, one-way, loss,
-    /// duplicate, delay, skew, slow-disk.
+    /// duplicate, delay, skew, slow-disk, disk-full, freeze, damage.
     #[arg(long, default_value = "all")]
     faults: String,
     /// Scheduled leadership: `on` or `off`.

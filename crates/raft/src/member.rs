@@ -302,12 +302,7 @@ fn wipe_for_rejoin(
         }
         _ => {}
     }
-    match std::fs::remove_file(snapshot_file.path()) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io(&format!("remove {}", snapshot_file.path().display()), error))
-        }
-        _ => {}
-    }
+    snapshot_file.remove()?;
     match &hard_state {
         Some(state) => tracing::warn!(
             "--rejoin: the log and snapshot were removed; keeping term {} and vote {}, this member catches up from the cluster",

@@ -100,6 +100,18 @@ impl SnapshotFile {
         Ok(())
     }
 
+    /// Removes the snapshot (`--rejoin`); none is no error.
+    pub fn remove(&self) -> Result<(), SnapshotFileError> {
+        if let Some(memory) = &self.memory {
+            *memory.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            return Ok(());
+        }
+        match fs::remove_file(&self.path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(self.io(error)),
+            _ => Ok(()),
+        }
+    }
+
     /// Reads the snapshot; `Ok(None)` when there is none yet.
     pub fn load(&self) -> Result<Option<Snapshot>, SnapshotFileError> {
         let stored = self

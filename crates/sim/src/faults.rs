@@ -39,11 +39,16 @@ pub enum FaultKind {
     /// power) and, unless it crashes, resumes later: its peers' connections stay open, so
     /// only its silence tells.
     Freeze,
+    /// A down member's synced log is damaged (a flipped bit its checksums find): it
+    /// refuses to start, and its operator starts it with `--rejoin` (log and snapshot
+    /// wiped, term and vote kept, caught up from the cluster) once the others hold
+    /// everything it held, as `--rejoin` requires.
+    Damage,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Crash,
         Self::Partition,
         Self::OneWay,
@@ -54,6 +59,7 @@ impl FaultKind {
         Self::SlowDisk,
         Self::DiskFull,
         Self::Freeze,
+        Self::Damage,
     ];
 
     /// The name `--faults` takes.
@@ -69,6 +75,7 @@ impl FaultKind {
             Self::SlowDisk => "slow-disk",
             Self::DiskFull => "disk-full",
             Self::Freeze => "freeze",
+            Self::Damage => "damage",
         }
     }
 
@@ -130,6 +137,8 @@ pub enum FaultEvent {
         /// The next turn's member rather than the leader.
         incoming: bool,
     },
+    /// The member's process dies and its log is damaged: its restarts rejoin.
+    Damage(u64),
     /// The frozen member resumes.
     Thaw,
     /// Every fault ends: members restart, links mend, weather clears, clocks agree.
@@ -154,9 +163,15 @@ pub fn plan(seed: u64, members: &[u64], kinds: &[FaultKind], heal_at: Nanos) -> 
         return plan;
     }
     let pick = |draws: &mut Draws, bound: usize| draws.below(bound as u64) as usize;
+    // Crashes, the commonest failure (and the one durability rests on), come twice as
+    // often as each other kind.
+    let weighted: Vec<FaultKind> = kinds
+        .iter()
+        .flat_map(|&kind| std::iter::repeat_n(kind, if kind == FaultKind::Crash { 2 } else { 1 }))
+        .collect();
     let mut at = SECOND;
     while at < heal_at {
-        let kind = kinds[pick(&mut draws, kinds.len())];
+        let kind = weighted[pick(&mut draws, weighted.len())];
         let long = 20 * MS + draws.below(3 * SECOND);
         let end = (at + long).min(heal_at);
         let member = members[pick(&mut draws, members.len())];
@@ -248,6 +263,7 @@ fn draw(
             let incoming = draws.below(2) == 0;
             (FaultEvent::Freeze { member, incoming }, FaultEvent::Thaw)
         }
+        FaultKind::Damage => (FaultEvent::Damage(member), FaultEvent::Restart(vec![member])),
     }
 }
 

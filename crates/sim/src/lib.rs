@@ -73,6 +73,8 @@ pub struct Report {
     pub lost_writes: u64,
     /// Writes never synced that crashes kept (written back before the crash).
     pub kept_writes: u64,
+    /// Damaged members started again with `--rejoin`.
+    pub rejoins: u64,
     /// New (term, leader) pairs seen.
     pub leader_changes: u64,
     /// Completed handoffs.
@@ -131,7 +133,7 @@ pub fn run(config: &RunConfig) -> Report {
         checks.extend(final_checks(&mut world, config, heal_at));
     }
     let handoffs = world.handles().iter().map(|(_, h)| h.rotation_metrics().handoffs_total).sum();
-    let (_, lost_writes, kept_writes) = world.disk_totals();
+    let (_, lost_writes, kept_writes, rejoins) = world.disk_totals();
     let answered = world
         .history
         .iter()
@@ -147,6 +149,7 @@ pub fn run(config: &RunConfig) -> Report {
         messages: (world.network.lost, world.network.duplicated, world.network.cut),
         lost_writes,
         kept_writes,
+        rejoins,
         leader_changes: world.observer.leader_changes,
         handoffs,
         snapshots: (world.snapshots_taken(), world.snapshots_sent),
@@ -178,7 +181,7 @@ fn final_checks(world: &mut World, config: &RunConfig, heal_at: Nanos) -> Vec<Ch
     });
     checks.push(CheckResult {
         name: "availability",
-        result: check::availability(&world.history, &world.troubled, &world.freezes)
+        result: check::availability(&world.history, &world.troubled, &world.freezes, &world.downs)
             .map(|longest| format!("longest write {:.1} ms outside trouble", longest as f64 / 1e6)),
     });
     if !config.faults.is_empty() {

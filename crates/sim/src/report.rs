@@ -137,6 +137,7 @@ impl Report {
             "messages_cut": self.messages.2,
             "unsynced_writes_lost": self.lost_writes,
             "unsynced_writes_kept": self.kept_writes,
+            "rejoins": self.rejoins,
             "leader_changes": self.leader_changes,
             "handoffs": self.handoffs,
             "takeovers": self.takeovers,

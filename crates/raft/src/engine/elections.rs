@@ -247,7 +247,16 @@ impl Elections {
     ) -> (Vec<Action>, Option<Early>) {
         let mut actions = Vec::new();
         self.campaign_again(now, raft, &mut actions);
-        if raft.role != StateRole::Follower || self.failing_over(raft) {
+        if raft.role != StateRole::Follower {
+            return (actions, None);
+        }
+        if self.failing_over(raft) {
+            // What the leader sent before it died may still arrive, and renews raft-rs's
+            // lease: given up again, while the leader stays gone, or this member would
+            // ignore the successor's vote requests for a whole election timeout.
+            if raft.in_lease && (world.gone)(raft.leader) {
+                actions.push(Action::ExpireLease);
+            }
             return (actions, None);
         }
         if raft.follows() && (world.gone)(raft.leader) {

@@ -36,6 +36,9 @@ pub struct RaftView {
     pub election_ticks: usize,
     /// The randomized election timeout in force, in ticks.
     pub timeout_ticks: usize,
+    /// raft-rs's leader lease holds: it heard its leader within the election timeout,
+    /// and ignores vote requests.
+    pub in_lease: bool,
 }
 
 impl RaftView {
@@ -49,6 +52,8 @@ impl RaftView {
             vote: raft.vote,
             election_ticks: raft.election_timeout(),
             timeout_ticks: raft.randomized_election_timeout(),
+            in_lease: raft.leader_id != raft::INVALID_ID
+                && raft.election_elapsed < raft.election_timeout(),
         }
     }
 

@@ -234,6 +234,8 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             }
         }
         self.note_timeout_now(&messages);
+        let snapshots = messages.iter().filter(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+        self.snapshots_sent.extend(snapshots.map(|m| m.to));
         self.transport.send(messages);
     }
 

@@ -124,6 +124,8 @@ pub struct Node<C: Clock, T: Transport, S: LogStore + raft::Storage> {
     /// Revokes this member proposed as leader: (its term then, how many), for their
     /// request ids.
     revokes: (u64, u64),
+    /// Followers sent a snapshot during this Ready, to report once it is done.
+    snapshots_sent: Vec<u64>,
 }
 
 /// Why a node could not start.
@@ -213,6 +215,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
             elections,
             elections_due: None,
             clocks: clocks::Clocks::default(),
+            snapshots_sent: Vec::new(),
             takeover_note: None,
             last_leader: raft::INVALID_ID,
             next_tick: now + tick,

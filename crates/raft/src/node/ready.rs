@@ -70,6 +70,14 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         }
         self.apply(light.take_committed_entries());
         self.raw.advance_apply();
+        // A snapshot handed to the transport is reported sent: raft-rs then waits for the
+        // follower's answer to go on. Unreported, a snapshot the follower asked for
+        // (`ask_for_snapshot`) stays asked for after it is installed, so the leader sends
+        // it again and waits, paused, for an answer newer than the one it already had:
+        // the follower got no entries until the next leader.
+        for to in std::mem::take(&mut self.snapshots_sent) {
+            self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+        }
         self.serve_reads();
         Ok(())
     }

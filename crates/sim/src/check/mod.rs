@@ -175,10 +175,13 @@ pub const AVAILABILITY_BOUND: Nanos = 600 * crate::world::clock::MS;
 /// Availability: a write called at least [`SETTLE`] after any trouble (see
 /// [`crate::world::World::troubled`]) and answered before the next is acknowledged within
 /// [`AVAILABILITY_BOUND`], crashes of a minority notwithstanding. Returns the longest wait.
+/// A write called at a member that was down or still catching up after a rejoin (`downs`)
+/// waits for that member, as its client would.
 pub fn availability(
     history: &[Operation],
     troubled: &[(Nanos, Nanos)],
     freezes: &[(u64, Nanos, Nanos)],
+    downs: &[(u64, Nanos, Nanos)],
 ) -> Result<Nanos, String> {
     let mut longest = 0;
     for op in history {
@@ -189,7 +192,10 @@ pub fn availability(
         let frozen = freezes
             .iter()
             .any(|&(member, from, to)| member == op.member && from <= answered && op.called <= to);
-        if frozen {
+        let member_down = downs
+            .iter()
+            .any(|&(member, from, to)| member == op.member && from <= op.called && op.called < to);
+        if frozen || member_down {
             continue;
         }
         let clear = troubled

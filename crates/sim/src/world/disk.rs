@@ -107,6 +107,11 @@ pub struct Disk {
     pub lost_writes: u64,
     /// Writes not synced that a crash kept (written back before it).
     pub kept_writes: u64,
+    /// The synced log is damaged (the damage fault): the member refuses to start until
+    /// it rejoins.
+    pub damaged: bool,
+    /// Rejoins so far.
+    pub rejoins: u64,
     /// Writes made and not yet synced, oldest first.
     unsynced: Vec<Write>,
     draws: Draws,
@@ -122,6 +127,8 @@ impl Disk {
             syncs: 0,
             lost_writes: 0,
             kept_writes: 0,
+            damaged: false,
+            rejoins: 0,
             unsynced: Vec::new(),
             draws: Draws::new(seed),
         }
@@ -139,6 +146,17 @@ impl Disk {
         self.lost_writes += lost;
         self.kept_writes += kept as u64;
         (lost, kept as u64)
+    }
+
+    /// `--rejoin`: the log is wiped, and the term and vote kept (a damaged batch leaves
+    /// the hard state readable), as a fresh member's log with them.
+    pub fn rejoin(&mut self) {
+        let hard_state = HardState { commit: 0, ..self.durable.hard_state.clone() };
+        let voters = self.durable.conf_state.voters.clone();
+        self.durable = Image { hard_state, ..Image::bootstrap(&voters) };
+        self.unsynced.clear();
+        self.damaged = false;
+        self.rejoins += 1;
     }
 
     /// Planted bug: a restarted member has lost its term and vote (it keeps its commit
@@ -283,6 +301,9 @@ impl LogStore for SimStore {
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StoreError> {
         let meta = snapshot.get_metadata();
+        // What the member now starts from is what it can send a peer that lags (as the
+        // real store does): its log is gone below the snapshot.
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner).latest = Some(snapshot.clone());
         self.sync(0);
         for image in
             [&mut self.live, &mut self.disk.lock().unwrap_or_else(PoisonError::into_inner).durable]

@@ -20,7 +20,8 @@ impl World {
     pub(super) fn note_trouble(&mut self) {
         let troubled = {
             let links = self.network.links.lock().unwrap_or_else(PoisonError::into_inner);
-            let down = self.members.iter().filter(|m| m.node.is_none()).count();
+            let down =
+                self.members.iter().filter(|m| m.node.is_none() || m.catch_up.is_some()).count();
             let disks_slow = self.members.iter().any(|m| {
                 m.wall_offset.load(Ordering::Relaxed) != 0
                     || m.disk.lock().unwrap_or_else(PoisonError::into_inner).slow_ns != 0
@@ -99,6 +100,25 @@ impl World {
                 }
             }
             FaultEvent::Freeze { member, incoming } => self.freeze(member, incoming),
+            FaultEvent::Damage(id) => {
+                if let Some(index) = self.index_of(id) {
+                    self.crash(index);
+                    // One damaged log at a time, as faults come one at a time: a member
+                    // still waiting to rejoin keeps this one's damage from happening.
+                    let waiting = self.members.iter().any(|m| m.rejoin_at.is_some());
+                    if waiting {
+                        self.trace.event(
+                            self.now,
+                            format_args!(
+                                "another member waits to rejoin: member {id}'s log stays whole"
+                            ),
+                        );
+                    } else {
+                        let member = &mut self.members[index];
+                        member.disk.lock().unwrap_or_else(PoisonError::into_inner).damaged = true;
+                    }
+                }
+            }
             FaultEvent::Thaw => self.thaw(),
             FaultEvent::HealAll => self.heal_all(),
         }

@@ -54,6 +54,12 @@ struct Member {
     clocks: SharedClockOffsets,
     /// When its wall clock last moved (a skew fault began or ended).
     clock_moved_at: Nanos,
+    /// Its log is damaged and its operator waits to start it with `--rejoin`: when to
+    /// look again whether the others hold what it held.
+    rejoin_at: Option<Nanos>,
+    /// It rejoined and has not caught up: the commit index it must apply first. Until
+    /// then it holds nothing the cluster can count on, and counts as down.
+    catch_up: Option<u64>,
 }
 
 impl Member {
@@ -113,6 +119,9 @@ const SNAPSHOT_ENTRIES: u64 = 300;
 /// A turn of scheduled leadership: four slots of 100 ms.
 pub const TURN: Nanos = 400 * MS;
 
+/// How often an operator waiting to rejoin a damaged member looks at the cluster again.
+const REJOIN_RETRY: Nanos = 20 * MS;
+
 /// Clients calling at once.
 const CLIENTS: u32 = 4;
 /// Messages in flight that only a storm explains: a healthy cluster of five with every
@@ -140,6 +149,8 @@ impl World {
                 frozen: false,
                 clocks: SharedClockOffsets::default(),
                 clock_moved_at: 0,
+                rejoin_at: None,
+                catch_up: None,
             })
             .collect();
         let clients =
@@ -213,6 +224,11 @@ impl World {
 
     /// Starts member `index`'s process from its disk.
     fn start(&mut self, index: usize) {
+        if self.members[index].disk.lock().unwrap_or_else(PoisonError::into_inner).damaged
+            && !self.rejoin(index)
+        {
+            return;
+        }
         let config = self.node_config(&self.members[index]);
         let links = Arc::clone(&self.network.links);
         let now = self.now;
@@ -262,9 +278,12 @@ impl World {
             Ok(started) => {
                 member.node = Some(started);
                 member.wake_at = now;
-                for down in self.downs.iter_mut().filter(|d| d.0 == member.id && d.2 == Nanos::MAX)
-                {
-                    down.2 = now;
+                if member.catch_up.is_none() {
+                    for down in
+                        self.downs.iter_mut().filter(|d| d.0 == member.id && d.2 == Nanos::MAX)
+                    {
+                        down.2 = now;
+                    }
                 }
                 links.lock().unwrap_or_else(PoisonError::into_inner).down.remove(&member.id);
                 self.trace.event(now, format_args!("member {} starts", member.id));
@@ -273,6 +292,92 @@ impl World {
                 let id = member.id;
                 self.fail(format!("member {id} cannot start: {error}"));
             }
+        }
+    }
+
+    /// A member whose log is damaged refuses to start; its operator wipes it with
+    /// `--rejoin` once every other member runs and has committed everything the damaged
+    /// log held, so the wipe loses nothing committed (what `--rejoin` asks of an
+    /// operator). Whether it may start now; if not, it is looked at again shortly.
+    fn rejoin(&mut self, index: usize) -> bool {
+        let now = self.now;
+        let id = self.members[index].id;
+        let held = self.members[index]
+            .disk
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .durable
+            .last_index();
+        let commits: Vec<Option<u64>> = self
+            .members
+            .iter()
+            .filter(|m| m.id != id)
+            .map(|m| m.node.as_ref().map(|(_, handle)| handle.status().commit_index))
+            .collect();
+        let others_hold = commits.iter().all(|commit| commit.is_some_and(|c| c >= held));
+        let member = &mut self.members[index];
+        if !others_hold {
+            if member.rejoin_at.is_none() {
+                self.trace.event(
+                    now,
+                    format_args!("member {id} refuses to start: its log is damaged; it rejoins once the others have committed the {held} entries it held (committed: {commits:?})"),
+                );
+            }
+            member.rejoin_at = Some(now + REJOIN_RETRY);
+            return false;
+        }
+        member.rejoin_at = None;
+        member.catch_up = Some(commits.iter().flatten().copied().max().unwrap_or(0));
+        let hard_state = {
+            let mut disk = member.disk.lock().unwrap_or_else(PoisonError::into_inner);
+            disk.rejoin();
+            disk.durable.hard_state.clone()
+        };
+        if let Err(error) = member.snapshot_file.remove() {
+            self.fail(format!("member {id}'s snapshot cannot be removed: {error}"));
+            return false;
+        }
+        self.trace.event(
+            now,
+            format_args!(
+                "member {id} rejoins: log and snapshot wiped, term {} and vote {} kept",
+                hard_state.term, hard_state.vote
+            ),
+        );
+        true
+    }
+
+    /// Starts the damaged members whose operators were waiting, once they may.
+    fn rejoin_due(&mut self) {
+        for index in 0..self.members.len() {
+            let member = &self.members[index];
+            if member.node.is_none() && member.rejoin_at.is_some_and(|at| at <= self.now) {
+                self.start(index);
+            }
+        }
+    }
+
+    /// Rejoined members that have applied what the cluster had committed when they
+    /// rejoined are up again.
+    fn caught_up(&mut self) {
+        let now = self.now;
+        let mut any = false;
+        for member in &mut self.members {
+            let (Some(target), Some((_, handle))) = (member.catch_up, &member.node) else {
+                continue;
+            };
+            if handle.status().applied_index < target {
+                continue;
+            }
+            member.catch_up = None;
+            for down in self.downs.iter_mut().filter(|d| d.0 == member.id && d.2 == Nanos::MAX) {
+                down.2 = now;
+            }
+            self.trace.event(now, format_args!("member {} caught up to {target}", member.id));
+            any = true;
+        }
+        if any {
+            self.note_trouble();
         }
     }
 
@@ -291,7 +396,9 @@ impl World {
         self.turns.extend(handle.turns());
         self.snapshots += handle.counters().snapshots.load(Ordering::Relaxed);
         self.takeovers += handle.counters().takeovers.load(Ordering::Relaxed);
-        self.downs.push((member.id, now, Nanos::MAX));
+        if !self.downs.iter().any(|d| d.0 == member.id && d.2 == Nanos::MAX) {
+            self.downs.push((member.id, now, Nanos::MAX));
+        }
         if std::mem::take(&mut member.frozen) {
             for freeze in self.freezes.iter_mut().filter(|f| f.0 == member.id && f.2 == Nanos::MAX)
             {
@@ -322,9 +429,11 @@ impl World {
             }
             self.now = self.now.max(next);
             self.apply_faults();
+            self.rejoin_due();
             self.deliver();
             self.call();
             self.run_members();
+            self.caught_up();
             if self.network.in_flight() > STORM {
                 let kinds = self.network.in_flight_kinds();
                 let top: Vec<String> =
@@ -355,6 +464,9 @@ impl World {
         }
         if let Some((at, _)) = self.plan.front() {
             next = next.min(*at);
+        }
+        for at in self.members.iter().filter_map(|m| m.rejoin_at) {
+            next = next.min(at);
         }
         if self.calling {
             for client in self.clients.iter().filter(|c| c.waiting.is_none()) {
@@ -506,10 +618,15 @@ impl World {
 
     /// Disk counters summed over members: syncs, and the unsynced writes crashes lost and
     /// kept.
-    pub fn disk_totals(&self) -> (u64, u64, u64) {
-        self.members.iter().fold((0, 0, 0), |(syncs, lost, kept), member| {
+    pub fn disk_totals(&self) -> (u64, u64, u64, u64) {
+        self.members.iter().fold((0, 0, 0, 0), |(syncs, lost, kept, rejoins), member| {
             let disk = member.disk.lock().unwrap_or_else(PoisonError::into_inner);
-            (syncs + disk.syncs, lost + disk.lost_writes, kept + disk.kept_writes)
+            (
+                syncs + disk.syncs,
+                lost + disk.lost_writes,
+                kept + disk.kept_writes,
+                rejoins + disk.rejoins,
+            )
         })
     }
 

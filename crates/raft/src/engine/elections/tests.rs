@@ -16,6 +16,7 @@ fn follower() -> RaftView {
         vote: 0,
         election_ticks: 10,
         timeout_ticks: 13,
+        in_lease: true,
     }
 }
 
@@ -58,7 +59,7 @@ fn apply(raft: &mut RaftView, actions: &[Action]) {
     for action in actions {
         match action {
             Action::SetTimeout(ticks) => raft.timeout_ticks = *ticks,
-            Action::ExpireLease => {}
+            Action::ExpireLease => raft.in_lease = false,
             Action::Campaign => raft.role = StateRole::PreCandidate,
         }
     }
@@ -101,6 +102,23 @@ fn the_favoured_follower_waits_e_plus_two_and_draws_again_once_not_favoured() {
 }
 
 #[test]
+fn a_message_the_gone_leader_sent_before_it_died_does_not_bring_its_lease_back() {
+    let now = Instant::now();
+    let mut elections = Elections::new(settings(), 3);
+    let mut raft = RaftView { id: 3, ..follower() };
+    let world = world(&leader_gone, now, 10 * MS, mid_turn(2, 100 * MS));
+    let (actions, _) = elections.watch(now, &raft, &world);
+    apply(&mut raft, &actions);
+    assert!(!raft.in_lease);
+    let (actions, _) = elections.watch(now + MS, &raft, &world);
+    assert!(actions.is_empty(), "nothing more to do: {actions:?}");
+    // The leader's last append arrives after it was found gone: raft-rs renews its lease.
+    raft.in_lease = true;
+    let (actions, _) = elections.watch(now + 2 * MS, &raft, &world);
+    assert_eq!(actions, [Action::ExpireLease], "the successor's votes are granted still");
+}
+
+#[test]
 fn a_gone_leader_expires_the_lease_and_its_successor_campaigns_a_moment_later() {
     let now = Instant::now();
     let mut elections = Elections::new(settings(), 3);
@@ -131,10 +149,11 @@ fn a_gone_leader_expires_the_lease_and_its_successor_campaigns_a_moment_later() 
 fn a_member_that_does_not_succeed_a_gone_leader_only_spreads_its_timeout() {
     let now = Instant::now();
     let mut elections = Elections::new(settings(), 3);
-    let raft = RaftView { id: 3, ..follower() };
+    let mut raft = RaftView { id: 3, ..follower() };
     let world = world(&leader_gone, now, 10 * MS, mid_turn(2, 100 * MS));
     let (actions, _) = elections.watch(now, &raft, &world);
     assert_eq!(actions.len(), 2);
+    apply(&mut raft, &actions);
     let (actions, _) = elections.watch(now + 10 * ASK_AGAIN, &raft, &world);
     assert!(actions.is_empty(), "{actions:?}");
     // The favoured member is gone as well: the lowest-id live voter goes instead.
