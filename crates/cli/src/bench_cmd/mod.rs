@@ -548,16 +548,7 @@ async fn measure(
     }
     let _idle = streams::idle_watchers(&channels, args.idle_watchers).await?;
     if matches!(args.workload, Workload::Watch | Workload::LeaseGrant | Workload::KeepAlive) {
-        let (tally, elapsed, writes) = streams::measure(
-            args.workload,
-            &channels,
-            args.clients,
-            args.watchers,
-            args.value_size,
-            args.key_space,
-            duration,
-        )
-        .await?;
+        let (tally, elapsed, writes) = streams::measure(args, &channels, duration).await?;
         let report = tally.report(args, endpoints, elapsed).with_writes(writes, duration);
         return Ok((report, Vec::new()));
     }

@@ -22,7 +22,7 @@ use worknode_server::pb;
 use worknode_server::pb::lease_client::LeaseClient;
 use worknode_server::pb::watch_client::WatchClient;
 
-use super::{kv_client, Report, Tally, Workload};
+use super::{kv_client, BenchArgs, Report, Tally, Workload};
 use crate::CliError;
 
 /// The prefix the watch workload writes and watches.
@@ -38,20 +38,14 @@ const DRAIN_MAX: Duration = Duration::from_secs(10);
 /// Runs a watch or lease workload over `channels` (the clients' connections, spread over
 /// the endpoints).
 pub(super) async fn measure(
-    workload: Workload,
+    args: &BenchArgs,
     channels: &[Channel],
-    clients: usize,
-    watchers: usize,
-    value_size: usize,
-    key_space: u64,
     duration: Duration,
 ) -> Result<(Tally, f64, Option<u64>), CliError> {
-    match workload {
-        Workload::Watch => {
-            watch(channels, clients, watchers, value_size, key_space, duration).await
-        }
+    match args.workload {
+        Workload::Watch => watch(args, channels, duration).await,
         Workload::LeaseGrant | Workload::KeepAlive => {
-            let (tally, elapsed) = lease(workload, channels, clients, duration).await?;
+            let (tally, elapsed) = lease(args.workload, channels, args.clients, duration).await?;
             Ok((tally, elapsed, None))
         }
         _ => unreachable!("the unary workloads run in bench_cmd"),
@@ -66,14 +60,13 @@ struct Watched {
     last_event: Instant,
 }
 
+/// `args.watchers` watch streams on one prefix while `args.clients` writers put under it.
 async fn watch(
+    args: &BenchArgs,
     channels: &[Channel],
-    clients: usize,
-    watchers: usize,
-    value_size: usize,
-    key_space: u64,
     duration: Duration,
 ) -> Result<(Tally, f64, Option<u64>), CliError> {
+    let BenchArgs { clients, watchers, value_size, key_space, .. } = *args;
     let start = Instant::now();
     // The revision of the last put answered, once the writers stop: a watcher is done
     // when it has seen it.
