@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 use super::FixedHasher;
 
+/// Stale queue entries tolerated before a rebuild, besides one per lease.
+const QUEUE_SLACK: usize = 1024;
+
 /// A lease as this member counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Counted {
@@ -44,6 +47,13 @@ impl Leases {
         let deadline = now + ttl;
         self.counted.insert(id, Counted { deadline, ttl, revoke_proposed: None });
         self.queue.push(Reverse((deadline, id)));
+        // Only a leader takes entries off the queue; a follower, which may never lead,
+        // rebuilds it from the deadlines once stale entries outnumber live ones, so
+        // keep-alives cost it no memory over time.
+        if self.queue.len() > 2 * self.counted.len() + QUEUE_SLACK {
+            self.queue =
+                self.counted.iter().map(|(id, counted)| Reverse((counted.deadline, *id))).collect();
+        }
     }
 
     /// Lease `id` is gone.
@@ -135,6 +145,23 @@ mod tests {
         assert_eq!(leases.due(now, RETRY, 2), vec![1, 2]);
         assert_eq!(leases.due(now, RETRY, 2), vec![3, 4]);
         assert_eq!(leases.due(now, RETRY, 2), vec![5]);
+    }
+
+    #[test]
+    fn a_follower_kept_alive_for_long_holds_a_bounded_queue() {
+        let start = Instant::now();
+        let mut leases = Leases::default();
+        for round in 0..100_000u64 {
+            let id = (round % 10) as i64;
+            leases.renewed(id, 5 * SECOND, start + Duration::from_millis(round));
+        }
+        assert!(leases.queue.len() <= 2 * 10 + QUEUE_SLACK + 1, "{}", leases.queue.len());
+        // Leading later, it revokes what is due and nothing else.
+        let last = start + Duration::from_millis(99_999);
+        assert!(leases.due(last + 4 * SECOND, RETRY, 100).is_empty());
+        let mut due = leases.due(last + 5 * SECOND, RETRY, 100);
+        due.sort_unstable();
+        assert_eq!(due, (0..10).collect::<Vec<i64>>());
     }
 
     #[test]
