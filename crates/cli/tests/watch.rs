@@ -122,8 +122,10 @@ async fn watches_follow_writes_replay_history_filter_and_cancel() {
     assert_eq!(lines(&after).len(), 1);
 
     // A progress request is answered with the current revision once every watch is
-    // caught up.
+    // caught up: the watcher's member's revision, so the put must have reached it (a
+    // linearizable read there waits for that) before the request.
     let head = writer.put("zz", "1", None).await.unwrap().header().unwrap().revision();
+    watcher.get("zz", None).await.unwrap();
     prefix.request_progress().await.unwrap();
     let progress = loop {
         let response = next(&mut prefix).await;
@@ -313,6 +315,8 @@ async fn a_quiet_watch_that_asked_hears_progress_and_a_busy_one_does_not() {
     let mut writer = client(&cluster, 0).await;
     let head = writer.put("p", "1", None).await.unwrap().header().unwrap().revision();
     let mut watcher = client(&cluster, 1).await;
+    // Progress carries the watcher's member's revision: the put has reached it.
+    watcher.get("p", None).await.unwrap();
     let mut stream =
         watcher.watch("p", Some(WatchOptions::new().with_progress_notify())).await.unwrap();
     let id = next(&mut stream).await.watch_id();
