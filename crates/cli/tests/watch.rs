@@ -69,6 +69,9 @@ async fn watches_follow_writes_replay_history_filter_and_cancel() {
     let mut watcher = client(&cluster, 1).await;
 
     let first = writer.put("app/a", "1", None).await.unwrap().header().unwrap().revision();
+    // The watch starts at its member's newest revision: the put must have reached it (a
+    // linearizable read there waits for that), or the watch would see the put.
+    watcher.get("app/a", None).await.unwrap();
     let mut prefix = watcher
         .watch("app/", Some(WatchOptions::new().with_prefix().with_prev_key()))
         .await
@@ -346,13 +349,17 @@ async fn a_fragmenting_watch_gets_a_large_revision_in_parts() {
     cluster.leader().await;
     let mut writer = client(&cluster, 0).await;
     let value = vec![b'v'; 1 << 20];
+    let mut written = 0;
     for key in ["big/1", "big/2", "big/3"] {
-        writer.put(key, value.clone(), None).await.unwrap();
+        written = writer.put(key, value.clone(), None).await.unwrap().header().unwrap().revision();
     }
     let (requests, inbound) = tokio::sync::mpsc::channel(4);
+    // From the revision after the puts: member 1 may not have applied them yet, and a
+    // watch from its own newest revision would see them.
     let create = pb::WatchCreateRequest {
         key: b"big/".to_vec(),
         range_end: b"big0".to_vec(),
+        start_revision: written + 1,
         prev_kv: true,
         fragment: true,
         ..Default::default()
