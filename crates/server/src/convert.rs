@@ -110,6 +110,18 @@ pub fn key_value(kv: kv::KeyValue) -> crate::mvccpb::KeyValue {
     }
 }
 
+/// Wire pair → state-machine pair (a backup's, read back).
+pub fn state_key_value(kv: crate::mvccpb::KeyValue) -> kv::KeyValue {
+    kv::KeyValue {
+        key: kv.key,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        value: kv.value,
+        lease: kv.lease,
+    }
+}
+
 /// Wire range → state-machine range.
 pub fn range_request(request: pb::RangeRequest) -> kv::RangeRequest {
     kv::RangeRequest {

@@ -112,15 +112,7 @@ fn entry(key: &[u8], value: &[u8]) -> Result<(i64, Vec<u8>, Option<KeyValue>), S
         return Ok((main, kv.key, None));
     }
     let key = kv.key.clone();
-    let kv = KeyValue {
-        key: kv.key,
-        create_revision: kv.create_revision,
-        mod_revision: kv.mod_revision,
-        version: kv.version,
-        value: kv.value,
-        lease: kv.lease,
-    };
-    Ok((main, key, Some(kv)))
+    Ok((main, key, Some(crate::convert::state_key_value(kv))))
 }
 
 /// The main revision of an etcd revision key and whether it marks a delete.
