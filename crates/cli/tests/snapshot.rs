@@ -165,9 +165,7 @@ fn worknode_restore(file: &Path, config: &Path, args: &[&str]) -> (bool, String)
         .args(args)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+    support::outcome(output)
 }
 
 /// A new three-member worknode cluster restored from `file`, started.

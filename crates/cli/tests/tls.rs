@@ -52,9 +52,7 @@ fn etcdctl(
         .args(args)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.success(), text)
+    support::outcome(output)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

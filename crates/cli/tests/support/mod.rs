@@ -57,6 +57,13 @@ pub(crate) fn etcdctl_with_input(
     )
 }
 
+/// Whether a command succeeded, and what it printed (stdout, then stderr).
+pub(crate) fn outcome(output: std::process::Output) -> (bool, String) {
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
 /// [`etcdctl_with_input`] with no input.
 pub(crate) fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String, String) {
     etcdctl_with_input(endpoints, args, None)

@@ -154,13 +154,7 @@ impl<C: Clock, T: Transport, S: LogStore + raft::Storage> Node<C, T, S> {
         slot: Arc<Mutex<SnapshotSlot>>,
     ) -> Result<(Self, NodeHandle), StartError> {
         let machine = restore_machine(snapshot.as_ref(), &snapshot_file)?;
-        let snapshots = crate::engine::snapshots::Snapshots::new(
-            config.id,
-            config.snapshot_entries,
-            config.election_timeout(),
-            machine.applied_index(),
-            snapshot.as_ref().map_or(0, |s| s.get_data().len() as u64),
-        );
+        let snapshots = snapshot_policy(&config, machine.applied_index(), snapshot.as_ref());
         if let Some(snapshot) = snapshot {
             slot.lock().unwrap_or_else(PoisonError::into_inner).latest = Some(snapshot);
         }
@@ -512,6 +506,21 @@ fn election_settings(config: &NodeConfig) -> crate::engine::elections::Settings 
         silence = Duration::ZERO;
     }
     crate::engine::elections::Settings { tick: config.tick, silence, grace }
+}
+
+/// When this member snapshots and asks for snapshots, from the one it restored (if any).
+fn snapshot_policy(
+    config: &NodeConfig,
+    applied: u64,
+    snapshot: Option<&Snapshot>,
+) -> crate::engine::snapshots::Snapshots {
+    crate::engine::snapshots::Snapshots::new(
+        config.id,
+        config.snapshot_entries,
+        config.election_timeout(),
+        applied,
+        snapshot.map_or(0, |s| s.get_data().len() as u64),
+    )
 }
 
 /// The state machine as of `snapshot` (a fresh one without).
